@@ -1,0 +1,459 @@
+//! The tokens of a baked model: weight statics, shape types, and `Model`.
+//!
+//! The expansion is meant to be read (`cargo expand`): one `static` per
+//! tensor with its parameters beside it, and a `forward_into` that calls one
+//! runtime op per graph step, in order.
+
+use crate::Options;
+use crate::graph::{Act, Op, Plan, Value};
+use crate::quantize::{Baked, BakedWeight, QParams, Storage};
+use proc_macro2::{Ident, Literal, Span, TokenStream};
+use quote::{format_ident, quote};
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write;
+use std::path::Path;
+
+pub fn model(path: &Path, display_path: &str, plan: &Plan, baked: &Baked, options: &Options) -> TokenStream {
+    let names = StaticNames::new(baked);
+    let weights_mod = weights_module(display_path, baked, &names, options);
+    let input = plan.input();
+    let output = &plan.values[plan.output];
+    let (input_ty, output_ty) = (array_type(&input.shape), array_type(&output.shape));
+    let (input_shape, output_shape) = (shape_const(&input.shape), shape_const(&output.shape));
+    let forward_body = forward_body(plan, &names);
+    let model_doc = model_doc(display_path, plan, baked);
+    // Naming the file in `include_bytes!` makes the compiler record it as an
+    // input of this crate, so editing the model rebuilds it. The bytes are
+    // never used: the const is not part of the binary.
+    let rebuild_trigger = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let rebuild_trigger = rebuild_trigger.to_string_lossy();
+    quote! {
+        #weights_mod
+
+        #[doc = "Shape of [`Input`]."]
+        pub const INPUT_SHAPE: #input_shape;
+        #[doc = "Shape of [`Output`]."]
+        pub const OUTPUT_SHAPE: #output_shape;
+        /// The model's input, in the graph's declared shape.
+        pub type Input = #input_ty;
+        /// The model's output, in the graph's declared shape.
+        pub type Output = #output_ty;
+
+        const _: &[u8] = include_bytes!(#rebuild_trigger);
+
+        #[doc = #model_doc]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct Model {
+            exec: ::qbake::Exec,
+        }
+
+        impl Model {
+            /// A model running with the given kernel family on one thread.
+            pub const fn new(kernels: ::qbake::Kernels) -> Self {
+                Model { exec: ::qbake::Exec::new(kernels) }
+            }
+
+            /// The same model with an intra-op thread budget (at least 1).
+            pub const fn with_threads(mut self, threads: usize) -> Self {
+                self.exec.threads = if threads == 0 { 1 } else { threads };
+                self
+            }
+
+            pub const fn kernels(&self) -> ::qbake::Kernels {
+                self.exec.kernels
+            }
+
+            pub const fn threads(&self) -> usize {
+                self.exec.threads
+            }
+
+            /// Runs the model on `input`.
+            pub fn forward(&self, input: &Input) -> ::std::boxed::Box<Output> {
+                let mut output = ::qbake::boxed_zeroed::<Output>();
+                self.forward_into(input, &mut output);
+                output
+            }
+
+            /// Runs the model on `input`, writing into `output`.
+            pub fn forward_into(&self, input: &Input, output: &mut Output) {
+                #forward_body
+            }
+        }
+    }
+}
+
+/// Rust names of the baked statics, unique, derived from the tensor names.
+struct StaticNames(HashMap<String, Ident>);
+
+impl StaticNames {
+    fn new(baked: &Baked) -> Self {
+        let mut taken = HashSet::new();
+        let names = baked
+            .weights
+            .iter()
+            .map(|w| &w.name)
+            .chain(baked.floats.iter().map(|f| &f.name))
+            .map(|name| {
+                let base = identifier(name).to_uppercase();
+                let mut ident = base.clone();
+                let mut i = 1;
+                // `_U8` suffixes are the weights' byte arrays.
+                while ident.ends_with("_U8") || !taken.insert(ident.clone()) {
+                    i += 1;
+                    ident = format!("{base}_{i}");
+                }
+                (name.clone(), Ident::new(&ident, Span::call_site()))
+            })
+            .collect();
+        StaticNames(names)
+    }
+
+    fn get(&self, tensor: &str) -> &Ident {
+        &self.0[tensor]
+    }
+}
+
+/// A Rust identifier close to `name`: alphanumerics kept, the rest `_`.
+fn identifier(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert_str(0, "t_");
+    }
+    s
+}
+
+fn weights_module(display_path: &str, baked: &Baked, names: &StaticNames, options: &Options) -> TokenStream {
+    let mut items = TokenStream::new();
+    for w in &baked.weights {
+        items.extend(weight_static(w, names.get(&w.name)));
+    }
+    for f in &baked.floats {
+        let ident = names.get(&f.name);
+        let len = f.values.len();
+        let values = f.values.iter().map(|&v| Literal::f32_unsuffixed(v));
+        let doc = format!("`{}`: {len} f32 values.", f.name);
+        items.extend(quote! {
+            #[doc = #doc]
+            pub static #ident: [f32; #len] = [#(#values),*];
+        });
+    }
+    let doc = weights_doc(display_path, baked, options);
+    quote! {
+        #[doc = #doc]
+        pub mod weights {
+            #items
+        }
+    }
+}
+
+fn weight_static(w: &BakedWeight, ident: &Ident) -> TokenStream {
+    let (name, rows, cols) = (&w.name, w.rows, w.cols);
+    let doc = format!("`{}`: {}", w.name, describe_weight(w));
+    match &w.storage {
+        Storage::U8 { data, params } => {
+            let bytes_ident = format_ident!("{}_U8", ident);
+            let len = data.len();
+            let bytes = Literal::byte_string(data);
+            let field = |f: fn(&QParams) -> f32| params.iter().map(move |p| Literal::f32_unsuffixed(f(p)));
+            let (mins, maxs, scales) = (field(|p| p.min), field(|p| p.max), field(|p| p.scale));
+            let zero_points = Literal::byte_string(&params.iter().map(|p| p.zero_point).collect::<Vec<_>>());
+            quote! {
+                #[doc = #doc]
+                pub static #ident: ::qbake::Weight = ::qbake::Weight::U8(::qbake::QuantWeight {
+                    name: #name,
+                    rows: #rows,
+                    cols: #cols,
+                    data: &#bytes_ident.0,
+                    params: ::qbake::QuantParams {
+                        min: &[#(#mins),*],
+                        max: &[#(#maxs),*],
+                        scale: &[#(#scales),*],
+                        zero_point: #zero_points,
+                    },
+                    cache: ::qbake::DequantCache::new(),
+                });
+                static #bytes_ident: ::qbake::Aligned<#len> = ::qbake::Aligned(*#bytes);
+            }
+        }
+        Storage::F32(values) => {
+            let values = values.iter().map(|&v| Literal::f32_unsuffixed(v));
+            quote! {
+                #[doc = #doc]
+                pub static #ident: ::qbake::Weight = ::qbake::Weight::F32(::qbake::FloatWeight {
+                    name: #name,
+                    rows: #rows,
+                    cols: #cols,
+                    data: &[#(#values),*],
+                });
+            }
+        }
+    }
+}
+
+fn describe_weight(w: &BakedWeight) -> String {
+    match &w.storage {
+        Storage::U8 { data, params } => format!(
+            "[{}, {}] u8 {}, {} bytes, float range [{:.6}, {:.6}], SQNR {}",
+            w.rows,
+            w.cols,
+            if params.len() > 1 {
+                "per channel"
+            } else {
+                "per tensor"
+            },
+            data.len(),
+            w.min,
+            w.max,
+            db(w.sqnr_db)
+        ),
+        Storage::F32(_) => format!(
+            "[{}, {}] kept f32 (fewer than the quantization threshold), {} bytes, range [{:.6}, {:.6}]",
+            w.rows,
+            w.cols,
+            w.rows * w.cols * 4,
+            w.min,
+            w.max
+        ),
+    }
+}
+
+fn db(v: f64) -> String {
+    if v.is_infinite() {
+        "exact".into()
+    } else {
+        format!("{v:.1} dB")
+    }
+}
+
+fn weights_doc(display_path: &str, baked: &Baked, options: &Options) -> String {
+    let mut d = format!(
+        "The tensors of `{display_path}`, as baked.\n\n\
+         Weight matrices of {} elements or more are stored as u8 with min/max {} \
+         (`x = (q - zero_point) * scale`, 0.0 exact); smaller ones, biases and constants stay f32. \
+         SQNR is the signal-to-quantization-noise ratio of the stored weights against the file's floats.\n\n\
+         | tensor | shape (out, in) | stored as | bytes | min | max | SQNR |\n|---|---|---|---|---|---|---|\n",
+        options.keep_float_below,
+        if options.per_channel {
+            "per output channel"
+        } else {
+            "per tensor"
+        },
+    );
+    for w in &baked.weights {
+        let (stored, bytes) = match &w.storage {
+            Storage::U8 { data, params } if params.len() > 1 => ("u8, per channel", data.len()),
+            Storage::U8 { data, .. } => ("u8, per tensor", data.len()),
+            Storage::F32(v) => ("f32", v.len() * 4),
+        };
+        let _ = writeln!(
+            d,
+            "| `{}` | [{}, {}] | {stored} | {bytes} | {:.6} | {:.6} | {} |",
+            w.name,
+            w.rows,
+            w.cols,
+            w.min,
+            w.max,
+            db(w.sqnr_db)
+        );
+    }
+    for f in &baked.floats {
+        let (lo, hi) = f
+            .values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
+        let _ = writeln!(
+            d,
+            "| `{}` | [{}] | f32 | {} | {lo:.6} | {hi:.6} | exact |",
+            f.name,
+            f.values.len(),
+            f.values.len() * 4
+        );
+    }
+    d
+}
+
+fn model_doc(display_path: &str, plan: &Plan, baked: &Baked) -> String {
+    let quantized: usize = baked
+        .weights
+        .iter()
+        .filter_map(|w| match &w.storage {
+            Storage::U8 { data, .. } => Some(data.len()),
+            Storage::F32(_) => None,
+        })
+        .sum();
+    let mut d = format!(
+        "The model of `{display_path}`, baked by qbake: {quantized} weight bytes in u8 \
+         (see [`weights`]).\n\nIts steps, in execution order (activations fused into their producer):\n\n"
+    );
+    for (i, step) in plan.steps.iter().enumerate() {
+        let from: Vec<String> = step
+            .inputs
+            .iter()
+            .map(|&v| format!("{:?}", plan.values[v].shape))
+            .collect();
+        let to = &plan.values[step.output].shape;
+        let what = match &step.op {
+            Op::Dense { weight, act, .. } => format!("{}, weight `{weight}`{}", step.op_name, act_doc(*act)),
+            Op::Add { act } => format!("Add{}", act_doc(*act)),
+            Op::AddConstant { constant, act } => format!("Add `{constant}`{}", act_doc(*act)),
+            Op::Activation(act) => format!("{}{}", step.op_name, act_doc(*act)),
+            Op::Softmax { .. } | Op::Alias => step.op_name.clone(),
+        };
+        let _ = writeln!(
+            d,
+            "{}. `{}`: {what}, {} -> {to:?}",
+            i + 1,
+            step.name,
+            from.join(" + ")
+        );
+    }
+    d
+}
+
+fn act_doc(act: Act) -> String {
+    match act {
+        Act::None => String::new(),
+        Act::Relu => " + ReLU".into(),
+        Act::Clip { min, max } => format!(" + Clip [{min}, {max}]"),
+    }
+}
+
+fn act_tokens(act: Act) -> TokenStream {
+    match act {
+        Act::None => quote!(::qbake::Activation::None),
+        Act::Relu => quote!(::qbake::Activation::Relu),
+        Act::Clip { min, max } => {
+            let (min, max) = (f32_tokens(min), f32_tokens(max));
+            quote!(::qbake::Activation::Clip { min: #min, max: #max })
+        }
+    }
+}
+
+fn f32_tokens(v: f32) -> TokenStream {
+    if v == f32::INFINITY {
+        quote!(f32::INFINITY)
+    } else if v == f32::NEG_INFINITY {
+        quote!(f32::NEG_INFINITY)
+    } else {
+        let lit = Literal::f32_unsuffixed(v);
+        quote!(#lit)
+    }
+}
+
+/// `[usize; R] = [d0, d1, ...]`
+fn shape_const(shape: &[usize]) -> TokenStream {
+    let rank = shape.len();
+    quote!([usize; #rank] = [#(#shape),*])
+}
+
+/// `[[f32; d1]; d0]` for shape `[d0, d1]`.
+fn array_type(shape: &[usize]) -> TokenStream {
+    shape
+        .iter()
+        .rev()
+        .fold(quote!(f32), |inner, d| quote!([#inner; #d]))
+}
+
+fn flatten_calls(rank: usize, method: &str) -> TokenStream {
+    let m = format_ident!("{method}");
+    let calls = (1..rank).map(|_| quote!(.#m()));
+    quote!(#(#calls)*)
+}
+
+/// The body of `forward_into`: one buffer per computed value, one op call per step.
+fn forward_body(plan: &Plan, names: &StaticNames) -> TokenStream {
+    let mut idents: HashMap<usize, Ident> = HashMap::new();
+    let mut taken: HashSet<String> = ["input", "output", "out", "self"].map(String::from).into();
+    let mut ident_for = |v: usize, value: &Value| -> Ident {
+        idents
+            .entry(v)
+            .or_insert_with(|| {
+                let mut base = identifier(&value.name).to_lowercase();
+                if syn::parse_str::<Ident>(&base).is_err() {
+                    base.insert_str(0, "v_");
+                }
+                let mut name = base.clone();
+                let mut i = 1;
+                while !taken.insert(name.clone()) {
+                    i += 1;
+                    name = format!("{base}_{i}");
+                }
+                Ident::new(&name, Span::call_site())
+            })
+            .clone()
+    };
+
+    let input = plan.input();
+    let input_ident = ident_for(0, input);
+    let flat_in = flatten_calls(input.shape.len(), "as_flattened");
+    let flat_out = flatten_calls(plan.values[plan.output].shape.len(), "as_flattened_mut");
+    let mut body = quote! {
+        let #input_ident: &[f32] = input #flat_in;
+        let out: &mut [f32] = output #flat_out;
+    };
+    for step in &plan.steps {
+        let ins: Vec<Ident> = step
+            .inputs
+            .iter()
+            .map(|&v| ident_for(v, &plan.values[v]))
+            .collect();
+        let is_output = step.output == plan.output;
+        let out_ident = ident_for(step.output, &plan.values[step.output]);
+        if let Op::Alias = step.op {
+            let src = &ins[0];
+            body.extend(if is_output {
+                quote!(out.copy_from_slice(&#src);)
+            } else {
+                quote!(let #out_ident: &[f32] = &#src;)
+            });
+            continue;
+        }
+        let dst = if is_output {
+            quote!(out)
+        } else {
+            let len = plan.values[step.output].len;
+            body.extend(quote!(let mut #out_ident = ::std::vec![0.0f32; #len];));
+            quote!(&mut #out_ident)
+        };
+        body.extend(match &step.op {
+            Op::Dense {
+                weight, bias, act, ..
+            } => {
+                let w = names.get(weight);
+                let bias = match bias {
+                    Some(b) => {
+                        let b = names.get(b);
+                        quote!(Some(&weights::#b))
+                    }
+                    None => quote!(None),
+                };
+                let act = act_tokens(*act);
+                let x = &ins[0];
+                quote!(::qbake::ops::dense(&self.exec, &#x, &weights::#w, #bias, #act, #dst);)
+            }
+            Op::Add { act } => {
+                let (a, b, act) = (&ins[0], &ins[1], act_tokens(*act));
+                quote!(::qbake::ops::add(&#a, &#b, #act, #dst);)
+            }
+            Op::AddConstant { constant, act } => {
+                let (x, c, act) = (&ins[0], names.get(constant), act_tokens(*act));
+                quote!(::qbake::ops::add_constant(&#x, &weights::#c, #act, #dst);)
+            }
+            Op::Activation(act) => {
+                let (x, act) = (&ins[0], act_tokens(*act));
+                quote!(::qbake::ops::activate(&#x, #act, #dst);)
+            }
+            Op::Softmax { outer, len, inner } => {
+                let x = &ins[0];
+                quote!(::qbake::ops::softmax(&#x, #outer, #len, #inner, #dst);)
+            }
+            Op::Alias => unreachable!("handled above"),
+        });
+    }
+    body
+}

@@ -1,0 +1,102 @@
+//! The macro's arguments: `"path" [, option = value]*`.
+
+use crate::{Options, generate};
+use proc_macro2::TokenStream;
+use std::path::Path;
+use syn::parse::{Parse, ParseStream};
+use syn::{Ident, Lit, LitStr, Token};
+
+/// The whole `quantized_model!` expansion: the baked model's items, or one
+/// `compile_error!` at the argument at fault.
+///
+/// `base_dir` is the directory a relative model path resolves against: the
+/// invoking source file's, as `include_bytes!` does.
+pub fn quantized_model(input: TokenStream, base_dir: &Path) -> TokenStream {
+    expand(input, base_dir).unwrap_or_else(syn::Error::into_compile_error)
+}
+
+fn expand(input: TokenStream, base_dir: &Path) -> syn::Result<TokenStream> {
+    let args: MacroArgs = syn::parse2(input)?;
+    let written = args.path.value();
+    let path = base_dir.join(&written);
+    generate(&path, &written, &args.options)
+        .map_err(|e| syn::Error::new(args.path.span(), format!("qbake: {e}")))
+}
+
+struct MacroArgs {
+    path: LitStr,
+    options: Options,
+}
+
+impl Parse for MacroArgs {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        if input.is_empty() {
+            return Err(input.error(
+                "qbake: expected the model file's path, as in `quantized_model!(\"model.safetensors\")`",
+            ));
+        }
+        let path: LitStr = input.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                "qbake: the first argument must be the model file's path, a string literal",
+            )
+        })?;
+        let mut options = Options::default();
+        let mut seen: Vec<String> = Vec::new();
+        while !input.is_empty() {
+            input.parse::<Token![,]>()?;
+            if input.is_empty() {
+                break;
+            }
+            let name: Ident = input.parse()?;
+            input.parse::<Token![=]>()?;
+            let value: Lit = input.parse()?;
+            let key = name.to_string();
+            if seen.contains(&key) {
+                return Err(syn::Error::new(
+                    name.span(),
+                    format!("qbake: option `{key}` is given twice"),
+                ));
+            }
+            match key.as_str() {
+                "per_channel" => options.per_channel = bool_value(&key, &value)?,
+                "keep_float_below" => options.keep_float_below = usize_value(&key, &value)?,
+                _ => {
+                    let known = Options::NAMES
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>();
+                    return Err(syn::Error::new(
+                        name.span(),
+                        format!(
+                            "qbake: unknown option `{key}`; the options are {}",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+            seen.push(key);
+        }
+        Ok(MacroArgs { path, options })
+    }
+}
+
+fn bool_value(key: &str, value: &Lit) -> syn::Result<bool> {
+    match value {
+        Lit::Bool(b) => Ok(b.value),
+        _ => Err(syn::Error::new(
+            value.span(),
+            format!("qbake: `{key}` takes `true` or `false`"),
+        )),
+    }
+}
+
+fn usize_value(key: &str, value: &Lit) -> syn::Result<usize> {
+    match value {
+        Lit::Int(i) => i.base10_parse(),
+        _ => Err(syn::Error::new(
+            value.span(),
+            format!("qbake: `{key}` takes a whole number"),
+        )),
+    }
+}

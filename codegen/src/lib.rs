@@ -1,0 +1,41 @@
+//! qbake's code generator: a plain library, used by the `quantized_model!`
+//! macro (and, later, build scripts).
+//!
+//! A model goes one way through it:
+//!
+//! 1. [`read`]: the safetensors file, memory-mapped, and its `qbake.graph`;
+//! 2. [`graph`]: the graph validated (tensors, shapes, cycles) and planned
+//!    into steps, with activations fused into their producers;
+//! 3. [`quantize`]: each large weight matrix to u8 with min/max, per tensor
+//!    or per output channel;
+//! 4. [`emit`]: the tokens of the baked model.
+//!
+//! Every failure is an [`Error`] naming what is wrong; the macro turns it into
+//! one `compile_error!` at its argument. Nothing here panics on bad input.
+
+mod emit;
+mod error;
+pub mod graph;
+mod input;
+mod options;
+pub mod quantize;
+pub mod read;
+pub mod reference;
+
+pub use error::Error;
+pub use input::quantized_model;
+pub use options::Options;
+
+use proc_macro2::TokenStream;
+use std::path::Path;
+
+/// Generates the items of a baked model from the model file at `path`.
+///
+/// `display_path` is how errors and docs name the file (the path as the user
+/// wrote it, so messages do not depend on the machine).
+pub fn generate(path: &Path, display_path: &str, options: &Options) -> Result<TokenStream, Error> {
+    let file = read::ModelFile::open(path)?;
+    let plan = graph::plan(&file)?;
+    let baked = quantize::bake(&file, &plan, options)?;
+    Ok(emit::model(path, display_path, &plan, &baked, options))
+}

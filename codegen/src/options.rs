@@ -1,0 +1,24 @@
+/// How a model is baked. The macro takes each field as `name = value` after
+/// the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// One min/max per output channel instead of one per tensor.
+    pub per_channel: bool,
+    /// Weight matrices with fewer elements stay f32, as TFLite does: the
+    /// bytes saved are few and the accuracy cost is not.
+    pub keep_float_below: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            per_channel: true,
+            keep_float_below: 1024,
+        }
+    }
+}
+
+impl Options {
+    /// Names of the options, as the macro spells them.
+    pub const NAMES: &'static [&'static str] = &["per_channel", "keep_float_below"];
+}

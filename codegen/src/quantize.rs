@@ -1,0 +1,337 @@
+//! 8-bit quantization of weights (DESIGN §3).
+//!
+//! Each tensor, or each output channel, is stored as u8 with a min and a max:
+//! value 0 is `min`, 255 is `max`, linear in between. The range is widened to
+//! contain 0.0, and the zero point is rounded to an integer so that 0.0 is
+//! exact; `min`/`max` are then the range actually represented.
+
+use crate::Options;
+use crate::error::{Error, bail};
+use crate::graph::{Op, Plan};
+use crate::read::ModelFile;
+
+/// Largest inner dimension whose 8-bit products sum exactly in i32
+/// (`K * 255 * 127 <= i32::MAX`); the runtime's hybrid kernels rely on it.
+pub const MAX_EXACT_K: usize = (i32::MAX as usize) / (255 * 127);
+
+/// The parameters of one quantized range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QParams {
+    pub min: f32,
+    pub max: f32,
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+impl QParams {
+    /// Parameters for values in `[lo, hi]`. The range is widened to contain
+    /// 0.0 and nudged so that 0.0 is exact. An empty range (all zeros) gives
+    /// scale 0, which represents every value as exactly 0.0.
+    pub fn for_range(lo: f32, hi: f32) -> QParams {
+        let (lo, hi) = (f64::from(lo.min(0.0)), f64::from(hi.max(0.0)));
+        let scale = ((hi - lo) / 255.0) as f32;
+        // A range too narrow for f32 (or empty) holds only zeros, to within
+        // the smallest subnormal.
+        if !(scale > 0.0) || !scale.is_finite() {
+            return QParams {
+                min: 0.0,
+                max: 0.0,
+                scale: 0.0,
+                zero_point: 0,
+            };
+        }
+        let zero_point = (-lo / f64::from(scale)).round().clamp(0.0, 255.0) as u8;
+        QParams {
+            min: -f32::from(zero_point) * scale,
+            max: f32::from(255 - zero_point) * scale,
+            scale,
+            zero_point,
+        }
+    }
+
+    /// `clamp(round(x / scale) + zero_point, 0, 255)`, ties to even.
+    pub fn quantize(&self, x: f32) -> u8 {
+        if self.scale == 0.0 {
+            return self.zero_point;
+        }
+        let q = (f64::from(x) / f64::from(self.scale)).round_ties_even() + f64::from(self.zero_point);
+        q.clamp(0.0, 255.0) as u8
+    }
+
+    /// `(q - zero_point) * scale`, in f32 exactly as the runtime computes it.
+    pub fn dequantize(&self, q: u8) -> f32 {
+        (i32::from(q) - i32::from(self.zero_point)) as f32 * self.scale
+    }
+}
+
+/// A weight matrix as it will be baked: `rows` output channels by `cols`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BakedWeight {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub storage: Storage,
+    /// Range of the float values.
+    pub min: f32,
+    pub max: f32,
+    /// Signal-to-quantization-noise ratio in dB; infinite when exact.
+    pub sqnr_db: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Storage {
+    /// Row-major u8, with one `QParams` per tensor or per row.
+    U8 { data: Vec<u8>, params: Vec<QParams> },
+    /// Kept in float (too small to gain from 8 bits).
+    F32(Vec<f32>),
+}
+
+/// A float tensor baked as is: a bias or an added constant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatTensor {
+    pub name: String,
+    pub values: Vec<f32>,
+}
+
+/// Everything the plan needs baked, each tensor once, in first-use order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Baked {
+    pub weights: Vec<BakedWeight>,
+    pub floats: Vec<FloatTensor>,
+}
+
+impl Baked {
+    pub fn weight(&self, name: &str) -> Option<&BakedWeight> {
+        self.weights.iter().find(|w| w.name == name)
+    }
+}
+
+/// Reads and quantizes every tensor the plan uses.
+pub fn bake(file: &ModelFile, plan: &Plan, options: &Options) -> Result<Baked, Error> {
+    let mut baked = Baked::default();
+    let add_float = |baked: &mut Baked, name: &str| -> Result<(), Error> {
+        if !baked.floats.iter().any(|f| f.name == name) {
+            let values = file.read_f32(name)?;
+            baked.floats.push(FloatTensor {
+                name: name.to_string(),
+                values,
+            });
+        }
+        Ok(())
+    };
+    for step in &plan.steps {
+        match &step.op {
+            Op::Dense {
+                weight,
+                bias,
+                transposed,
+                ..
+            } => {
+                if baked.weight(weight).is_none() {
+                    let shape = &file.tensor(weight).expect("checked by the plan").shape;
+                    let values = file.read_f32(weight)?;
+                    let (rows, cols, values) = if *transposed {
+                        (shape[1], shape[0], transpose(&values, shape[0], shape[1]))
+                    } else {
+                        (shape[0], shape[1], values)
+                    };
+                    baked
+                        .weights
+                        .push(bake_weight(weight, rows, cols, values, options)?);
+                }
+                if let Some(b) = bias {
+                    add_float(&mut baked, b)?;
+                }
+            }
+            Op::AddConstant { constant, .. } => add_float(&mut baked, constant)?,
+            _ => {}
+        }
+    }
+    Ok(baked)
+}
+
+/// `[r, c]` row-major to `[c, r]` row-major.
+fn transpose(values: &[f32], r: usize, c: usize) -> Vec<f32> {
+    (0..c)
+        .flat_map(|j| (0..r).map(move |i| values[i * c + j]))
+        .collect()
+}
+
+/// Quantizes one `[rows, cols]` matrix, or keeps it in f32 when it is small.
+pub fn bake_weight(
+    name: &str,
+    rows: usize,
+    cols: usize,
+    values: Vec<f32>,
+    options: &Options,
+) -> Result<BakedWeight, Error> {
+    let (min, max) = min_max(&values);
+    if values.len() < options.keep_float_below {
+        return Ok(BakedWeight {
+            name: name.into(),
+            rows,
+            cols,
+            storage: Storage::F32(values),
+            min,
+            max,
+            sqnr_db: f64::INFINITY,
+        });
+    }
+    if cols > MAX_EXACT_K {
+        bail!(
+            "tensor `{name}` has {cols} inputs per output; the 8-bit kernels sum exactly in i32 only up to {MAX_EXACT_K}"
+        );
+    }
+    let params: Vec<QParams> = if options.per_channel {
+        values
+            .chunks_exact(cols)
+            .map(|row| {
+                let (lo, hi) = min_max(row);
+                QParams::for_range(lo, hi)
+            })
+            .collect()
+    } else {
+        vec![QParams::for_range(min, max)]
+    };
+    let row_params = |n: usize| &params[if options.per_channel { n } else { 0 }];
+    let mut data = Vec::with_capacity(values.len());
+    let (mut signal, mut noise) = (0.0f64, 0.0f64);
+    for (n, row) in values.chunks_exact(cols).enumerate() {
+        let p = row_params(n);
+        for &x in row {
+            let q = p.quantize(x);
+            let e = f64::from(x) - f64::from(p.dequantize(q));
+            signal += f64::from(x) * f64::from(x);
+            noise += e * e;
+            data.push(q);
+        }
+    }
+    Ok(BakedWeight {
+        name: name.into(),
+        rows,
+        cols,
+        storage: Storage::U8 { data, params },
+        min,
+        max,
+        sqnr_db: sqnr_db(signal, noise),
+    })
+}
+
+fn min_max(values: &[f32]) -> (f32, f32) {
+    values
+        .iter()
+        .fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// `10 log10(signal / noise)`; infinite when there is no noise.
+pub fn sqnr_db(signal: f64, noise: f64) -> f64 {
+    if noise == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (signal / noise).log10()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn range() -> impl Strategy<Value = (f32, f32)> {
+        (-1e3f32..1e3, -1e3f32..1e3).prop_map(|(a, b)| (a.min(b), a.max(b)))
+    }
+
+    proptest! {
+        #[test]
+        fn error_is_at_most_half_a_step_inside_the_range((lo, hi) in range(), t in 0.0f64..=1.0) {
+            let p = QParams::for_range(lo, hi);
+            // Any value of the data range, and any value of the represented range.
+            for x in [lo + (hi - lo) * t as f32, p.min + (p.max - p.min) * t as f32] {
+                let x = x.clamp(lo.min(0.0), hi.max(0.0));
+                let err = (x - p.dequantize(p.quantize(x))).abs();
+                // Half a step, plus the f32 rounding of the product and of x itself.
+                let slack = f32::EPSILON * x.abs().max(p.max.abs()).max(p.min.abs()) * 2.0;
+                prop_assert!(err <= p.scale / 2.0 + slack, "x {x} err {err} params {p:?}");
+            }
+        }
+
+        #[test]
+        fn zero_is_exact_and_range_contains_it((lo, hi) in range()) {
+            let p = QParams::for_range(lo, hi);
+            prop_assert_eq!(p.dequantize(p.quantize(0.0)), 0.0);
+            prop_assert!(p.min <= 0.0 && p.max >= 0.0);
+            prop_assert_eq!(p.dequantize(0), p.min);
+            prop_assert_eq!(p.dequantize(255), p.max);
+        }
+
+        #[test]
+        fn quantization_is_monotonic((lo, hi) in range(), a in -2e3f32..2e3, b in -2e3f32..2e3) {
+            let p = QParams::for_range(lo, hi);
+            let (a, b) = (a.min(b), a.max(b));
+            prop_assert!(p.quantize(a) <= p.quantize(b));
+            prop_assert!(p.dequantize(p.quantize(a)) <= p.dequantize(p.quantize(b)));
+        }
+    }
+
+    #[test]
+    fn empty_range_gives_exact_zeros() {
+        let p = QParams::for_range(0.0, 0.0);
+        assert_eq!((p.scale, p.zero_point), (0.0, 0));
+        assert_eq!(p.dequantize(p.quantize(0.0)), 0.0);
+        let w = bake_weight("z", 4, 300, vec![0.0; 1200], &Options::default()).unwrap();
+        assert_eq!(w.sqnr_db, f64::INFINITY);
+        let Storage::U8 { data, .. } = &w.storage else {
+            panic!("1200 values are quantized")
+        };
+        assert!(data.iter().all(|&q| q == 0));
+    }
+
+    #[test]
+    fn one_sided_ranges_include_zero() {
+        let p = QParams::for_range(2.0, 5.0);
+        assert_eq!((p.min, p.zero_point), (0.0, 0));
+        assert_eq!(p.dequantize(255), p.max);
+        let n = QParams::for_range(-5.0, -2.0);
+        assert_eq!((n.max, n.zero_point), (0.0, 255));
+    }
+
+    #[test]
+    fn per_channel_beats_per_tensor_on_uneven_rows() {
+        // Row 0 spans ±100, row 1 spans ±0.01: one range for both drowns row 1.
+        let values: Vec<f32> = (0..2048)
+            .map(|i| {
+                if i < 1024 {
+                    (i as f32 - 512.0) / 5.12
+                } else {
+                    (i as f32 - 1536.0) / 51200.0
+                }
+            })
+            .collect();
+        let options = |per_channel| Options {
+            per_channel,
+            ..Options::default()
+        };
+        let pc = bake_weight("w", 2, 1024, values.clone(), &options(true)).unwrap();
+        let pt = bake_weight("w", 2, 1024, values, &options(false)).unwrap();
+        let Storage::U8 { params, .. } = &pc.storage else {
+            panic!()
+        };
+        assert_eq!(params.len(), 2);
+        assert!(pc.sqnr_db > pt.sqnr_db);
+    }
+
+    #[test]
+    fn small_tensors_stay_float_and_large_k_is_refused() {
+        let w = bake_weight("small", 10, 32, vec![0.5; 320], &Options::default()).unwrap();
+        assert!(matches!(w.storage, Storage::F32(_)));
+        let err = bake_weight(
+            "wide",
+            1,
+            MAX_EXACT_K + 1,
+            vec![0.5; MAX_EXACT_K + 1],
+            &Options::default(),
+        )
+        .unwrap_err();
+        assert!(err.message().contains("`wide`"), "{err}");
+    }
+}

@@ -1,0 +1,23 @@
+/// The kernel family a model runs with. Both read the same baked bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernels {
+    /// Weights dequantized to f32 once, on first use, then float kernels.
+    Dequant,
+    /// Activations quantized to 8 bits per call; i32 products with the 8-bit weights.
+    Hybrid,
+}
+
+/// How a model's ops run: the kernel family and the intra-op thread budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub kernels: Kernels,
+    /// Threads an op may use. Not used by the kernels yet: every op runs on
+    /// the calling thread until intra-op threading lands.
+    pub threads: usize,
+}
+
+impl Exec {
+    pub const fn new(kernels: Kernels) -> Self {
+        Exec { kernels, threads: 1 }
+    }
+}

@@ -1,0 +1,30 @@
+//! The runtime of qbake: what a baked model calls.
+//!
+//! [`quantized_model!`] turns a float model file into plain items at compile
+//! time: weight `static`s ([`Weight`]), `Input`/`Output` array types and a
+//! `Model` whose `forward` calls the [`ops`] below in graph order. Nothing is
+//! parsed or loaded at run time.
+//!
+//! Two kernel families run from the same baked bytes, chosen per model with
+//! [`Kernels`]:
+//!
+//! - [`Kernels::Dequant`]: each weight matrix is turned back into f32 once, on
+//!   first use ([`DequantCache`]), and float kernels run from then on;
+//! - [`Kernels::Hybrid`]: activations are quantized to 8 bits on each call and
+//!   multiplied with the 8-bit weights in exact i32 arithmetic
+//!   ([`hybrid`]), giving float outputs.
+//!
+//! This crate knows nothing of files or syntax; `qbake-codegen` does that.
+
+mod alloc;
+mod exec;
+pub mod gemm_f32;
+pub mod hybrid;
+pub mod ops;
+mod weights;
+
+pub use alloc::{Zeroable, boxed_zeroed};
+pub use exec::{Exec, Kernels};
+pub use ops::Activation;
+pub use qbake_macros::quantized_model;
+pub use weights::{Aligned, DequantCache, FloatWeight, QuantParams, QuantWeight, Weight};
