@@ -31,7 +31,8 @@ struct MacroArgs {
 impl Parse for MacroArgs {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         if input.is_empty() {
-            return Err(input.error(
+            return Err(syn::Error::new(
+                proc_macro2::Span::call_site(),
                 "qbake: expected the model file's path, as in `quantized_model!(\"model.safetensors\")`",
             ));
         }

@@ -45,6 +45,18 @@ impl ModelFile {
     }
 
     fn parse(bytes: memmap2::Mmap) -> Result<Self, Error> {
+        // The first 8 bytes are the header's length: checked here too, for a
+        // message that says what is wrong with a file that is not safetensors.
+        let Some(len_bytes) = bytes.first_chunk::<8>() else {
+            bail!("the model file has {} bytes, too few for a safetensors file", bytes.len());
+        };
+        let header_len = u64::from_le_bytes(*len_bytes);
+        let rest = bytes.len() as u64 - 8;
+        if header_len > rest {
+            bail!(
+                "not a safetensors file, or a truncated one: its first 8 bytes give a header of {header_len} bytes, but {rest} bytes follow"
+            );
+        }
         // The safetensors crate checks the header length against the file,
         // the JSON, dtypes, and that offsets tile the data exactly.
         let (header_len, metadata) = SafeTensors::read_metadata(&bytes).map_err(not_safetensors)?;

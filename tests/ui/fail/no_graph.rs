@@ -1,0 +1,5 @@
+mod model {
+    qbake::quantized_model!("../../models/no_graph.safetensors");
+}
+
+fn main() {}

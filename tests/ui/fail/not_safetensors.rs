@@ -1,0 +1,5 @@
+mod model {
+    qbake::quantized_model!("../../models/not_safetensors.safetensors");
+}
+
+fn main() {}

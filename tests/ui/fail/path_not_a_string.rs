@@ -1,0 +1,5 @@
+mod model {
+    qbake::quantized_model!(tiny);
+}
+
+fn main() {}

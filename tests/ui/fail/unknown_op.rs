@@ -1,0 +1,5 @@
+mod model {
+    qbake::quantized_model!("../../models/unknown_op.safetensors");
+}
+
+fn main() {}
