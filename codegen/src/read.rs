@@ -48,7 +48,10 @@ impl ModelFile {
         // The first 8 bytes are the header's length: checked here too, for a
         // message that says what is wrong with a file that is not safetensors.
         let Some(len_bytes) = bytes.first_chunk::<8>() else {
-            bail!("the model file has {} bytes, too few for a safetensors file", bytes.len());
+            bail!(
+                "the model file has {} bytes, too few for a safetensors file",
+                bytes.len()
+            );
         };
         let header_len = u64::from_le_bytes(*len_bytes);
         let rest = bytes.len() as u64 - 8;

@@ -43,6 +43,23 @@ impl Reference {
         self.tensors.get(name).map(Vec::as_slice)
     }
 
+    /// Replaces a tensor's values, to ask what the model computes with other
+    /// weights (the baked ones, say). The length must stay the same.
+    pub fn set_tensor(&mut self, name: &str, values: Vec<f32>) -> Result<(), Error> {
+        match self.tensors.get_mut(name) {
+            Some(t) if t.len() == values.len() => {
+                *t = values;
+                Ok(())
+            }
+            Some(t) => Err(Error::new(format!(
+                "tensor `{name}` has {} values, not {}",
+                t.len(),
+                values.len()
+            ))),
+            None => Err(Error::new(format!("the graph uses no tensor `{name}`"))),
+        }
+    }
+
     /// The output for `input` (flattened, in the declared shape).
     pub fn run(&self, input: &[f32]) -> Vec<f64> {
         self.run_all(input).swap_remove(self.plan.output)

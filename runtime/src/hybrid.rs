@@ -104,7 +104,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn weight(rows: usize, cols: usize, data: &'static [u8], params: QuantParams) -> QuantWeight {
-        QuantWeight { name: "w", rows, cols, data, params, cache: DequantCache::new() }
+        QuantWeight {
+            name: "w",
+            rows,
+            cols,
+            data,
+            params,
+            cache: DequantCache::new(),
+        }
     }
 
     fn leak<T>(v: Vec<T>) -> &'static [T] {
@@ -171,16 +178,44 @@ mod tests {
     fn extreme_operands_sum_exactly() {
         for (q_w, q_x, zp) in [(255u8, 127i8, 0u8), (0, -127, 255), (255, -127, 0)] {
             let k = MAX_EXACT_K;
-            let w = weight(1, k, leak(vec![q_w; k]), QuantParams { min: &[], max: &[], scale: &[1.0], zero_point: leak(vec![zp]) });
-            let x = QuantizedRows { values: vec![q_x; k], scales: vec![1.0], sums: vec![i32::from(q_x) * k as i32] };
+            let w = weight(
+                1,
+                k,
+                leak(vec![q_w; k]),
+                QuantParams {
+                    min: &[],
+                    max: &[],
+                    scale: &[1.0],
+                    zero_point: leak(vec![zp]),
+                },
+            );
+            let x = QuantizedRows {
+                values: vec![q_x; k],
+                scales: vec![1.0],
+                sums: vec![i32::from(q_x) * k as i32],
+            };
             let mut y = [0.0];
             gemm_reference(&x, &w, None, Activation::None, &mut y);
             let exact = (i64::from(q_w) - i64::from(zp)) * i64::from(q_x) * k as i64;
             assert_eq!(y[0], exact as f32, "q_w {q_w} q_x {q_x} zp {zp}");
         }
         // Two products of 255 * 127: past i16, exact here.
-        let w = weight(1, 2, &[255, 255], QuantParams { min: &[], max: &[], scale: &[1.0], zero_point: &[0] });
-        let x = QuantizedRows { values: vec![127, 127], scales: vec![1.0], sums: vec![254] };
+        let w = weight(
+            1,
+            2,
+            &[255, 255],
+            QuantParams {
+                min: &[],
+                max: &[],
+                scale: &[1.0],
+                zero_point: &[0],
+            },
+        );
+        let x = QuantizedRows {
+            values: vec![127, 127],
+            scales: vec![1.0],
+            sums: vec![254],
+        };
         let mut y = [0.0];
         gemm_reference(&x, &w, None, Activation::None, &mut y);
         assert_eq!(y[0], 64770.0);

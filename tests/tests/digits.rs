@@ -17,8 +17,13 @@ fn quantized_accuracy_is_within_one_point_of_float() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models");
     let bytes = std::fs::read(format!("{dir}/digits_test.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let images: Vec<f32> =
-        st.tensor("images").unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let images: Vec<f32> = st
+        .tensor("images")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     let labels: Vec<usize> = st
         .tensor("labels")
         .unwrap()
@@ -30,18 +35,30 @@ fn quantized_accuracy_is_within_one_point_of_float() {
     let reference =
         qbake_codegen::reference::Reference::load(format!("{dir}/digits.safetensors").as_ref()).unwrap();
     let correct = |pred: &dyn Fn(&[f32]) -> usize| {
-        images.chunks_exact(64).zip(&labels).filter(|(x, l)| pred(x) == **l).count()
+        images
+            .chunks_exact(64)
+            .zip(&labels)
+            .filter(|(x, l)| pred(x) == **l)
+            .count()
     };
     let float = correct(&|x| {
         let y: Vec<f32> = reference.run(x).iter().map(|&v| v as f32).collect();
         argmax(&y)
     });
     // The float model is a real classifier, not noise.
-    assert!(float * 100 >= labels.len() * 95, "float accuracy {float}/{}", labels.len());
+    assert!(
+        float * 100 >= labels.len() * 95,
+        "float accuracy {float}/{}",
+        labels.len()
+    );
     for kernels in [Kernels::Dequant, Kernels::Hybrid] {
         let model = digits::Model::new(kernels);
         let quantized = correct(&|x| argmax(model.forward(&[x.try_into().unwrap()]).as_flattened()));
         let drop = (float as f64 - quantized as f64) * 100.0 / labels.len() as f64;
-        assert!(drop <= 1.0, "{kernels:?}: {quantized} vs float {float} of {}", labels.len());
+        assert!(
+            drop <= 1.0,
+            "{kernels:?}: {quantized} vs float {float} of {}",
+            labels.len()
+        );
     }
 }

@@ -66,12 +66,49 @@ fn quantized_names(path: &Path, options: &Options) -> Vec<String> {
     let file = ModelFile::open(path).unwrap();
     let plan = qbake_codegen::graph::plan(&file).unwrap();
     let baked = quantize::bake(&file, &plan, options).unwrap();
-    baked.weights.iter().filter(|w| matches!(w.storage, Storage::U8 { .. })).map(|w| w.name.clone()).collect()
+    baked
+        .weights
+        .iter()
+        .filter(|w| matches!(w.storage, Storage::U8 { .. }))
+        .map(|w| w.name.clone())
+        .collect()
 }
 
-/// The largest deviation from the reference each output may show.
-fn error_bound(path: &Path, options: &Options, input: &[f32], kernels: Kernels) -> Vec<f64> {
-    let reference = Reference::load(path).unwrap();
+/// The reference run with the baked (dequantized) weights in place of the
+/// file's: what the model computes, rounding aside.
+fn baked_reference(path: &Path, options: &Options) -> Reference {
+    let mut reference = Reference::load(path).unwrap();
+    let file = ModelFile::open(path).unwrap();
+    for (name, values) in dequantized_weights(path, options) {
+        let shape = &file.tensor(&name).unwrap().shape;
+        let values = match reference.plan().steps.iter().find_map(|s| match &s.op {
+            Op::Dense {
+                weight, transposed, ..
+            } if *weight == name => Some(*transposed),
+            _ => None,
+        }) {
+            // Baked MatMul weights are [N, K]; the file's are [K, N].
+            Some(true) => (0..shape[0])
+                .flat_map(|k| (0..shape[1]).map(move |n| (k, n)))
+                .map(|(k, n)| values[n * shape[0] + k])
+                .collect(),
+            _ => values,
+        };
+        reference.set_tensor(&name, values).unwrap();
+    }
+    reference
+}
+
+/// The largest deviation from `reference` each output may show. With the
+/// file's weights, this includes the weight quantization error; with the
+/// baked weights (`baked_reference`), that term is zero and the bound is tight.
+fn error_bound(
+    reference: &Reference,
+    path: &Path,
+    options: &Options,
+    input: &[f32],
+    kernels: Kernels,
+) -> Vec<f64> {
     let plan = reference.plan();
     let truth = reference.run_all(input);
     let baked = dequantized_weights(path, options);
@@ -82,7 +119,12 @@ fn error_bound(path: &Path, options: &Options, input: &[f32], kernels: Kernels) 
     for step in &plan.steps {
         let (x, e) = (&truth[step.inputs[0]], &err[step.inputs[0]]);
         let out: Vec<f64> = match &step.op {
-            Op::Dense { weight, bias, transposed, .. } => {
+            Op::Dense {
+                weight,
+                bias,
+                transposed,
+                ..
+            } => {
                 let w = reference.tensor(weight).unwrap();
                 let wq = &baked[weight];
                 let k = *plan.values[step.inputs[0]].shape.last().unwrap();
@@ -94,9 +136,12 @@ fn error_bound(path: &Path, options: &Options, input: &[f32], kernels: Kernels) 
                     let emax = er.iter().copied().fold(0.0, f64::max);
                     let half_step = if hybrid { (amax + emax) / 127.0 / 2.0 } else { 0.0 };
                     for j in 0..n {
-                        let w_orig = |i: usize| f64::from(if *transposed { w[i * n + j] } else { w[j * k + i] });
+                        let w_orig =
+                            |i: usize| f64::from(if *transposed { w[i * n + j] } else { w[j * k + i] });
                         let mut bound = 0.0;
-                        let mut magnitude = bias.as_ref().map_or(0.0, |b| f64::from(reference.tensor(b).unwrap()[j]).abs());
+                        let mut magnitude = bias
+                            .as_ref()
+                            .map_or(0.0, |b| f64::from(reference.tensor(b).unwrap()[j]).abs());
                         for i in 0..k {
                             let wb = f64::from(wq[j * k + i]);
                             bound += wb.abs() * (er[i] + half_step) + (wb - w_orig(i)).abs() * xr[i].abs();
@@ -109,9 +154,15 @@ fn error_bound(path: &Path, options: &Options, input: &[f32], kernels: Kernels) 
             }
             Op::Add { .. } => {
                 let (b, eb) = (&truth[step.inputs[1]], &err[step.inputs[1]]);
-                (0..x.len()).map(|i| e[i] + eb[i] + 2.0 * eps * (x[i].abs() + b[i].abs() + e[i] + eb[i])).collect()
+                (0..x.len())
+                    .map(|i| e[i] + eb[i] + 2.0 * eps * (x[i].abs() + b[i].abs() + e[i] + eb[i]))
+                    .collect()
             }
-            Op::AddConstant { .. } => e.iter().zip(x).map(|(e, x)| e + 2.0 * eps * (x.abs() + e + 10.0)).collect(),
+            Op::AddConstant { .. } => e
+                .iter()
+                .zip(x)
+                .map(|(e, x)| e + 2.0 * eps * (x.abs() + e + 10.0))
+                .collect(),
             Op::Activation(_) | Op::Alias => e.clone(),
             Op::Softmax { outer, len, inner } => {
                 let mut out = vec![0.0; e.len()];
@@ -157,23 +208,24 @@ fn check(
     forward: impl Fn(Kernels, &[f32]) -> Vec<f32>,
 ) -> f64 {
     let path = model_path(rel);
-    let reference = Reference::load(&path).unwrap();
     let mut worst: f64 = 0.0;
-    for kernels in [Kernels::Dequant, Kernels::Hybrid] {
-        for x in inputs {
-            let want = reference.run(x);
-            let got = forward(kernels, x);
-            let bound = error_bound(&path, &options, x, kernels);
-            for i in 0..want.len() {
-                let err = (f64::from(got[i]) - want[i]).abs();
-                assert!(
-                    err <= bound[i],
-                    "{rel} {options:?} {kernels:?}: output {i} is {} against {}, off by {err:e}, bound {:e}",
-                    got[i],
-                    want[i],
-                    bound[i]
-                );
-                worst = worst.max(err / bound[i]);
+    for reference in [Reference::load(&path).unwrap(), baked_reference(&path, &options)] {
+        for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+            for x in inputs {
+                let want = reference.run(x);
+                let got = forward(kernels, x);
+                let bound = error_bound(&reference, &path, &options, x, kernels);
+                for i in 0..want.len() {
+                    let err = (f64::from(got[i]) - want[i]).abs();
+                    assert!(
+                        err <= bound[i],
+                        "{rel} {options:?} {kernels:?}: output {i} is {} against {}, off by {err:e}, bound {:e}",
+                        got[i],
+                        want[i],
+                        bound[i]
+                    );
+                    worst = worst.max(err / bound[i]);
+                }
             }
         }
     }
@@ -184,7 +236,10 @@ fn check(
 fn every_op_within_the_derived_bound() {
     let xs = inputs(32, 20, 2.0);
     let run = |per_channel: bool| {
-        let options = Options { per_channel, ..Options::default() };
+        let options = Options {
+            per_channel,
+            ..Options::default()
+        };
         check("../models/all_ops.safetensors", options, &xs, |kernels, x| {
             let input: all_ops::Input = [x[..16].try_into().unwrap(), x[16..].try_into().unwrap()];
             let out = if per_channel {
@@ -203,18 +258,29 @@ fn every_op_within_the_derived_bound() {
 
 #[test]
 fn digits_within_the_derived_bound() {
-    let xs: Vec<Vec<f32>> = inputs(64, 20, 1.0).into_iter().map(|v| v.iter().map(|x| x.abs()).collect()).collect();
+    let xs: Vec<Vec<f32>> = inputs(64, 20, 1.0)
+        .into_iter()
+        .map(|v| v.iter().map(|x| x.abs()).collect())
+        .collect();
     for per_channel in [true, false] {
-        let options = Options { per_channel, ..Options::default() };
-        check("../../examples/models/digits.safetensors", options, &xs, |kernels, x| {
-            let input: digits::Input = [x.try_into().unwrap()];
-            let out = if per_channel {
-                digits::Model::new(kernels).forward(&input)
-            } else {
-                digits_per_tensor::Model::new(kernels).forward(&input)
-            };
-            out.as_flattened().to_vec()
-        });
+        let options = Options {
+            per_channel,
+            ..Options::default()
+        };
+        check(
+            "../../examples/models/digits.safetensors",
+            options,
+            &xs,
+            |kernels, x| {
+                let input: digits::Input = [x.try_into().unwrap()];
+                let out = if per_channel {
+                    digits::Model::new(kernels).forward(&input)
+                } else {
+                    digits_per_tensor::Model::new(kernels).forward(&input)
+                };
+                out.as_flattened().to_vec()
+            },
+        );
     }
 }
 
@@ -224,7 +290,12 @@ fn dequant_and_hybrid_differ_only_by_activation_rounding() {
     let x: all_ops::Input = [[0.5; 16], [-0.25; 16]];
     let d = all_ops::Model::new(Kernels::Dequant).forward(&x);
     let h = all_ops::Model::new(Kernels::Hybrid).forward(&x);
-    let diff = d.as_flattened().iter().zip(h.as_flattened()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let diff = d
+        .as_flattened()
+        .iter()
+        .zip(h.as_flattened())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     assert!(diff > 0.0 && diff < 0.05, "max difference {diff}");
     // Softmax over axis 1 of [2, 4, 6]: each column of 4 sums to 1.
     for b in 0..2 {
