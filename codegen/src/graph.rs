@@ -494,7 +494,7 @@ fn reshape(x: &[usize], target: &[i64], name: &str) -> Result<Vec<usize>, Error>
     let known = checked_product(&shape)
         .ok_or_else(|| Error::new(format!("node `{name}`: Reshape shape {target:?} overflows")))?;
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             bail!("node `{name}`: cannot reshape {x:?} into {target:?}");
         }
         shape[i] = total / known;

@@ -32,7 +32,7 @@ impl QParams {
         let scale = ((hi - lo) / 255.0) as f32;
         // A range too narrow for f32 (or empty) holds only zeros, to within
         // the smallest subnormal.
-        if !(scale > 0.0) || !scale.is_finite() {
+        if scale <= 0.0 || !scale.is_finite() {
             return QParams {
                 min: 0.0,
                 max: 0.0,

@@ -36,7 +36,10 @@ impl Activation {
 /// with `x` of `m` rows of `w.cols()`.
 pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
     let (n, k) = (w.rows(), w.cols());
-    assert_eq!(x.len() % k, 0, "dense input is not a whole number of rows");
+    assert!(
+        x.len().is_multiple_of(k),
+        "dense input is not a whole number of rows"
+    );
     assert_eq!(y.len(), x.len() / k * n, "dense output has the wrong size");
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "bias length differs from the output channels");
@@ -62,7 +65,7 @@ pub fn add(a: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
 /// `y = act(x + c)` where `c` is broadcast over `x`'s leading dimensions
 /// (its shape is a suffix of `x`'s).
 pub fn add_constant(x: &[f32], c: &[f32], act: Activation, y: &mut [f32]) {
-    assert!(x.len() == y.len() && !c.is_empty() && x.len() % c.len() == 0);
+    assert!(x.len() == y.len() && !c.is_empty() && x.len().is_multiple_of(c.len()));
     for (y_chunk, x_chunk) in y.chunks_exact_mut(c.len()).zip(x.chunks_exact(c.len())) {
         for ((y, &x), &c) in y_chunk.iter_mut().zip(x_chunk).zip(c) {
             *y = act.apply(x + c);

@@ -310,3 +310,14 @@ fn dequant_and_hybrid_differ_only_by_activation_rounding() {
 fn codegen_and_runtime_agree_on_the_exact_k_limit() {
     assert_eq!(qbake_codegen::quantize::MAX_EXACT_K, qbake::hybrid::MAX_EXACT_K);
 }
+
+/// The expansion names the model file as an input of the crate (rustc's
+/// dep-info, which cargo reads), so editing the model rebuilds the crate.
+#[test]
+fn the_model_file_is_a_build_input() {
+    let dep_info = std::env::current_exe().unwrap().with_extension("d");
+    let text = std::fs::read_to_string(&dep_info).unwrap_or_else(|e| panic!("{}: {e}", dep_info.display()));
+    for model in ["tests/models/all_ops.safetensors", "examples/models/digits.safetensors"] {
+        assert!(text.contains(model), "{} does not list {model}", dep_info.display());
+    }
+}
