@@ -155,8 +155,7 @@ fn weight_static(w: &BakedWeight, ident: &Ident) -> TokenStream {
     match &w.storage {
         Storage::U8 { data, params } => {
             let bytes_ident = format_ident!("{}_U8", ident);
-            let len = data.len();
-            let bytes = Literal::byte_string(data);
+            let byte_array = aligned_bytes(&bytes_ident, data);
             let field = |f: fn(&QParams) -> f32| params.iter().map(move |p| Literal::f32_unsuffixed(f(p)));
             let (mins, maxs, scales) = (field(|p| p.min), field(|p| p.max), field(|p| p.scale));
             let zero_points = Literal::byte_string(&params.iter().map(|p| p.zero_point).collect::<Vec<_>>());
@@ -175,7 +174,7 @@ fn weight_static(w: &BakedWeight, ident: &Ident) -> TokenStream {
                     },
                     cache: ::qbake::DequantCache::new(),
                 });
-                static #bytes_ident: ::qbake::Aligned<#len> = ::qbake::Aligned(*#bytes);
+                #byte_array
             }
         }
         Storage::F32(values) => {
@@ -191,6 +190,14 @@ fn weight_static(w: &BakedWeight, ident: &Ident) -> TokenStream {
             }
         }
     }
+}
+
+/// `static NAME: Aligned<N>` holding `bytes`: the one place baked weight
+/// bytes are emitted, as a single byte-string literal (never a token per byte).
+fn aligned_bytes(ident: &Ident, bytes: &[u8]) -> TokenStream {
+    let len = bytes.len();
+    let literal = Literal::byte_string(bytes);
+    quote!(static #ident: ::qbake::Aligned<#len> = ::qbake::Aligned(*#literal);)
 }
 
 fn describe_weight(w: &BakedWeight) -> String {
