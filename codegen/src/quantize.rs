@@ -10,9 +10,7 @@ use crate::error::{Error, bail};
 use crate::graph::{Op, Plan};
 use crate::read::ModelFile;
 
-/// Largest inner dimension whose 8-bit products sum exactly in i32
-/// (`K * 255 * 127 <= i32::MAX`); the runtime's hybrid kernels rely on it.
-pub const MAX_EXACT_K: usize = (i32::MAX as usize) / (255 * 127);
+pub use qbake_format::MAX_EXACT_K;
 
 /// The parameters of one quantized range.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +58,7 @@ impl QParams {
 
     /// `(q - zero_point) * scale`, in f32 exactly as the runtime computes it.
     pub fn dequantize(&self, q: u8) -> f32 {
-        (i32::from(q) - i32::from(self.zero_point)) as f32 * self.scale
+        qbake_format::dequantize(q, self.scale, self.zero_point)
     }
 }
 

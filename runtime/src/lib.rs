@@ -28,3 +28,6 @@ pub use exec::{Exec, Kernels};
 pub use ops::Activation;
 pub use qbake_macros::quantized_model;
 pub use weights::{Aligned, DequantCache, FloatWeight, QuantParams, QuantWeight, Weight};
+
+/// The packed layout and quantization arithmetic shared with the code generator.
+pub use qbake_format as format;

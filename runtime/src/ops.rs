@@ -20,14 +20,18 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// Applies the activation. A NaN input gives the lower bound (0 for
-    /// `Relu`), since `f32::max` prefers the number; `None` passes it through.
+    /// Applies the activation. Defined as the SIMD kernels compute it
+    /// (`max_ps`/`min_ps` return their second operand unless the first is
+    /// strictly beyond it), so a NaN gives the lower bound (0 for `Relu`)
+    /// and `None` passes it through.
     #[inline]
     pub fn apply(self, v: f32) -> f32 {
+        let max = |v: f32, lo: f32| if v > lo { v } else { lo };
+        let min = |v: f32, hi: f32| if v < hi { v } else { hi };
         match self {
             Activation::None => v,
-            Activation::Relu => v.max(0.0),
-            Activation::Clip { min, max } => v.max(min).min(max),
+            Activation::Relu => max(v, 0.0),
+            Activation::Clip { min: lo, max: hi } => min(max(v, lo), hi),
         }
     }
 }
@@ -47,10 +51,10 @@ pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Acti
     match (exec.kernels, w) {
         (Kernels::Hybrid, Weight::U8(qw)) => {
             let qx = QuantizedRows::quantize(x, k);
-            hybrid::gemm_reference(&qx, qw, bias, act, y);
+            hybrid::gemm(&qx, qw, bias, act, y);
         }
         // Float weights (kept small) run in float in both families.
-        _ => gemm_f32::gemm_reference(x, w.as_f32(), k, bias, act, y),
+        _ => gemm_f32::gemm(x, w.as_f32(), bias, act, y),
     }
 }
 

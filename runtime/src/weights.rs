@@ -1,3 +1,6 @@
+use crate::gemm_f32::PackedF32;
+use crate::hybrid::PanelParams;
+use qbake_format::{NR, dequantize};
 use std::sync::OnceLock;
 
 /// Bytes aligned to 64, a cache line and the widest vector load, so kernels
@@ -33,50 +36,65 @@ impl QuantParams {
     }
 }
 
-/// A baked 8-bit weight matrix of `rows` output channels by `cols` inputs,
-/// row-major: `data[n * cols + k]` weighs input `k` of output `n`.
+/// A baked 8-bit weight matrix of `rows` output channels by `cols` inputs.
+///
+/// The bytes are s8 (`q - 128`) in the panel order the int8 kernels read
+/// (`qbake_format::packed_index`), packed at compile time.
 #[derive(Debug)]
 pub struct QuantWeight {
     /// The tensor's name in the model file.
     pub name: &'static str,
     pub rows: usize,
     pub cols: usize,
-    pub data: &'static [u8],
+    pub packed: &'static [u8],
     pub params: QuantParams,
-    /// The f32 copy for [`Kernels::Dequant`](crate::Kernels::Dequant), filled on first use.
+    /// The f32 panels for [`Kernels::Dequant`](crate::Kernels::Dequant), filled on first use.
     pub cache: DequantCache,
 }
 
 impl QuantWeight {
-    /// The weights as f32, dequantized on the first call and cached.
-    pub fn dequantized(&self) -> &[f32] {
+    /// The stored u8 value of weight `(n, k)`.
+    #[inline]
+    pub fn q(&self, n: usize, k: usize) -> u8 {
+        qbake_format::from_s8(self.packed[qbake_format::packed_index(n, k, self.cols)] as i8)
+    }
+
+    /// The weights as f32 panels, dequantized and packed on the first call, then cached.
+    pub fn dequantized(&self) -> &PackedF32 {
         self.cache.get_or_fill(|| self.dequantize())
     }
 
-    /// Dequantizes every weight: `(q - zero_point) * scale`.
-    pub fn dequantize(&self) -> Box<[f32]> {
-        let mut out = Vec::with_capacity(self.data.len());
-        for (n, row) in self.data.chunks_exact(self.cols).enumerate() {
+    /// Dequantizes every weight, `(q - zero_point) * scale`, into f32 panels.
+    pub fn dequantize(&self) -> PackedF32 {
+        PackedF32::from_fn(self.rows, self.cols, |n, k| {
             let (scale, zp) = self.params.of_row(n);
-            out.extend(row.iter().map(|&q| dequantize(q, scale, zp)));
+            dequantize(self.q(n, k), scale, zp)
+        })
+    }
+
+    /// The per-channel constants of panel `p` for the int8 kernels.
+    pub fn panel_params(&self, p: usize, bias: Option<&[f32]>) -> PanelParams {
+        let mut params = PanelParams { zero_point: [0; NR], scale: [0.0; NR], bias: [0.0; NR] };
+        for j in 0..NR.min(self.rows - p * NR) {
+            let n = p * NR + j;
+            let (scale, zp) = self.params.of_row(n);
+            params.zero_point[j] = i32::from(zp) - 128;
+            params.scale[j] = scale;
+            params.bias[j] = bias.map_or(0.0, |b| b[n]);
         }
-        out.into_boxed_slice()
+        params
     }
 }
 
-/// The one definition of 8-bit dequantization.
-#[inline]
-pub fn dequantize(q: u8, scale: f32, zero_point: u8) -> f32 {
-    (i32::from(q) - i32::from(zero_point)) as f32 * scale
-}
-
-/// A weight matrix kept in f32 (biases and matrices too small to gain from 8 bits).
+/// A weight matrix kept in f32 (too small to gain from 8 bits), row-major `[rows, cols]`.
 #[derive(Debug)]
 pub struct FloatWeight {
     pub name: &'static str,
     pub rows: usize,
     pub cols: usize,
     pub data: &'static [f32],
+    /// Its f32 panels, packed on first use.
+    pub cache: DequantCache,
 }
 
 /// A weight matrix as baked: 8-bit, or kept in f32.
@@ -101,28 +119,29 @@ impl Weight {
         }
     }
 
-    /// The weights as f32: the baked floats, or the dequant cache.
-    pub fn as_f32(&self) -> &[f32] {
+    /// The weights as f32 panels for the float kernels: the dequant cache,
+    /// or the baked floats packed once.
+    pub fn as_f32(&self) -> &PackedF32 {
         match self {
             Weight::U8(w) => w.dequantized(),
-            Weight::F32(w) => w.data,
+            Weight::F32(w) => w.cache.get_or_fill(|| PackedF32::from_rows(w.data, w.rows, w.cols)),
         }
     }
 }
 
-/// A once-filled f32 copy of a weight tensor, shared by every `Model` and
-/// thread: the first caller dequantizes, concurrent callers wait for it, and
-/// everyone after reads the same memory.
+/// A once-filled f32 copy of a weight tensor, in the f32 kernels' panel
+/// order, shared by every `Model` and thread: the first caller fills it,
+/// concurrent callers wait for it, and everyone after reads the same memory.
 #[derive(Debug, Default)]
-pub struct DequantCache(OnceLock<Box<[f32]>>);
+pub struct DequantCache(OnceLock<PackedF32>);
 
 impl DequantCache {
     pub const fn new() -> Self {
         DequantCache(OnceLock::new())
     }
 
-    /// The cached values, computing them with `fill` if this is the first call.
-    pub fn get_or_fill(&self, fill: impl FnOnce() -> Box<[f32]>) -> &[f32] {
+    /// The cached panels, computing them with `fill` if this is the first call.
+    pub fn get_or_fill(&self, fill: impl FnOnce() -> PackedF32) -> &PackedF32 {
         self.0.get_or_init(fill)
     }
 
@@ -149,10 +168,11 @@ mod tests {
                         let v = CACHE.get_or_fill(|| {
                             FILLS.fetch_add(1, Ordering::SeqCst);
                             std::thread::sleep(std::time::Duration::from_millis(20));
-                            vec![1.0; 1000].into_boxed_slice()
+                            PackedF32::from_rows(&[1.0; 1000], 10, 100)
                         });
-                        assert_eq!(v.len(), 1000);
-                        v.as_ptr() as usize
+                        // 10 channels padded to one panel of 16.
+                        assert_eq!(v.data.len(), 16 * 100);
+                        v.data.as_ptr() as usize
                     })
                 })
                 .collect();
@@ -165,12 +185,13 @@ mod tests {
 
     #[test]
     fn per_tensor_and_per_channel_dequantize() {
-        static DATA: [u8; 6] = [0, 128, 255, 10, 20, 30];
+        let rows = [0u8, 128, 255, 10, 20, 30];
+        let packed: &'static [u8] = Box::leak(qbake_format::pack_b_s8(&rows, 2, 3).into_boxed_slice());
         let w = QuantWeight {
             name: "w",
             rows: 2,
             cols: 3,
-            data: &DATA,
+            packed,
             params: QuantParams {
                 min: &[-1.0, 0.0],
                 max: &[1.0, 2.55],
@@ -179,10 +200,14 @@ mod tests {
             },
             cache: DequantCache::new(),
         };
+        assert_eq!((0..3).map(|k| w.q(1, k)).collect::<Vec<_>>(), [10, 20, 30]);
         let f = w.dequantized();
-        assert_eq!(f[1], 0.0);
-        assert_eq!(f[0], -128.0 * (2.0f32 / 255.0));
-        assert_eq!(f[3..], [10.0 * 0.01, 20.0 * 0.01, 30.0 * 0.01]);
+        assert_eq!(f.get(0, 1), 0.0);
+        assert_eq!(f.get(0, 0), -128.0 * (2.0f32 / 255.0));
+        assert_eq!([f.get(1, 0), f.get(1, 1), f.get(1, 2)], [10.0 * 0.01, 20.0 * 0.01, 30.0 * 0.01]);
         assert!(w.cache.is_filled());
+        let p = w.panel_params(0, Some(&[5.0, 6.0]));
+        assert_eq!(p.zero_point[..2], [0, -128]);
+        assert_eq!(p.bias[..3], [5.0, 6.0, 0.0]);
     }
 }

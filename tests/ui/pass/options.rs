@@ -8,10 +8,12 @@ fn main() {
         panic!("keep_float_below = 1 quantizes every matrix");
     };
     assert!(!w.params.per_channel());
-    assert_eq!((w.rows, w.cols, w.data.len()), (3, 4, 12));
+    assert_eq!((w.rows, w.cols), (3, 4));
+    // Packed at compile time: one panel of 16 channels by one group of 4 inputs.
+    assert_eq!(w.packed.len(), qbake::format::packed_len(3, 4));
     // The zero point makes 0.0 exact: W[1][0] and W[2][2] are 0.
-    assert_eq!(w.dequantized()[4], 0.0);
-    assert_eq!(w.dequantized()[10], 0.0);
+    assert_eq!(w.dequantized().get(1, 0), 0.0);
+    assert_eq!(w.dequantized().get(2, 2), 0.0);
     // 64-byte alignment of the baked bytes.
-    assert_eq!(w.data.as_ptr() as usize % 64, 0);
+    assert_eq!(w.packed.as_ptr() as usize % 64, 0);
 }

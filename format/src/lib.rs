@@ -1,0 +1,116 @@
+//! What qbake's code generator writes and its runtime reads, defined once.
+//!
+//! The generator packs weights at compile time in the exact order the int8
+//! kernels read them; the runtime reads them back (for the dequant cache and
+//! the reference kernels). Both sides use these definitions, so the layout
+//! cannot drift between them. Plain code: no SIMD, no syntax, no files.
+
+/// Output channels per packed panel: one microkernel call covers 16 columns
+/// (two AVX2 registers of eight i32 lanes).
+pub const NR: usize = 16;
+
+/// Consecutive inputs (k) per lane group: `maddubs` + `madd` sum 4 byte products per i32 lane.
+pub const KG: usize = 4;
+
+/// Largest inner dimension whose 8-bit products sum exactly in i32:
+/// `K * 255 * 127 <= i32::MAX`.
+pub const MAX_EXACT_K: usize = (i32::MAX as usize) / (255 * 127);
+
+/// `k` rounded up to whole lane groups: the row stride of quantized activations.
+pub const fn padded_k(k: usize) -> usize {
+    k.div_ceil(KG) * KG
+}
+
+/// Bytes of a packed `[n, k]` weight matrix.
+pub const fn packed_len(n: usize, k: usize) -> usize {
+    n.div_ceil(NR) * NR * padded_k(k)
+}
+
+/// Where weight `(row n, input k)` lives in the packed bytes.
+///
+/// Panels of [`NR`] output channels follow each other; inside a panel, groups
+/// of [`KG`] inputs follow each other; inside a group, each channel's
+/// [`KG`] consecutive inputs are adjacent:
+///
+/// ```text
+/// index = (n / NR) * NR * padded_k  +  (k / KG) * NR * KG  +  (n % NR) * KG  +  k % KG
+/// ```
+///
+/// So one 32-byte load reads 8 channels x 4 inputs, exactly one `maddubs` operand.
+pub const fn packed_index(n: usize, k: usize, k_total: usize) -> usize {
+    (n / NR) * NR * padded_k(k_total) + (k / KG) * NR * KG + (n % NR) * KG + k % KG
+}
+
+/// The s8 operand of a u8 weight: `q - 128`, a bit flip. Its zero point moves by the same 128.
+pub const fn to_s8(q: u8) -> i8 {
+    (q ^ 0x80) as i8
+}
+
+/// The u8 weight of an s8 operand (the inverse of [`to_s8`]).
+pub const fn from_s8(s: i8) -> u8 {
+    (s as u8) ^ 0x80
+}
+
+/// Packs a row-major `[n, k]` u8 matrix into the kernel layout, as s8.
+/// Padding (channels past `n`, inputs past `k`) is 0, and the activations'
+/// padding is 0 too, so it adds nothing.
+pub fn pack_b_s8(q: &[u8], n: usize, k: usize) -> Vec<u8> {
+    assert_eq!(q.len(), n * k, "the matrix is not n x k");
+    let mut packed = vec![0u8; packed_len(n, k)];
+    for (row, values) in q.chunks_exact(k.max(1)).enumerate().take(n) {
+        for (col, &v) in values.iter().enumerate() {
+            packed[packed_index(row, col, k)] = to_s8(v) as u8;
+        }
+    }
+    packed
+}
+
+/// The one definition of 8-bit dequantization: `(q - zero_point) * scale`.
+#[inline]
+pub fn dequantize(q: u8, scale: f32, zero_point: u8) -> f32 {
+    (i32::from(q) - i32::from(zero_point)) as f32 * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn packing_is_a_bijection_onto_its_cells(n in 1usize..40, k in 1usize..40) {
+            let q: Vec<u8> = (0..n * k).map(|i| (i * 7 + 3) as u8).collect();
+            let packed = pack_b_s8(&q, n, k);
+            prop_assert_eq!(packed.len(), packed_len(n, k));
+            let mut seen = vec![false; packed.len()];
+            for row in 0..n {
+                for col in 0..k {
+                    let i = packed_index(row, col, k);
+                    prop_assert!(!seen[i]);
+                    seen[i] = true;
+                    prop_assert_eq!(from_s8(packed[i] as i8), q[row * k + col]);
+                }
+            }
+            // Everything else is padding, and padding is zero.
+            prop_assert!(packed.iter().zip(&seen).all(|(&b, &s)| s || b == 0));
+        }
+    }
+
+    #[test]
+    fn s8_is_q_minus_128() {
+        for q in 0..=255u8 {
+            assert_eq!(i32::from(to_s8(q)), i32::from(q) - 128);
+            assert_eq!(from_s8(to_s8(q)), q);
+        }
+    }
+
+    #[test]
+    fn one_group_is_eight_channels_of_four_inputs_per_register_half() {
+        // Channel 1, input 2 sits right after channel 0's four inputs.
+        assert_eq!(packed_index(1, 2, 8), 4 + 2);
+        // The next group of inputs starts after all 16 channels.
+        assert_eq!(packed_index(0, 4, 8), NR * KG);
+        // The second panel starts after the first's padded_k * NR bytes.
+        assert_eq!(packed_index(16, 0, 5), NR * 8);
+    }
+}

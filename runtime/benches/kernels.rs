@@ -1,0 +1,211 @@
+//! GEMM throughput at MobileNet's 1x1-convolution shapes and a transformer
+//! shape, as GOP/s and as a share of this machine's peak measured in the
+//! same run. `cargo bench -p qbake --bench kernels` (add `-- --quick` for a
+//! short run).
+//!
+//! - int8: the hybrid GEMM on quantized activations (the quantizer is timed
+//!   separately, in the fully connected comparison), against the u8 x s8
+//!   peak: a register-only loop of `maddubs` + `madd` + `add`, the shortest
+//!   exact u8 x s8 -> i32 step.
+//! - f32: the Dequant GEMM on cached panels, against a register-only FMA loop.
+//! - A fully connected layer, Hybrid (quantize + int8 GEMM) against Dequant
+//!   (f32 GEMM), at K >= 256.
+
+use qbake::gemm_f32::{self, PackedF32};
+use qbake::hybrid::{self, QuantizedRows};
+use qbake::{Activation, DequantCache, QuantParams, QuantWeight};
+use std::time::{Duration, Instant};
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    (12544, 32, 64),
+    (12544, 16, 96),
+    (3136, 128, 128),
+    (784, 256, 256),
+    (196, 512, 512),
+    (49, 1024, 1024),
+    (49, 320, 1280),
+    (1, 1024, 1001),
+    (128, 384, 1536),
+];
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let budget = Duration::from_millis(if quick { 150 } else { 600 });
+    let hybrid_kernel = hybrid::Kernel::detect();
+    let f32_kernel = gemm_f32::Kernel::detect();
+    println!("kernels: int8 {hybrid_kernel:?}, f32 {f32_kernel:?}");
+
+    let (peak_u8s8, peak_fma) = peaks();
+    println!(
+        "peaks (1 thread, register-only): u8s8 maddubs+madd+add {:.1} GOP/s, f32 FMA {:.1} GFLOP/s\n",
+        peak_u8s8 / 1e9,
+        peak_fma / 1e9
+    );
+
+    println!(
+        "{:>16} | {:>9} {:>7} | {:>10} {:>7} | {:>14}",
+        "M x K x N", "int8 GOP/s", "% peak", "f32 GFLOP/s", "% peak", "hybrid FC vs f32"
+    );
+    let (mut int8_share, mut f32_share, mut fc_speedups) = (Vec::new(), Vec::new(), Vec::new());
+    for &(m, k, n) in SHAPES {
+        let case = Case::new(m, k, n);
+        let ops = 2.0 * (m * k * n) as f64;
+        let mut y = vec![0.0f32; m * n];
+        let t_int8 = time(budget, || {
+            hybrid::gemm_with(hybrid_kernel, &case.xq, &case.w, Some(&case.bias), Activation::Relu, &mut y)
+        });
+        let t_f32 = time(budget, || {
+            gemm_f32::gemm_with(f32_kernel, &case.x, &case.wf, Some(&case.bias), Activation::Relu, &mut y)
+        });
+        let mut rows = QuantizedRows::default();
+        let t_fc_hybrid = time(budget, || {
+            rows.quantize_into(hybrid_kernel, &case.x, k);
+            hybrid::gemm_with(hybrid_kernel, &rows, &case.w, Some(&case.bias), Activation::Relu, &mut y)
+        });
+        let (g8, g32) = (ops / t_int8, ops / t_f32);
+        int8_share.push(g8 / peak_u8s8);
+        f32_share.push(g32 / peak_fma);
+        let fc = t_f32 / t_fc_hybrid;
+        if k >= 256 {
+            fc_speedups.push(fc);
+        }
+        println!(
+            "{:>16} | {:>10.1} {:>6.1}% | {:>11.1} {:>6.1}% | {:>13.2}x",
+            format!("{m}x{k}x{n}"),
+            g8 / 1e9,
+            100.0 * g8 / peak_u8s8,
+            g32 / 1e9,
+            100.0 * g32 / peak_fma,
+            fc
+        );
+    }
+    println!(
+        "\ngeomean: int8 {:.1}% of u8s8 peak, f32 {:.1}% of FMA peak; hybrid FC vs f32 at K >= 256: geomean {:.2}x, min {:.2}x",
+        100.0 * geomean(&int8_share),
+        100.0 * geomean(&f32_share),
+        geomean(&fc_speedups),
+        fc_speedups.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+}
+
+struct Case {
+    x: Vec<f32>,
+    xq: QuantizedRows,
+    w: QuantWeight,
+    wf: PackedF32,
+    bias: Vec<f32>,
+}
+
+impl Case {
+    fn new(m: usize, k: usize, n: usize) -> Self {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64 ^ (m * 31 + k * 7 + n) as u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let x: Vec<f32> = (0..m * k).map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32).collect();
+        let q: Vec<u8> = (0..n * k).map(|_| next() as u8).collect();
+        let leak = |v: Vec<u8>| -> &'static [u8] { Box::leak(v.into_boxed_slice()) };
+        let scale: &'static [f32] = Box::leak(vec![0.01f32; n].into_boxed_slice());
+        let w = QuantWeight {
+            name: "bench",
+            rows: n,
+            cols: k,
+            packed: leak(qbake::format::pack_b_s8(&q, n, k)),
+            params: QuantParams { min: &[], max: &[], scale, zero_point: leak(vec![128; n]) },
+            cache: DequantCache::new(),
+        };
+        let wf = w.dequantize();
+        let xq = QuantizedRows::quantize(&x, k);
+        Case { x, xq, w, wf, bias: vec![0.1; n] }
+    }
+}
+
+/// Median seconds per call over repeated runs within `budget`, after a warm-up.
+fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget || samples.len() < 5 {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn geomean(v: &[f64]) -> f64 {
+    (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
+}
+
+/// (u8s8 ops/s, f32 FMA flops/s), each the best of several runs.
+fn peaks() -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        let best = |f: &dyn Fn(u64) -> f64| (0..5).map(|_| f(1 << 22)).fold(0.0, f64::max);
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { (best(&|n| peak::u8s8(n)), best(&|n| peak::fma(n))) };
+    }
+    (f64::NAN, f64::NAN)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    /// Ops/s of 6 independent `vpmaddubsw` + `vpmaddwd` + `vpaddd` chains:
+    /// 32 multiply-adds (64 ops) per step, the shortest exact u8 x s8 -> i32
+    /// step. Written in assembly so the compiler cannot hoist the products.
+    #[target_feature(enable = "avx2")]
+    pub fn u8s8(iters: u64) -> f64 {
+        let a = black_box(_mm256_set1_epi8(3));
+        let b = black_box(_mm256_set1_epi8(-2));
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 6];
+        let t = Instant::now();
+        for _ in 0..iters {
+            // SAFETY: register-only AVX2 arithmetic; AVX2 is enabled.
+            unsafe {
+                std::arch::asm!(
+                    "vpmaddubsw {t0}, {a}, {b}", "vpmaddubsw {t1}, {a}, {b}", "vpmaddubsw {t2}, {a}, {b}",
+                    "vpmaddubsw {t3}, {a}, {b}", "vpmaddubsw {t4}, {a}, {b}", "vpmaddubsw {t5}, {a}, {b}",
+                    "vpmaddwd {t0}, {t0}, {o}", "vpmaddwd {t1}, {t1}, {o}", "vpmaddwd {t2}, {t2}, {o}",
+                    "vpmaddwd {t3}, {t3}, {o}", "vpmaddwd {t4}, {t4}, {o}", "vpmaddwd {t5}, {t5}, {o}",
+                    "vpaddd {c0}, {c0}, {t0}", "vpaddd {c1}, {c1}, {t1}", "vpaddd {c2}, {c2}, {t2}",
+                    "vpaddd {c3}, {c3}, {t3}", "vpaddd {c4}, {c4}, {t4}", "vpaddd {c5}, {c5}, {t5}",
+                    a = in(ymm_reg) a, b = in(ymm_reg) b, o = in(ymm_reg) ones,
+                    c0 = inout(ymm_reg) acc[0], c1 = inout(ymm_reg) acc[1], c2 = inout(ymm_reg) acc[2],
+                    c3 = inout(ymm_reg) acc[3], c4 = inout(ymm_reg) acc[4], c5 = inout(ymm_reg) acc[5],
+                    t0 = out(ymm_reg) _, t1 = out(ymm_reg) _, t2 = out(ymm_reg) _,
+                    t3 = out(ymm_reg) _, t4 = out(ymm_reg) _, t5 = out(ymm_reg) _,
+                    options(pure, nomem, nostack),
+                );
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        black_box(acc);
+        (iters * 6 * 64) as f64 / secs
+    }
+
+    /// Flops/s of 12 independent FMA chains on eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn fma(iters: u64) -> f64 {
+        let a = black_box(_mm256_set1_ps(0.999));
+        let b = black_box(_mm256_set1_ps(0.001));
+        let mut acc = [_mm256_setzero_ps(); 12];
+        let t = Instant::now();
+        for _ in 0..iters {
+            for acc in acc.iter_mut() {
+                *acc = _mm256_fmadd_ps(*acc, a, b);
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        black_box(acc);
+        (iters * 12 * 16) as f64 / secs
+    }
+}

@@ -1,0 +1,295 @@
+//! f32 matrix products for [`Kernels::Dequant`](crate::Kernels::Dequant):
+//! `y[m, n] = act(sum_k x[m, k] * w[n, k] + bias[n])`.
+//!
+//! One contract, several implementations (as in tract-linalg): weights are
+//! packed once into panels of [`NR`] output channels ([`PackedF32`]); a
+//! microkernel computes an [`MR`] x [`NR`] tile over a block of at most
+//! [`KC`] inputs; the driver here walks the tiles. [`scalar`] is the
+//! portable microkernel, [`avx2`] the x86-64 AVX2+FMA one, chosen at run
+//! time. [`gemm_reference`] is the plain-loop definition both are tested
+//! against.
+
+use crate::ops::Activation;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+pub mod scalar;
+
+/// Rows of a tile.
+pub const MR: usize = 6;
+/// Output channels of a tile and of a packed panel (two AVX registers).
+pub const NR: usize = 16;
+/// Inputs per block: a panel block of `KC * NR` floats (16 kB) stays in L1
+/// while the tiles of every row block reuse it.
+pub const KC: usize = 256;
+
+/// A `[n, k]` weight matrix packed for the f32 kernels: panels of [`NR`]
+/// output channels; in a panel, for each input `k`, [`NR`] consecutive
+/// floats. Channels past `n` are zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedF32 {
+    pub n: usize,
+    pub k: usize,
+    pub data: Box<[f32]>,
+}
+
+impl PackedF32 {
+    /// Packs from any element accessor `w(n, k)`.
+    pub fn from_fn(n: usize, k: usize, w: impl Fn(usize, usize) -> f32) -> Self {
+        let mut data = vec![0.0f32; n.div_ceil(NR) * NR * k].into_boxed_slice();
+        for row in 0..n {
+            for col in 0..k {
+                data[Self::index(row, col, k)] = w(row, col);
+            }
+        }
+        PackedF32 { n, k, data }
+    }
+
+    /// Packs a row-major `[n, k]` matrix.
+    pub fn from_rows(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k);
+        Self::from_fn(n, k, |row, col| w[row * k + col])
+    }
+
+    const fn index(row: usize, col: usize, k: usize) -> usize {
+        (row / NR) * NR * k + col * NR + row % NR
+    }
+
+    /// Weight `(n, k)`.
+    pub fn get(&self, row: usize, col: usize) -> f32 {
+        self.data[Self::index(row, col, self.k)]
+    }
+
+    fn panel(&self, p: usize) -> &[f32] {
+        &self.data[p * NR * self.k..(p + 1) * NR * self.k]
+    }
+}
+
+/// One microkernel: an implementation of the tile contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Kernel::Avx2Fma;
+        }
+        Kernel::Scalar
+    }
+}
+
+/// What a tile does after its last block of inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// Bias of the tile's [`NR`] channels (zero past `n`).
+    pub bias: &'a [f32; NR],
+    pub act: Activation,
+}
+
+/// The arguments of one tile call: `c[r][j] (+)= sum_k a[r][k] * panel[k][j]`
+/// for `r < rows`, `j < cols`, over `kc` inputs.
+pub struct Tile<'a> {
+    /// `a[r * lda + kk]` is row `r`, input `kk` of the block.
+    pub a: &'a [f32],
+    pub lda: usize,
+    pub rows: usize,
+    /// `kc * NR` packed weights of the block.
+    pub panel: &'a [f32],
+    pub kc: usize,
+    /// `c[r * ldc + j]`.
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+    pub cols: usize,
+    /// Start from zero instead of from `c`'s partial sums.
+    pub first: bool,
+    /// Apply bias and activation (after the last block).
+    pub epilogue: Option<Epilogue<'a>>,
+}
+
+impl Tile<'_> {
+    /// The bounds every kernel relies on.
+    fn check(&self) {
+        assert!(self.rows >= 1 && self.rows <= MR && self.cols >= 1 && self.cols <= NR && self.kc >= 1);
+        assert!(self.a.len() >= (self.rows - 1) * self.lda + self.kc);
+        assert!(self.panel.len() >= self.kc * NR);
+        assert!(self.c.len() >= (self.rows - 1) * self.ldc + self.cols);
+    }
+}
+
+/// `y = act(x w^T + bias)` with `x` of `y.len() / w.n` rows of `w.k`, using the fastest kernel.
+pub fn gemm(x: &[f32], w: &PackedF32, bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+    gemm_with(Kernel::detect(), x, w, bias, act, y);
+}
+
+/// [`gemm`] with a chosen kernel (tests compare them).
+pub fn gemm_with(
+    kernel: Kernel,
+    x: &[f32],
+    w: &PackedF32,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let (n, k) = (w.n, w.k);
+    assert!(k > 0 && x.len().is_multiple_of(k), "x is not a whole number of rows");
+    let m = x.len() / k;
+    assert_eq!(y.len(), m * n, "y has the wrong size");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n);
+    }
+    for p in 0..n.div_ceil(NR) {
+        let n0 = p * NR;
+        let cols = NR.min(n - n0);
+        let mut panel_bias = [0.0f32; NR];
+        if let Some(b) = bias {
+            panel_bias[..cols].copy_from_slice(&b[n0..n0 + cols]);
+        }
+        let panel = w.panel(p);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let last = k0 + kc == k;
+            for m0 in (0..m).step_by(MR) {
+                let rows = MR.min(m - m0);
+                let tile = Tile {
+                    a: &x[m0 * k + k0..],
+                    lda: k,
+                    rows,
+                    panel: &panel[k0 * NR..],
+                    kc,
+                    c: &mut y[m0 * n + n0..],
+                    ldc: n,
+                    cols,
+                    first: k0 == 0,
+                    epilogue: last.then_some(Epilogue { bias: &panel_bias, act }),
+                };
+                tile.check();
+                match kernel {
+                    Kernel::Scalar => scalar::tile(tile),
+                    // SAFETY: `detect` (or the caller) checked AVX2 and FMA;
+                    // `check` proved the bounds the kernel reads and writes.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2Fma => unsafe { avx2::tile(tile) },
+                }
+            }
+        }
+    }
+}
+
+/// `y[m, n] = act(sum_k x[m, k] * w[n, k] + bias[n])` for `x` of `m` rows of
+/// `k`, and `w` of `n` rows of `k` (row-major, output-major): the definition.
+pub fn gemm_reference(x: &[f32], w: &[f32], k: usize, bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+    let n = w.len() / k;
+    assert_eq!(w.len(), n * k, "weight is not a whole number of rows");
+    assert_eq!(x.len() / k * n, y.len(), "x and y disagree on the row count");
+    for (x_row, y_row) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+        for (j, (out, w_row)) in y_row.iter_mut().zip(w.chunks_exact(k)).enumerate() {
+            let dot: f32 = x_row.iter().zip(w_row).map(|(a, b)| a * b).sum();
+            *out = act.apply(dot + bias.map_or(0.0, |b| b[j]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn small_hand_checked_product() {
+        // x = [[1, 2], [3, 4]], w = [[1, 0], [0, 1], [1, 1]] (3 outputs), bias [0, 0, -10]
+        let w = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let bias = [0.0, 0.0, -10.0];
+        let want = [1.0, 2.0, 0.0, 3.0, 4.0, 0.0];
+        let mut y = [0.0; 6];
+        gemm_reference(&[1.0, 2.0, 3.0, 4.0], &w, 2, Some(&bias), Activation::Relu, &mut y);
+        assert_eq!(y, want);
+        let packed = PackedF32::from_rows(&w, 3, 2);
+        for kernel in kernels() {
+            gemm_with(kernel, &[1.0, 2.0, 3.0, 4.0], &packed, Some(&bias), Activation::Relu, &mut y);
+            assert_eq!(y, want, "{kernel:?}");
+        }
+    }
+
+    fn kernels() -> Vec<Kernel> {
+        let mut k = vec![Kernel::Scalar];
+        if Kernel::detect() != Kernel::Scalar {
+            k.push(Kernel::detect());
+        }
+        k
+    }
+
+    fn values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                scale * ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+            })
+            .collect()
+    }
+
+    fn check_against_reference(m: usize, n: usize, k: usize, seed: u64, act: Activation, scale: f32) {
+        let x = values(seed, m * k, scale);
+        let w = values(seed ^ 0xabcd, n * k, 1.0);
+        let bias = values(seed ^ 0x1234, n, 1.0);
+        let mut want = vec![0.0; m * n];
+        gemm_reference(&x, &w, k, Some(&bias), act, &mut want);
+        let packed = PackedF32::from_rows(&w, n, k);
+        for kernel in kernels() {
+            let mut got = vec![f32::NAN; m * n];
+            gemm_with(kernel, &x, &packed, Some(&bias), act, &mut got);
+            for i in 0..m * n {
+                // Summation order differs (and FMA rounds once): allow a few ulps of the magnitude.
+                let tol = 1e-5 * (k as f32).sqrt() * scale.max(1.0) * 4.0;
+                assert!((got[i] - want[i]).abs() <= tol, "{kernel:?} m{m} n{n} k{k} [{i}]: {} vs {}", got[i], want[i]);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn kernels_match_the_definition(m in 1usize..20, n in 1usize..40, k in 1usize..300, seed in any::<u64>()) {
+            check_against_reference(m, n, k, seed, Activation::None, 1.0);
+        }
+    }
+
+    #[test]
+    fn edges_blocks_and_activations() {
+        for (m, n, k) in [(1, 1, 1), (3, 17, 257), (17, 33, 513), (6, 16, 256), (7, 15, 255), (13, 1, 600)] {
+            for act in [Activation::None, Activation::Relu, Activation::Clip { min: -0.5, max: 0.25 }] {
+                check_against_reference(m, n, k, (m * 1000 + n * 10 + k) as u64, act, 1.0);
+            }
+        }
+        // Large magnitudes.
+        check_against_reference(5, 20, 100, 7, Activation::None, 1e6);
+    }
+
+    #[test]
+    fn simd_and_scalar_agree_on_special_values() {
+        let (m, n, k) = (7, 19, 9);
+        let mut x = values(3, m * k, 1.0);
+        x[0] = f32::INFINITY;
+        x[k + 1] = f32::NAN;
+        x[2 * k] = f32::MAX;
+        let packed = PackedF32::from_rows(&values(4, n * k, 1.0), n, k);
+        let mut outs = Vec::new();
+        for kernel in kernels() {
+            let mut y = vec![0.0; m * n];
+            gemm_with(kernel, &x, &packed, None, Activation::Relu, &mut y);
+            outs.push(y);
+        }
+        for y in &outs[1..] {
+            for (a, b) in y.iter().zip(&outs[0]) {
+                assert!(a == b || (a - b).abs() <= 1e-4 * b.abs().max(1.0) || (a.is_nan() && b.is_nan()), "{a} vs {b}");
+            }
+        }
+    }
+}

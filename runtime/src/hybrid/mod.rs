@@ -1,0 +1,264 @@
+//! Hybrid arithmetic: 8-bit activations times 8-bit weights, exact in i32.
+//!
+//! For `y = W x + b` with `W` baked as u8 (`scale_w[n]`, `zero_point_w[n]`)
+//! and each activation row quantized on the fly to symmetric int8
+//! (`scale_x`, zero point 0, values in ±127):
+//!
+//! ```text
+//! y[n] = act((sum_k q_w[n,k] q_x[k] - z_w[n] sum_k q_x[k]) as f32 * (scale_w[n] * scale_x) + b[n])
+//! ```
+//!
+//! This is DESIGN §3's formula with the activation zero point at 0, so the
+//! `z_x sum_k q_w` and `K z_w z_x` terms vanish (and with them the need for
+//! per-channel weight sums). Every term is an exact integer while
+//! `K * 255 * 127 <= i32::MAX` ([`MAX_EXACT_K`]); the code generator
+//! refuses larger K.
+//!
+//! The kernels read weights as s8 (`q_w - 128`, packed at compile time by
+//! `qbake_format::pack_b_s8`) with zero point `z_w - 128`: the same integer
+//! `acc`. The AVX2 kernel moves each weight's sign onto the activation and
+//! multiplies `|w|` (u8, at most 128) by `±q_x` (s8, at most 127) with
+//! `maddubs`: a pair sums to at most 32512, so the 16-bit stage never
+//! saturates.
+//!
+//! [`quantize_row`] and [`gemm_reference`] are the definitions; the kernels
+//! in [`scalar`] and [`avx2`] give the same bits.
+
+use crate::QuantWeight;
+use crate::ops::Activation;
+use qbake_format::{KG, NR, padded_k};
+
+pub use qbake_format::MAX_EXACT_K;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+pub mod scalar;
+
+/// Rows of a tile.
+pub const MR: usize = 4;
+/// Rows per block: the block's activations (at most `MC * K` bytes) stay in
+/// L1/L2 while every weight panel passes over them.
+pub const MC: usize = 64;
+
+/// One implementation of the hybrid kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            return Kernel::Avx2;
+        }
+        Kernel::Scalar
+    }
+}
+
+/// Quantizes one activation row to symmetric int8 in ±127 and returns its
+/// scale, so that `x[k] ≈ q[k] as f32 * scale`: the definition.
+///
+/// `scale = max|x| / 127` (NaN ignored by the max); `q = round_ties_even(x
+/// * (127 / max|x|))`, or `x / scale` in the rare rows where `127 / max|x|`
+/// overflows. A NaN value gives 0. A row with no finite non-zero scale (all
+/// zeros, all tiny subnormals, or an infinity) takes the short path: all
+/// `q` are 0 and the scale is 0.
+pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
+    assert_eq!(x.len(), q.len());
+    let amax = x.iter().fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+    let scale = amax / 127.0;
+    if scale <= 0.0 || !scale.is_finite() {
+        q.fill(0);
+        return 0.0;
+    }
+    let inv = 127.0 / amax;
+    if inv.is_finite() {
+        for (q, &v) in q.iter_mut().zip(x) {
+            // `as` saturates and maps NaN to 0.
+            *q = (v * inv).round_ties_even() as i8;
+        }
+    } else {
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = (v / scale).round_ties_even() as i8;
+        }
+    }
+    scale
+}
+
+/// An activation matrix quantized row by row, each row padded with zeros to
+/// whole lane groups (`stride = padded_k(k)`), as the kernels read it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct QuantizedRows {
+    pub k: usize,
+    pub stride: usize,
+    pub values: Vec<i8>,
+    pub scales: Vec<f32>,
+    /// `sum_k q[m, k]` of each row, for the weight zero-point correction.
+    pub sums: Vec<i32>,
+}
+
+impl QuantizedRows {
+    /// Quantizes `x`, `k` values a row, with the fastest kernel.
+    pub fn quantize(x: &[f32], k: usize) -> Self {
+        let mut rows = QuantizedRows::default();
+        rows.quantize_into(Kernel::detect(), x, k);
+        rows
+    }
+
+    /// Quantizes into `self`, reusing its buffers.
+    pub fn quantize_into(&mut self, kernel: Kernel, x: &[f32], k: usize) {
+        assert!(k > 0 && x.len().is_multiple_of(k));
+        let (m, stride) = (x.len() / k, padded_k(k));
+        self.k = k;
+        self.stride = stride;
+        self.values.clear();
+        self.values.resize(m * stride, 0);
+        self.scales.resize(m, 0.0);
+        self.sums.resize(m, 0);
+        for (r, x_row) in x.chunks_exact(k).enumerate() {
+            let q_row = &mut self.values[r * stride..r * stride + k];
+            let (scale, sum) = match kernel {
+                Kernel::Scalar => scalar::quantize_row(x_row, q_row),
+                // SAFETY: `detect` (or the test choosing it) checked AVX2.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { avx2::quantize_row(x_row, q_row) },
+            };
+            self.scales[r] = scale;
+            self.sums[r] = sum;
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Row `r`'s `k` values.
+    pub fn row(&self, r: usize) -> &[i8] {
+        &self.values[r * self.stride..r * self.stride + self.k]
+    }
+}
+
+/// `y[m, n] = act((sum_k q_w[n,k] q_x[m,k] - z_w[n] sum_k q_x[m,k]) as f32
+/// * (scale_w[n] * scale_x[m]) + bias[n])`: the definition, in plain loops
+/// over the logical weights.
+pub fn gemm_reference(x: &QuantizedRows, w: &QuantWeight, bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    assert!(k <= MAX_EXACT_K, "K = {k} is too large for exact i32 sums");
+    assert_eq!(x.k, k);
+    assert_eq!(y.len(), x.rows() * n);
+    for (m, y_row) in y.chunks_exact_mut(n).enumerate() {
+        let (q_x, scale_x, sum_x) = (x.row(m), x.scales[m], x.sums[m]);
+        for (j, out) in y_row.iter_mut().enumerate() {
+            let (scale_w, zp_w) = w.params.of_row(j);
+            let dot: i32 = (0..k).map(|i| i32::from(w.q(j, i)) * i32::from(q_x[i])).sum();
+            let acc = dot - i32::from(zp_w) * sum_x;
+            let v = acc as f32 * (scale_w * scale_x) + bias.map_or(0.0, |b| b[j]);
+            *out = act.apply(v);
+        }
+    }
+}
+
+/// Per-channel constants of one panel, padded to [`NR`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PanelParams {
+    /// s8 zero points: `z_w - 128`.
+    pub zero_point: [i32; NR],
+    pub scale: [f32; NR],
+    pub bias: [f32; NR],
+}
+
+/// The arguments of one tile call: rows `r < rows` of the quantized
+/// activations against one panel, written to `c[r * ldc + j]` for `j < cols`.
+pub struct Tile<'a> {
+    /// `a[r * lda + i]`: row `r`, input `i` (rows padded to whole groups).
+    pub a: &'a [i8],
+    pub lda: usize,
+    pub rows: usize,
+    /// `groups * NR * KG` packed s8 weights.
+    pub panel: &'a [u8],
+    pub groups: usize,
+    pub sums: &'a [i32],
+    pub scales: &'a [f32],
+    pub params: &'a PanelParams,
+    pub act: Activation,
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+    pub cols: usize,
+}
+
+impl Tile<'_> {
+    fn check(&self) {
+        assert!(self.rows >= 1 && self.rows <= MR && self.cols >= 1 && self.cols <= NR);
+        assert!(self.a.len() >= (self.rows - 1) * self.lda + self.groups * KG);
+        assert!(self.panel.len() >= self.groups * NR * KG);
+        assert!(self.sums.len() >= self.rows && self.scales.len() >= self.rows);
+        assert!(self.c.len() >= (self.rows - 1) * self.ldc + self.cols);
+    }
+}
+
+/// The hybrid product with the fastest kernel.
+pub fn gemm(x: &QuantizedRows, w: &QuantWeight, bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+    gemm_with(Kernel::detect(), x, w, bias, act, y);
+}
+
+/// [`gemm`] with a chosen kernel (tests compare them).
+pub fn gemm_with(
+    kernel: Kernel,
+    x: &QuantizedRows,
+    w: &QuantWeight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let (n, k) = (w.rows, w.cols);
+    assert!(k <= MAX_EXACT_K, "K = {k} is too large for exact i32 sums");
+    assert_eq!(x.k, k, "activations and weights disagree on K");
+    assert_eq!(w.packed.len(), qbake_format::packed_len(n, k), "weights are not packed for n x k");
+    let m = x.rows();
+    assert_eq!(y.len(), m * n, "y has the wrong size");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n);
+    }
+    let stride = x.stride;
+    let panel_len = NR * stride;
+    for m_block in (0..m).step_by(MC) {
+        let m_end = (m_block + MC).min(m);
+        for p in 0..n.div_ceil(NR) {
+            let n0 = p * NR;
+            let cols = NR.min(n - n0);
+            let params = w.panel_params(p, bias);
+            let panel = &w.packed[p * panel_len..(p + 1) * panel_len];
+            for m0 in (m_block..m_end).step_by(MR) {
+                let rows = MR.min(m_end - m0);
+                let tile = Tile {
+                    a: &x.values[m0 * stride..],
+                    lda: stride,
+                    rows,
+                    panel,
+                    groups: stride / KG,
+                    sums: &x.sums[m0..],
+                    scales: &x.scales[m0..],
+                    params: &params,
+                    act,
+                    c: &mut y[m0 * n + n0..],
+                    ldc: n,
+                    cols,
+                };
+                tile.check();
+                match kernel {
+                    Kernel::Scalar => scalar::tile(tile),
+                    // SAFETY: AVX2 was detected; `check` proved the bounds.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => unsafe { avx2::tile(tile) },
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
