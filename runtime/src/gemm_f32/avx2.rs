@@ -8,22 +8,60 @@ use std::arch::x86_64::*;
 /// The CPU must have AVX2 and FMA, and `t` must have passed `Tile::check`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn tile(t: Tile<'_>) {
-    // Rows past `rows` re-read the last valid row; their results are dropped.
-    let rows: [*const f32; MR] = std::array::from_fn(|r| t.a[r.min(t.rows - 1) * t.lda..].as_ptr());
-    if t.rows == MR && t.cols == NR {
-        // SAFETY: a full tile: `check` proved MR rows of `ldc` and NR columns in `c`.
-        unsafe { kernel(rows, t.panel.as_ptr(), t.kc, t.c.as_mut_ptr(), t.ldc, t.first, t.epilogue) };
+    // One kernel per row count: edge tiles compute only the rows they have.
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        match t.rows {
+            1 => tile_rows::<1>(t),
+            2 => tile_rows::<2>(t),
+            3 => tile_rows::<3>(t),
+            4 => tile_rows::<4>(t),
+            5 => tile_rows::<5>(t),
+            _ => tile_rows::<MR>(t),
+        }
+    }
+}
+
+/// # Safety
+/// As [`tile`], with `t.rows == R`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_rows<const R: usize>(t: Tile<'_>) {
+    let rows: [*const f32; R] = std::array::from_fn(|r| t.a[r * t.lda..].as_ptr());
+    if t.cols == NR {
+        // SAFETY: `check` proved R rows of `ldc` and NR columns in `c`.
+        unsafe {
+            kernel::<R>(
+                rows,
+                t.panel.as_ptr(),
+                t.kc,
+                t.c.as_mut_ptr(),
+                t.ldc,
+                t.first,
+                t.epilogue,
+            )
+        };
         return;
     }
-    let mut buf = [[0.0f32; NR]; MR];
+    // Edge columns: through a full-width buffer.
+    let mut buf = [[0.0f32; NR]; R];
     if !t.first {
-        for (r, row) in buf.iter_mut().enumerate().take(t.rows) {
+        for (r, row) in buf.iter_mut().enumerate() {
             row[..t.cols].copy_from_slice(&t.c[r * t.ldc..r * t.ldc + t.cols]);
         }
     }
-    // SAFETY: `buf` is a full MR x NR tile with row stride NR.
-    unsafe { kernel(rows, t.panel.as_ptr(), t.kc, buf.as_mut_ptr().cast(), NR, t.first, t.epilogue) };
-    for (r, row) in buf.iter().enumerate().take(t.rows) {
+    // SAFETY: `buf` is R rows of NR floats, row stride NR.
+    unsafe {
+        kernel::<R>(
+            rows,
+            t.panel.as_ptr(),
+            t.kc,
+            buf.as_mut_ptr().cast(),
+            NR,
+            t.first,
+            t.epilogue,
+        )
+    };
+    for (r, row) in buf.iter().enumerate() {
         t.c[r * t.ldc..r * t.ldc + t.cols].copy_from_slice(&row[..t.cols]);
     }
 }
@@ -31,11 +69,11 @@ pub unsafe fn tile(t: Tile<'_>) {
 /// `c[r][j] = (first ? 0 : c[r][j]) + sum_kk a[r][kk] * b[kk][j]`, then the epilogue.
 ///
 /// # Safety
-/// Each `a[r]` has `kc` readable floats, `b` has `kc * NR`, and `c` has MR
+/// Each `a[r]` has `kc` readable floats, `b` has `kc * NR`, and `c` has R
 /// rows of stride `ldc` with NR writable floats each.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel(
-    a: [*const f32; MR],
+unsafe fn kernel<const R: usize>(
+    a: [*const f32; R],
     b: *const f32,
     kc: usize,
     c: *mut f32,
@@ -46,7 +84,7 @@ unsafe fn kernel(
     // SAFETY (whole body): every pointer offset stays within the extents the
     // caller guarantees above.
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
         if !first {
             for (r, acc) in acc.iter_mut().enumerate() {
                 acc[0] = _mm256_loadu_ps(c.add(r * ldc));
@@ -63,7 +101,10 @@ unsafe fn kernel(
             }
         }
         if let Some(e) = epilogue {
-            let bias = [_mm256_loadu_ps(e.bias.as_ptr()), _mm256_loadu_ps(e.bias.as_ptr().add(8))];
+            let bias = [
+                _mm256_loadu_ps(e.bias.as_ptr()),
+                _mm256_loadu_ps(e.bias.as_ptr().add(8)),
+            ];
             for acc in acc.iter_mut() {
                 for h in 0..2 {
                     acc[h] = activate(_mm256_add_ps(acc[h], bias[h]), e.act);
@@ -84,6 +125,8 @@ pub fn activate(v: __m256, act: Activation) -> __m256 {
     match act {
         Activation::None => v,
         Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
-        Activation::Clip { min, max } => _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(min)), _mm256_set1_ps(max)),
+        Activation::Clip { min, max } => {
+            _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(min)), _mm256_set1_ps(max))
+        }
     }
 }

@@ -10,25 +10,78 @@ use std::arch::x86_64::*;
 /// The CPU must have AVX2, and `t` must have passed `Tile::check`.
 #[target_feature(enable = "avx2")]
 pub unsafe fn tile(t: Tile<'_>) {
-    // Rows past `rows` re-read the last valid row; their results are dropped.
-    let rows: [*const i8; MR] = std::array::from_fn(|r| t.a[r.min(t.rows - 1) * t.lda..].as_ptr());
-    let sums: [i32; MR] = std::array::from_fn(|r| t.sums[r.min(t.rows - 1)]);
-    let scales: [f32; MR] = std::array::from_fn(|r| t.scales[r.min(t.rows - 1)]);
-    let dot = unsafe { dot_tile(rows, t.panel.as_ptr(), t.groups) };
-    if t.rows == MR && t.cols == NR {
-        // SAFETY: a full tile: `check` proved MR rows of `ldc` and NR columns in `c`.
-        unsafe { epilogue(&dot, &sums, &scales, t.params, t.act, t.c.as_mut_ptr(), t.ldc) };
+    // One kernel per row count: edge tiles compute only the rows they have.
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        match t.rows {
+            1 => tile_rows::<1>(t),
+            2 => tile_rows::<2>(t),
+            3 => tile_rows::<3>(t),
+            _ => tile_rows::<MR>(t),
+        }
+    }
+}
+
+/// # Safety
+/// As [`tile`], with `t.rows == R`.
+#[target_feature(enable = "avx2")]
+unsafe fn tile_rows<const R: usize>(t: Tile<'_>) {
+    let rows: [*const i8; R] = std::array::from_fn(|r| t.a[r * t.lda..].as_ptr());
+    let sums: [i32; R] = std::array::from_fn(|r| t.sums[r]);
+    let scales: [f32; R] = std::array::from_fn(|r| t.scales[r]);
+    // SAFETY: `check` proved `groups * KG` bytes per row and the panel's extent.
+    let dot = unsafe {
+        if t.nonnegative {
+            dot_tile_nonnegative::<R>(rows, t.panel.as_ptr(), t.groups)
+        } else {
+            dot_tile_signed::<R>(rows, t.panel.as_ptr(), t.groups)
+        }
+    };
+    if t.cols == NR {
+        // SAFETY: `check` proved R rows of `ldc` and NR columns in `c`.
+        unsafe { epilogue::<R>(&dot, &sums, &scales, t.params, t.act, t.c.as_mut_ptr(), t.ldc) };
         return;
     }
-    let mut buf = [[0.0f32; NR]; MR];
-    // SAFETY: `buf` is a full MR x NR tile with row stride NR.
-    unsafe { epilogue(&dot, &sums, &scales, t.params, t.act, buf.as_mut_ptr().cast(), NR) };
-    for (r, row) in buf.iter().enumerate().take(t.rows) {
+    // Edge columns: through a full-width buffer.
+    let mut buf = [[0.0f32; NR]; R];
+    // SAFETY: `buf` is R rows of NR floats, row stride NR.
+    unsafe { epilogue::<R>(&dot, &sums, &scales, t.params, t.act, buf.as_mut_ptr().cast(), NR) };
+    for (r, row) in buf.iter().enumerate() {
         t.c[r * t.ldc..r * t.ldc + t.cols].copy_from_slice(&row[..t.cols]);
     }
 }
 
-/// `dot[r][j] = sum_i w[j][i] * a[r][i]` over `groups * KG` inputs, exactly.
+/// `dot[r][j] = sum_i w[j][i] * a[r][i]` for rows with no negative value
+/// (after ReLU, most rows): the activation is the unsigned `maddubs`
+/// operand, `0..=127`, the weight the signed one, `-128..=127`, so a pair
+/// sums to at most 2 * 127 * 128 = 32512 and never saturates.
+///
+/// # Safety
+/// Each `a[r]` has `groups * KG` readable bytes, none negative; `b` has `groups * NR * KG`.
+#[target_feature(enable = "avx2")]
+unsafe fn dot_tile_nonnegative<const R: usize>(
+    a: [*const i8; R],
+    b: *const u8,
+    groups: usize,
+) -> [[__m256i; 2]; R] {
+    // SAFETY (whole body): offsets stay within the extents above; loads are unaligned.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for g in 0..groups {
+            let w0 = _mm256_loadu_si256(b.add(g * NR * KG).cast());
+            let w1 = _mm256_loadu_si256(b.add(g * NR * KG + 32).cast());
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_set1_epi32(a[r].add(g * KG).cast::<i32>().read_unaligned());
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones));
+            }
+        }
+        acc
+    }
+}
+
+/// `dot[r][j] = sum_i w[j][i] * a[r][i]` for any rows, exactly.
 ///
 /// Each 32-byte load of the panel is 8 channels x 4 inputs. The weight's
 /// sign moves onto the activation (`sign_epi8`), so `maddubs` multiplies
@@ -38,11 +91,15 @@ pub unsafe fn tile(t: Tile<'_>) {
 /// # Safety
 /// Each `a[r]` has `groups * KG` readable bytes; `b` has `groups * NR * KG`.
 #[target_feature(enable = "avx2")]
-unsafe fn dot_tile(a: [*const i8; MR], b: *const u8, groups: usize) -> [[__m256i; 2]; MR] {
+unsafe fn dot_tile_signed<const R: usize>(
+    a: [*const i8; R],
+    b: *const u8,
+    groups: usize,
+) -> [[__m256i; 2]; R] {
     // SAFETY (whole body): offsets stay within the extents above; loads are unaligned.
     unsafe {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
         for g in 0..groups {
             let w0 = _mm256_loadu_si256(b.add(g * NR * KG).cast());
             let w1 = _mm256_loadu_si256(b.add(g * NR * KG + 32).cast());
@@ -63,12 +120,12 @@ unsafe fn dot_tile(a: [*const i8; MR], b: *const u8, groups: usize) -> [[__m256i
 /// `act((dot - z * sum) as f32 * (scale_w * scale_x) + bias)`.
 ///
 /// # Safety
-/// `c` has MR rows of stride `ldc` with NR writable floats each.
+/// `c` has R rows of stride `ldc` with NR writable floats each.
 #[target_feature(enable = "avx2")]
-unsafe fn epilogue(
-    dot: &[[__m256i; 2]; MR],
-    sums: &[i32; MR],
-    scales: &[f32; MR],
+unsafe fn epilogue<const R: usize>(
+    dot: &[[__m256i; 2]; R],
+    sums: &[i32; R],
+    scales: &[f32; R],
     p: &PanelParams,
     act: Activation,
     c: *mut f32,
@@ -80,7 +137,7 @@ unsafe fn epilogue(
             let zp = _mm256_loadu_si256(p.zero_point.as_ptr().add(8 * h).cast());
             let scale_w = _mm256_loadu_ps(p.scale.as_ptr().add(8 * h));
             let bias = _mm256_loadu_ps(p.bias.as_ptr().add(8 * h));
-            for r in 0..MR {
+            for r in 0..R {
                 let acc = _mm256_sub_epi32(dot[r][h], _mm256_mullo_epi32(zp, _mm256_set1_epi32(sums[r])));
                 let scale = _mm256_mul_ps(scale_w, _mm256_set1_ps(scales[r]));
                 let v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale), bias);
@@ -90,12 +147,12 @@ unsafe fn epilogue(
     }
 }
 
-/// [`super::quantize_row`] on eight lanes, with the same bits; returns `(scale, sum of q)`.
+/// [`super::quantize_row`] on eight lanes, with the same bits; returns `(scale, sum of q, no q negative)`.
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
-pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
     assert_eq!(x.len(), q.len());
     let chunks = x.len() / 8;
     // SAFETY: every load reads 8 floats of x at 8 * i < 8 * chunks <= len;
@@ -109,7 +166,10 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
         }
         let mut lanes = [0.0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), m);
-        let amax = x[8 * chunks..].iter().chain(&lanes).fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+        let amax = x[8 * chunks..]
+            .iter()
+            .chain(&lanes)
+            .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
         let scale = amax / 127.0;
         let inv = 127.0 / amax;
         if scale <= 0.0 || !scale.is_finite() || !inv.is_finite() {
@@ -118,22 +178,28 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
         }
         let vinv = _mm256_set1_ps(inv);
         let mut sum = _mm256_setzero_si256();
+        let mut min = _mm256_setzero_si256();
         for i in 0..chunks {
             let v = _mm256_loadu_ps(x.as_ptr().add(8 * i));
             // NaN lanes become 0 (cvtps would give i32::MIN).
             let v = _mm256_and_ps(_mm256_mul_ps(v, vinv), _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
-            let r = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
+            let r =
+                _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
             sum = _mm256_add_epi32(sum, r);
+            min = _mm256_min_epi32(min, r);
             let w16 = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
             _mm_storel_epi64(q.as_mut_ptr().add(8 * i).cast(), _mm_packs_epi16(w16, w16));
         }
-        let mut sums = [0i32; 8];
+        let (mut sums, mut mins) = ([0i32; 8], [0i32; 8]);
         _mm256_storeu_si256(sums.as_mut_ptr().cast(), sum);
+        _mm256_storeu_si256(mins.as_mut_ptr().cast(), min);
         let mut total: i32 = sums.iter().sum();
+        let mut nonnegative = mins.iter().all(|&m| m >= 0);
         for (q, &v) in q[8 * chunks..].iter_mut().zip(&x[8 * chunks..]) {
             *q = (v * inv).round_ties_even() as i8;
             total += i32::from(*q);
+            nonnegative &= *q >= 0;
         }
-        (scale, total)
+        (scale, total, nonnegative)
     }
 }

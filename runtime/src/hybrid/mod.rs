@@ -16,10 +16,14 @@
 //!
 //! The kernels read weights as s8 (`q_w - 128`, packed at compile time by
 //! `qbake_format::pack_b_s8`) with zero point `z_w - 128`: the same integer
-//! `acc`. The AVX2 kernel moves each weight's sign onto the activation and
-//! multiplies `|w|` (u8, at most 128) by `±q_x` (s8, at most 127) with
-//! `maddubs`: a pair sums to at most 32512, so the 16-bit stage never
-//! saturates.
+//! `acc`. The AVX2 kernel multiplies with `maddubs` (unsigned x signed bytes,
+//! pairs summed in 16 bits) and never lets a pair pass 32767:
+//!
+//! - rows with no negative value (the usual case after ReLU) are the
+//!   unsigned operand, `0..=127`, against the s8 weight: at most
+//!   2 * 127 * 128 = 32512;
+//! - other rows take the weight's sign (`sign_epi8`) and multiply `|w| <= 128`
+//!   by `±q_x`: the same bound, for one more instruction per product.
 //!
 //! [`quantize_row`] and [`gemm_reference`] are the definitions; the kernels
 //! in [`scalar`] and [`avx2`] give the same bits.
@@ -69,7 +73,9 @@ impl Kernel {
 /// `q` are 0 and the scale is 0.
 pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     assert_eq!(x.len(), q.len());
-    let amax = x.iter().fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+    let amax = x
+        .iter()
+        .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
     let scale = amax / 127.0;
     if scale <= 0.0 || !scale.is_finite() {
         q.fill(0);
@@ -99,6 +105,8 @@ pub struct QuantizedRows {
     pub scales: Vec<f32>,
     /// `sum_k q[m, k]` of each row, for the weight zero-point correction.
     pub sums: Vec<i32>,
+    /// Whether each row has no negative value (the faster kernel applies).
+    pub nonnegative: Vec<bool>,
 }
 
 impl QuantizedRows {
@@ -119,9 +127,10 @@ impl QuantizedRows {
         self.values.resize(m * stride, 0);
         self.scales.resize(m, 0.0);
         self.sums.resize(m, 0);
+        self.nonnegative.resize(m, false);
         for (r, x_row) in x.chunks_exact(k).enumerate() {
             let q_row = &mut self.values[r * stride..r * stride + k];
-            let (scale, sum) = match kernel {
+            let (scale, sum, nonnegative) = match kernel {
                 Kernel::Scalar => scalar::quantize_row(x_row, q_row),
                 // SAFETY: `detect` (or the test choosing it) checked AVX2.
                 #[cfg(target_arch = "x86_64")]
@@ -129,6 +138,7 @@ impl QuantizedRows {
             };
             self.scales[r] = scale;
             self.sums[r] = sum;
+            self.nonnegative[r] = nonnegative;
         }
     }
 
@@ -145,7 +155,13 @@ impl QuantizedRows {
 /// `y[m, n] = act((sum_k q_w[n,k] q_x[m,k] - z_w[n] sum_k q_x[m,k]) as f32
 /// * (scale_w[n] * scale_x[m]) + bias[n])`: the definition, in plain loops
 /// over the logical weights.
-pub fn gemm_reference(x: &QuantizedRows, w: &QuantWeight, bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+pub fn gemm_reference(
+    x: &QuantizedRows,
+    w: &QuantWeight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
     let (n, k) = (w.rows, w.cols);
     assert!(k <= MAX_EXACT_K, "K = {k} is too large for exact i32 sums");
     assert_eq!(x.k, k);
@@ -183,6 +199,8 @@ pub struct Tile<'a> {
     pub groups: usize,
     pub sums: &'a [i32],
     pub scales: &'a [f32],
+    /// No row of the tile has a negative value.
+    pub nonnegative: bool,
     pub params: &'a PanelParams,
     pub act: Activation,
     pub c: &'a mut [f32],
@@ -217,7 +235,11 @@ pub fn gemm_with(
     let (n, k) = (w.rows, w.cols);
     assert!(k <= MAX_EXACT_K, "K = {k} is too large for exact i32 sums");
     assert_eq!(x.k, k, "activations and weights disagree on K");
-    assert_eq!(w.packed.len(), qbake_format::packed_len(n, k), "weights are not packed for n x k");
+    assert_eq!(
+        w.packed.len(),
+        qbake_format::packed_len(n, k),
+        "weights are not packed for n x k"
+    );
     let m = x.rows();
     assert_eq!(y.len(), m * n, "y has the wrong size");
     if let Some(b) = bias {
@@ -242,6 +264,7 @@ pub fn gemm_with(
                     groups: stride / KG,
                     sums: &x.sums[m0..],
                     scales: &x.scales[m0..],
+                    nonnegative: x.nonnegative[m0..m0 + rows].iter().all(|&n| n),
                     params: &params,
                     act,
                     c: &mut y[m0 * n + n0..],

@@ -4,10 +4,14 @@
 use super::{MR, Tile};
 use qbake_format::{KG, NR};
 
-/// Quantizes a row ([`super::quantize_row`]) and returns `(scale, sum of q)`.
-pub fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+/// Quantizes a row ([`super::quantize_row`]) and returns `(scale, sum of q, no q negative)`.
+pub fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
     let scale = super::quantize_row(x, q);
-    (scale, q.iter().map(|&v| i32::from(v)).sum())
+    (
+        scale,
+        q.iter().map(|&v| i32::from(v)).sum(),
+        q.iter().all(|&v| v >= 0),
+    )
 }
 
 pub fn tile(t: Tile<'_>) {

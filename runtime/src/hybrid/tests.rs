@@ -13,7 +13,12 @@ fn weight(rows: usize, cols: usize, q: &[u8], scale: &[f32], zero_point: &[u8]) 
         rows,
         cols,
         packed: leak(qbake_format::pack_b_s8(q, rows, cols)),
-        params: QuantParams { min: &[], max: &[], scale: leak(scale.to_vec()), zero_point: leak(zero_point.to_vec()) },
+        params: QuantParams {
+            min: &[],
+            max: &[],
+            scale: leak(scale.to_vec()),
+            zero_point: leak(zero_point.to_vec()),
+        },
         cache: DequantCache::new(),
     }
 }
@@ -31,7 +36,14 @@ fn rows(values: &[i8], k: usize, scale: f32) -> QuantizedRows {
         stride,
         values: padded,
         scales: vec![scale; m],
-        sums: values.chunks_exact(k).map(|r| r.iter().map(|&v| i32::from(v)).sum()).collect(),
+        sums: values
+            .chunks_exact(k)
+            .map(|r| r.iter().map(|&v| i32::from(v)).sum())
+            .collect(),
+        nonnegative: values
+            .chunks_exact(k)
+            .map(|r| r.iter().all(|&v| v >= 0))
+            .collect(),
     }
 }
 
@@ -65,7 +77,14 @@ fn assert_kernels_match_reference(x: &QuantizedRows, w: &QuantWeight, bias: Opti
         let mut got = vec![f32::NAN; want.len()];
         gemm_with(kernel, x, w, bias, act, &mut got);
         for (i, (g, r)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), r.to_bits(), "{kernel:?} m{} n{} k{} [{i}]: {g} vs {r}", x.rows(), w.rows, w.cols);
+            assert_eq!(
+                g.to_bits(),
+                r.to_bits(),
+                "{kernel:?} m{} n{} k{} [{i}]: {g} vs {r}",
+                x.rows(),
+                w.rows,
+                w.cols
+            );
         }
     }
 }
@@ -77,9 +96,23 @@ fn random_case(m: usize, n: usize, k: usize, seed: u64, per_channel: bool, act: 
     let zp: Vec<u8> = (0..channels).map(|_| rng.next() as u8).collect();
     let scale: Vec<f32> = (0..channels).map(|_| rng.f32(0.01).abs() + 1e-4).collect();
     let w = weight(n, k, &q, &scale, &zp);
-    let x: Vec<f32> = (0..m * k).map(|_| rng.f32(3.0)).collect();
+    // Mixed signs, and rows all >= 0 (after ReLU), which take the unsigned kernel.
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| {
+            if (i / k) % 3 == 1 {
+                rng.f32(3.0).abs()
+            } else {
+                rng.f32(3.0)
+            }
+        })
+        .collect();
     let bias: Vec<f32> = (0..n).map(|_| rng.f32(1.0)).collect();
+    let relu: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
     for kernel in kernels() {
+        let mut xq = QuantizedRows::default();
+        xq.quantize_into(kernel, &relu, k);
+        assert!(xq.nonnegative.iter().all(|&n| n));
+        assert_kernels_match_reference(&xq, &w, Some(&bias), act);
         let mut xq = QuantizedRows::default();
         xq.quantize_into(kernel, &x, k);
         assert_eq!(xq, QuantizedRows::quantize(&x, k), "{kernel:?} quantizer");
@@ -111,6 +144,7 @@ proptest! {
             prop_assert_eq!(rows.row(0), &want[..]);
             prop_assert_eq!(rows.scales[0].to_bits(), scale.to_bits());
             prop_assert_eq!(rows.sums[0], want.iter().map(|&v| i32::from(v)).sum::<i32>());
+            prop_assert_eq!(rows.nonnegative[0], want.iter().all(|&v| v >= 0));
             prop_assert!(rows.values[x.len()..].iter().all(|&v| v == 0), "padding is zero");
         }
     }
@@ -156,7 +190,14 @@ fn edge_shapes_and_activations() {
     for m in [1, 3, 4, 5, 17, 64, 65, 131] {
         for n in [1, 3, 15, 16, 17, 33] {
             for k in [1, 3, 4, 5, 31, 33] {
-                random_case(m, n, k, (m * 10_000 + n * 100 + k) as u64, (m + n) % 2 == 0, Activation::None);
+                random_case(
+                    m,
+                    n,
+                    k,
+                    (m * 10_000 + n * 100 + k) as u64,
+                    (m + n) % 2 == 0,
+                    Activation::None,
+                );
             }
         }
     }
@@ -178,11 +219,19 @@ fn zero_rows_take_the_short_path() {
     assert_eq!(q, [0; 4]);
     // A row of tiny subnormals: 127 / max overflows, so the division path runs.
     // The scale itself is a coarse subnormal; the row still reconstructs within half a step.
-    let tiny = [f32::from_bits(1000), -f32::from_bits(1000), 0.0, f32::from_bits(500)];
+    let tiny = [
+        f32::from_bits(1000),
+        -f32::from_bits(1000),
+        0.0,
+        f32::from_bits(500),
+    ];
     let scale = quantize_row(&tiny, &mut q);
     assert!(scale > 0.0, "{scale}");
     for (&v, &q) in tiny.iter().zip(&q) {
-        assert!(q != i8::MIN && (v - f32::from(q) * scale).abs() <= scale / 2.0, "{v:e} {q} {scale:e}");
+        assert!(
+            q != i8::MIN && (v - f32::from(q) * scale).abs() <= scale / 2.0,
+            "{v:e} {q} {scale:e}"
+        );
     }
 }
 
@@ -193,20 +242,32 @@ fn zero_rows_take_the_short_path() {
 #[test]
 fn extreme_operands_sum_exactly() {
     for k in [2, 5, 64, MAX_EXACT_K] {
-        for (q_w, q_x, zp) in [(255u8, 127i8, 0u8), (0, -127, 255), (255, -127, 0), (0, 127, 0), (255, 127, 255), (128, -127, 0)] {
+        for (q_w, q_x, zp) in [
+            (255u8, 127i8, 0u8),
+            (0, -127, 255),
+            (255, -127, 0),
+            (0, 127, 0),
+            (255, 127, 255),
+            (128, -127, 0),
+        ] {
             let w = weight(1, k, &vec![q_w; k], &[1.0], &[zp]);
             let x = rows(&vec![q_x; k], k, 1.0);
             let exact = (i64::from(q_w) - i64::from(zp)) * i64::from(q_x) * k as i64;
             for kernel in kernels() {
                 let mut y = [0.0];
                 gemm_with(kernel, &x, &w, None, Activation::None, &mut y);
-                assert_eq!(y[0], exact as f32, "{kernel:?} k {k}: q_w {q_w} q_x {q_x} zp {zp}");
+                assert_eq!(
+                    y[0], exact as f32,
+                    "{kernel:?} k {k}: q_w {q_w} q_x {q_x} zp {zp}"
+                );
             }
         }
     }
     // Alternating signs and a full tile of 4 x 17 outputs, with a bias.
     let (m, n, k) = (4, 17, 1001);
-    let q: Vec<u8> = (0..n * k).map(|i| if i % 3 == 0 { 255 } else { i as u8 }).collect();
+    let q: Vec<u8> = (0..n * k)
+        .map(|i| if i % 3 == 0 { 255 } else { i as u8 })
+        .collect();
     let xs: Vec<i8> = (0..m * k).map(|i| if i % 2 == 0 { 127 } else { -127 }).collect();
     let w = weight(n, k, &q, &vec![0.5; n], &(0..n as u8).collect::<Vec<_>>());
     assert_kernels_match_reference(&rows(&xs, k, 0.25), &w, Some(&vec![1.0; n]), Activation::None);
