@@ -29,7 +29,10 @@ const SHAPES: &[(usize, usize, usize)] = &[
 ];
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `MxKxN` arguments pick shapes; none means all.
+    let picked: Vec<&String> = args.iter().filter(|a| a.contains('x')).collect();
     let budget = Duration::from_millis(if quick { 150 } else { 600 });
     let hybrid_kernel = hybrid::Kernel::detect();
     let f32_kernel = gemm_f32::Kernel::detect();
@@ -45,11 +48,14 @@ fn main() {
     );
 
     println!(
-        "{:>16} | {:>9} {:>7} | {:>10} {:>7} | {:>14}",
-        "M x K x N", "int8 GOP/s", "% peak", "f32 GFLOP/s", "% peak", "hybrid FC vs f32"
+        "{:>16} | {:>9} {:>7} | {:>10} {:>7} | {:>14} {:>10}",
+        "M x K x N", "int8 GOP/s", "% peak", "f32 GFLOP/s", "% peak", "hybrid FC vs f32", "quantizer"
     );
     let (mut int8_share, mut f32_share, mut fc_speedups) = (Vec::new(), Vec::new(), Vec::new());
     for &(m, k, n) in SHAPES {
+        if !picked.is_empty() && !picked.iter().any(|p| **p == format!("{m}x{k}x{n}")) {
+            continue;
+        }
         let case = Case::new(m, k, n);
         let ops = 2.0 * (m * k * n) as f64;
         let mut y = vec![0.0f32; m * n];
@@ -74,6 +80,7 @@ fn main() {
             )
         });
         let mut rows = QuantizedRows::default();
+        let t_quantize = time(budget, || rows.quantize_into(hybrid_kernel, &case.x, k));
         let t_fc_hybrid = time(budget, || {
             rows.quantize_into(hybrid_kernel, &case.x, k);
             hybrid::gemm_with(
@@ -94,13 +101,14 @@ fn main() {
             fc_speedups.push(fc);
         }
         println!(
-            "{:>16} | {:>10.1} {:>6.1}% | {:>11.1} {:>6.1}% | {:>13.2}x",
+            "{:>16} | {:>10.1} {:>6.1}% | {:>11.1} {:>6.1}% | {:>13.2}x {:>9.1}%",
             format!("{m}x{k}x{n}"),
             g8 / 1e9,
             100.0 * g8 / peak_u8s8,
             g32 / 1e9,
             100.0 * g32 / peak_fma,
-            fc
+            fc,
+            100.0 * t_quantize / t_fc_hybrid
         );
     }
     println!(

@@ -26,6 +26,7 @@ mod weights;
 pub use alloc::{Zeroable, boxed_zeroed};
 pub use exec::{Exec, Kernels};
 pub use ops::Activation;
+pub use qbake_macros::include_model;
 pub use qbake_macros::quantized_model;
 pub use weights::{Aligned, DequantCache, FloatWeight, QuantParams, QuantWeight, Weight};
 

@@ -74,7 +74,11 @@ impl QuantWeight {
 
     /// The per-channel constants of panel `p` for the int8 kernels.
     pub fn panel_params(&self, p: usize, bias: Option<&[f32]>) -> PanelParams {
-        let mut params = PanelParams { zero_point: [0; NR], scale: [0.0; NR], bias: [0.0; NR] };
+        let mut params = PanelParams {
+            zero_point: [0; NR],
+            scale: [0.0; NR],
+            bias: [0.0; NR],
+        };
         for j in 0..NR.min(self.rows - p * NR) {
             let n = p * NR + j;
             let (scale, zp) = self.params.of_row(n);
@@ -124,7 +128,9 @@ impl Weight {
     pub fn as_f32(&self) -> &PackedF32 {
         match self {
             Weight::U8(w) => w.dequantized(),
-            Weight::F32(w) => w.cache.get_or_fill(|| PackedF32::from_rows(w.data, w.rows, w.cols)),
+            Weight::F32(w) => w
+                .cache
+                .get_or_fill(|| PackedF32::from_rows(w.data, w.rows, w.cols)),
         }
     }
 }
@@ -204,7 +210,10 @@ mod tests {
         let f = w.dequantized();
         assert_eq!(f.get(0, 1), 0.0);
         assert_eq!(f.get(0, 0), -128.0 * (2.0f32 / 255.0));
-        assert_eq!([f.get(1, 0), f.get(1, 1), f.get(1, 2)], [10.0 * 0.01, 20.0 * 0.01, 30.0 * 0.01]);
+        assert_eq!(
+            [f.get(1, 0), f.get(1, 1), f.get(1, 2)],
+            [10.0 * 0.01, 20.0 * 0.01, 30.0 * 0.01]
+        );
         assert!(w.cache.is_filled());
         let p = w.panel_params(0, Some(&[5.0, 6.0]));
         assert_eq!(p.zero_point[..2], [0, -128]);

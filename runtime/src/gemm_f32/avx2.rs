@@ -1,68 +1,68 @@
 //! The x86-64 AVX2+FMA f32 microkernel: a 6 x 16 tile in 12 registers.
 
-use super::{Epilogue, MR, NR, Tile};
+use super::{Epilogue, MR, NR, Strip};
 use crate::ops::Activation;
 use std::arch::x86_64::*;
 
 /// # Safety
-/// The CPU must have AVX2 and FMA, and `t` must have passed `Tile::check`.
+/// The CPU must have AVX2 and FMA, and `s` must have passed `Strip::check`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile(t: Tile<'_>) {
-    // One kernel per row count: edge tiles compute only the rows they have.
-    // SAFETY: as the caller guarantees.
+pub unsafe fn strip(s: Strip<'_>) {
+    let c = s.c.as_mut_ptr();
+    // SAFETY: `check` proved every row and column a tile touches; each tile
+    // call covers rows `m0..m0 + R` of the strip.
     unsafe {
-        match t.rows {
-            1 => tile_rows::<1>(t),
-            2 => tile_rows::<2>(t),
-            3 => tile_rows::<3>(t),
-            4 => tile_rows::<4>(t),
-            5 => tile_rows::<5>(t),
-            _ => tile_rows::<MR>(t),
+        let mut m0 = 0;
+        while m0 + MR <= s.rows {
+            tile::<MR>(&s, m0, c);
+            m0 += MR;
+        }
+        // Edge rows: a kernel of their own count, so no work is wasted.
+        match s.rows - m0 {
+            0 => {}
+            1 => tile::<1>(&s, m0, c),
+            2 => tile::<2>(&s, m0, c),
+            3 => tile::<3>(&s, m0, c),
+            4 => tile::<4>(&s, m0, c),
+            _ => tile::<5>(&s, m0, c),
         }
     }
 }
 
+/// Rows `m0..m0 + R` of the strip.
+///
 /// # Safety
-/// As [`tile`], with `t.rows == R`.
+/// AVX2 and FMA, `s` checked, `m0 + R <= s.rows`, and `c` is `s.c`'s start.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_rows<const R: usize>(t: Tile<'_>) {
-    let rows: [*const f32; R] = std::array::from_fn(|r| t.a[r * t.lda..].as_ptr());
-    if t.cols == NR {
-        // SAFETY: `check` proved R rows of `ldc` and NR columns in `c`.
-        unsafe {
-            kernel::<R>(
-                rows,
-                t.panel.as_ptr(),
-                t.kc,
-                t.c.as_mut_ptr(),
-                t.ldc,
-                t.first,
-                t.epilogue,
-            )
-        };
-        return;
-    }
-    // Edge columns: through a full-width buffer.
-    let mut buf = [[0.0f32; NR]; R];
-    if !t.first {
-        for (r, row) in buf.iter_mut().enumerate() {
-            row[..t.cols].copy_from_slice(&t.c[r * t.ldc..r * t.ldc + t.cols]);
-        }
-    }
-    // SAFETY: `buf` is R rows of NR floats, row stride NR.
+unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
+    let rows: [*const f32; R] = std::array::from_fn(|r| s.a[(m0 + r) * s.lda..].as_ptr());
+    // SAFETY (whole body): `check` proved `kc` floats per row, the panel's
+    // extent, and R rows of `ldc` with `cols` columns at row m0 of `c`.
     unsafe {
+        let c = c.add(m0 * s.ldc);
+        if s.cols == NR {
+            kernel::<R>(rows, s.panel.as_ptr(), s.kc, c, s.ldc, s.first, s.epilogue);
+            return;
+        }
+        // Edge columns: through a full-width buffer.
+        let mut buf = [[0.0f32; NR]; R];
+        if !s.first {
+            for (r, row) in buf.iter_mut().enumerate() {
+                std::ptr::copy_nonoverlapping(c.add(r * s.ldc), row.as_mut_ptr(), s.cols);
+            }
+        }
         kernel::<R>(
             rows,
-            t.panel.as_ptr(),
-            t.kc,
+            s.panel.as_ptr(),
+            s.kc,
             buf.as_mut_ptr().cast(),
             NR,
-            t.first,
-            t.epilogue,
-        )
-    };
-    for (r, row) in buf.iter().enumerate() {
-        t.c[r * t.ldc..r * t.ldc + t.cols].copy_from_slice(&row[..t.cols]);
+            s.first,
+            s.epilogue,
+        );
+        for (r, row) in buf.iter().enumerate() {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * s.ldc), s.cols);
+        }
     }
 }
 

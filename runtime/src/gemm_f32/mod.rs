@@ -3,8 +3,8 @@
 //!
 //! One contract, several implementations (as in tract-linalg): weights are
 //! packed once into panels of [`NR`] output channels ([`PackedF32`]); a
-//! microkernel computes an [`MR`] x [`NR`] tile over a block of at most
-//! [`KC`] inputs; the driver here walks the tiles. [`scalar`] is the
+//! kernel walks a strip of rows in [`MR`] x [`NR`] tiles over a block of
+//! at most [`KC`] inputs; the driver here walks the strips. [`scalar`] is the
 //! portable microkernel, [`avx2`] the x86-64 AVX2+FMA one, chosen at run
 //! time. [`gemm_reference`] is the plain-loop definition both are tested
 //! against.
@@ -15,13 +15,15 @@ use crate::ops::Activation;
 pub mod avx2;
 pub mod scalar;
 
-/// Rows of a tile.
+/// Rows of a kernel tile.
 pub const MR: usize = 6;
 /// Output channels of a tile and of a packed panel (two AVX registers).
 pub const NR: usize = 16;
 /// Inputs per block: a panel block of `KC * NR` floats (16 kB) stays in L1
 /// while the tiles of every row block reuse it.
 pub const KC: usize = 256;
+/// Rows per kernel call: the strip's partial sums (`MC * NR` floats) stay in L1.
+pub const MC: usize = 96;
 
 /// A `[n, k]` weight matrix packed for the f32 kernels: panels of [`NR`]
 /// output channels; in a panel, for each input `k`, [`NR`] consecutive
@@ -92,9 +94,10 @@ pub struct Epilogue<'a> {
     pub act: Activation,
 }
 
-/// The arguments of one tile call: `c[r][j] (+)= sum_k a[r][k] * panel[k][j]`
-/// for `r < rows`, `j < cols`, over `kc` inputs.
-pub struct Tile<'a> {
+/// The arguments of one kernel call: `c[r][j] (+)= sum_k a[r][k] * panel[k][j]`
+/// for `r < rows`, `j < cols`, over `kc` inputs. Kernels walk the strip in
+/// tiles of [`MR`] rows.
+pub struct Strip<'a> {
     /// `a[r * lda + kk]` is row `r`, input `kk` of the block.
     pub a: &'a [f32],
     pub lda: usize,
@@ -112,10 +115,10 @@ pub struct Tile<'a> {
     pub epilogue: Option<Epilogue<'a>>,
 }
 
-impl Tile<'_> {
+impl Strip<'_> {
     /// The bounds every kernel relies on.
     fn check(&self) {
-        assert!(self.rows >= 1 && self.rows <= MR && self.cols >= 1 && self.cols <= NR && self.kc >= 1);
+        assert!(self.rows >= 1 && self.cols >= 1 && self.cols <= NR && self.kc >= 1);
         assert!(self.a.len() >= (self.rows - 1) * self.lda + self.kc);
         assert!(self.panel.len() >= self.kc * NR);
         assert!(self.c.len() >= (self.rows - 1) * self.ldc + self.cols);
@@ -137,7 +140,10 @@ pub fn gemm_with(
     y: &mut [f32],
 ) {
     let (n, k) = (w.n, w.k);
-    assert!(k > 0 && x.len().is_multiple_of(k), "x is not a whole number of rows");
+    assert!(
+        k > 0 && x.len().is_multiple_of(k),
+        "x is not a whole number of rows"
+    );
     let m = x.len() / k;
     assert_eq!(y.len(), m * n, "y has the wrong size");
     if let Some(b) = bias {
@@ -153,28 +159,29 @@ pub fn gemm_with(
         let panel = w.panel(p);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
-            let last = k0 + kc == k;
-            for m0 in (0..m).step_by(MR) {
-                let rows = MR.min(m - m0);
-                let tile = Tile {
+            for m0 in (0..m).step_by(MC) {
+                let strip = Strip {
                     a: &x[m0 * k + k0..],
                     lda: k,
-                    rows,
+                    rows: MC.min(m - m0),
                     panel: &panel[k0 * NR..],
                     kc,
                     c: &mut y[m0 * n + n0..],
                     ldc: n,
                     cols,
                     first: k0 == 0,
-                    epilogue: last.then_some(Epilogue { bias: &panel_bias, act }),
+                    epilogue: (k0 + kc == k).then_some(Epilogue {
+                        bias: &panel_bias,
+                        act,
+                    }),
                 };
-                tile.check();
+                strip.check();
                 match kernel {
-                    Kernel::Scalar => scalar::tile(tile),
+                    Kernel::Scalar => scalar::strip(strip),
                     // SAFETY: `detect` (or the caller) checked AVX2 and FMA;
                     // `check` proved the bounds the kernel reads and writes.
                     #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2Fma => unsafe { avx2::tile(tile) },
+                    Kernel::Avx2Fma => unsafe { avx2::strip(strip) },
                 }
             }
         }
@@ -207,11 +214,25 @@ mod tests {
         let bias = [0.0, 0.0, -10.0];
         let want = [1.0, 2.0, 0.0, 3.0, 4.0, 0.0];
         let mut y = [0.0; 6];
-        gemm_reference(&[1.0, 2.0, 3.0, 4.0], &w, 2, Some(&bias), Activation::Relu, &mut y);
+        gemm_reference(
+            &[1.0, 2.0, 3.0, 4.0],
+            &w,
+            2,
+            Some(&bias),
+            Activation::Relu,
+            &mut y,
+        );
         assert_eq!(y, want);
         let packed = PackedF32::from_rows(&w, 3, 2);
         for kernel in kernels() {
-            gemm_with(kernel, &[1.0, 2.0, 3.0, 4.0], &packed, Some(&bias), Activation::Relu, &mut y);
+            gemm_with(
+                kernel,
+                &[1.0, 2.0, 3.0, 4.0],
+                &packed,
+                Some(&bias),
+                Activation::Relu,
+                &mut y,
+            );
             assert_eq!(y, want, "{kernel:?}");
         }
     }
@@ -249,7 +270,12 @@ mod tests {
             for i in 0..m * n {
                 // Summation order differs (and FMA rounds once): allow a few ulps of the magnitude.
                 let tol = 1e-5 * (k as f32).sqrt() * scale.max(1.0) * 4.0;
-                assert!((got[i] - want[i]).abs() <= tol, "{kernel:?} m{m} n{n} k{k} [{i}]: {} vs {}", got[i], want[i]);
+                assert!(
+                    (got[i] - want[i]).abs() <= tol,
+                    "{kernel:?} m{m} n{n} k{k} [{i}]: {} vs {}",
+                    got[i],
+                    want[i]
+                );
             }
         }
     }
@@ -263,8 +289,19 @@ mod tests {
 
     #[test]
     fn edges_blocks_and_activations() {
-        for (m, n, k) in [(1, 1, 1), (3, 17, 257), (17, 33, 513), (6, 16, 256), (7, 15, 255), (13, 1, 600)] {
-            for act in [Activation::None, Activation::Relu, Activation::Clip { min: -0.5, max: 0.25 }] {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (3, 17, 257),
+            (17, 33, 513),
+            (6, 16, 256),
+            (7, 15, 255),
+            (13, 1, 600),
+        ] {
+            for act in [
+                Activation::None,
+                Activation::Relu,
+                Activation::Clip { min: -0.5, max: 0.25 },
+            ] {
                 check_against_reference(m, n, k, (m * 1000 + n * 10 + k) as u64, act, 1.0);
             }
         }
@@ -288,7 +325,10 @@ mod tests {
         }
         for y in &outs[1..] {
             for (a, b) in y.iter().zip(&outs[0]) {
-                assert!(a == b || (a - b).abs() <= 1e-4 * b.abs().max(1.0) || (a.is_nan() && b.is_nan()), "{a} vs {b}");
+                assert!(
+                    a == b || (a - b).abs() <= 1e-4 * b.abs().max(1.0) || (a.is_nan() && b.is_nan()),
+                    "{a} vs {b}"
+                );
             }
         }
     }

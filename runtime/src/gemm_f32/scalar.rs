@@ -1,27 +1,22 @@
-//! The portable f32 microkernel: the tile contract in plain Rust.
+//! The portable f32 kernel: the strip contract in plain Rust.
 
-use super::{MR, NR, Tile};
+use super::{NR, Strip};
 
-pub fn tile(t: Tile<'_>) {
-    let mut acc = [[0.0f32; NR]; MR];
-    if !t.first {
-        for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
-            row[..t.cols].copy_from_slice(&t.c[r * t.ldc..r * t.ldc + t.cols]);
+pub fn strip(s: Strip<'_>) {
+    for r in 0..s.rows {
+        let mut acc = [0.0f32; NR];
+        if !s.first {
+            acc[..s.cols].copy_from_slice(&s.c[r * s.ldc..r * s.ldc + s.cols]);
         }
-    }
-    for kk in 0..t.kc {
-        let b = &t.panel[kk * NR..(kk + 1) * NR];
-        for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
-            let a = t.a[r * t.lda + kk];
-            for (acc, &b) in row.iter_mut().zip(b) {
+        let a = &s.a[r * s.lda..r * s.lda + s.kc];
+        for (kk, &a) in a.iter().enumerate() {
+            for (acc, &b) in acc.iter_mut().zip(&s.panel[kk * NR..(kk + 1) * NR]) {
                 *acc += a * b;
             }
         }
-    }
-    for (r, row) in acc.iter().enumerate().take(t.rows) {
-        let out = &mut t.c[r * t.ldc..r * t.ldc + t.cols];
-        for (j, (out, &v)) in out.iter_mut().zip(row).enumerate() {
-            *out = match t.epilogue {
+        let out = &mut s.c[r * s.ldc..r * s.ldc + s.cols];
+        for (j, (out, &v)) in out.iter_mut().zip(&acc).enumerate() {
+            *out = match s.epilogue {
                 Some(e) => e.act.apply(v + e.bias[j]),
                 None => v,
             };

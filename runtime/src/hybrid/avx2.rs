@@ -1,53 +1,63 @@
 //! The x86-64 AVX2 hybrid kernels: a 4 x 16 int8 tile and the row quantizer.
 
-use super::{MR, PanelParams, Tile};
+use super::{MR, PanelParams, Strip};
 use crate::gemm_f32::avx2::activate;
 use crate::ops::Activation;
 use qbake_format::{KG, NR};
 use std::arch::x86_64::*;
 
 /// # Safety
-/// The CPU must have AVX2, and `t` must have passed `Tile::check`.
+/// The CPU must have AVX2, and `s` must have passed `Strip::check`.
 #[target_feature(enable = "avx2")]
-pub unsafe fn tile(t: Tile<'_>) {
-    // One kernel per row count: edge tiles compute only the rows they have.
-    // SAFETY: as the caller guarantees.
+pub unsafe fn strip(s: Strip<'_>) {
+    let c = s.c.as_mut_ptr();
+    // SAFETY: `check` proved every row and column a tile touches; each tile
+    // call covers rows `m0..m0 + R` of the strip.
     unsafe {
-        match t.rows {
-            1 => tile_rows::<1>(t),
-            2 => tile_rows::<2>(t),
-            3 => tile_rows::<3>(t),
-            _ => tile_rows::<MR>(t),
+        let mut m0 = 0;
+        while m0 + MR <= s.rows {
+            tile::<MR>(&s, m0, c);
+            m0 += MR;
+        }
+        // Edge rows: a kernel of their own count, so no work is wasted.
+        match s.rows - m0 {
+            0 => {}
+            1 => tile::<1>(&s, m0, c),
+            2 => tile::<2>(&s, m0, c),
+            _ => tile::<3>(&s, m0, c),
         }
     }
 }
 
+/// Rows `m0..m0 + R` of the strip.
+///
 /// # Safety
-/// As [`tile`], with `t.rows == R`.
+/// AVX2, `s` checked, `m0 + R <= s.rows`, and `c` is `s.c`'s start.
 #[target_feature(enable = "avx2")]
-unsafe fn tile_rows<const R: usize>(t: Tile<'_>) {
-    let rows: [*const i8; R] = std::array::from_fn(|r| t.a[r * t.lda..].as_ptr());
-    let sums: [i32; R] = std::array::from_fn(|r| t.sums[r]);
-    let scales: [f32; R] = std::array::from_fn(|r| t.scales[r]);
-    // SAFETY: `check` proved `groups * KG` bytes per row and the panel's extent.
-    let dot = unsafe {
-        if t.nonnegative {
-            dot_tile_nonnegative::<R>(rows, t.panel.as_ptr(), t.groups)
+unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
+    let rows: [*const i8; R] = std::array::from_fn(|r| s.a[(m0 + r) * s.lda..].as_ptr());
+    let sums: [i32; R] = std::array::from_fn(|r| s.sums[m0 + r]);
+    let scales: [f32; R] = std::array::from_fn(|r| s.scales[m0 + r]);
+    let nonnegative = s.nonnegative[m0..m0 + R].iter().all(|&n| n);
+    // SAFETY (whole body): `check` proved `groups * KG` bytes per row, the
+    // panel's extent, and R rows of `ldc` with `cols` columns at row m0 of `c`.
+    unsafe {
+        let dot = if nonnegative {
+            dot_tile_nonnegative::<R>(rows, s.panel.as_ptr(), s.groups)
         } else {
-            dot_tile_signed::<R>(rows, t.panel.as_ptr(), t.groups)
+            dot_tile_signed::<R>(rows, s.panel.as_ptr(), s.groups)
+        };
+        let c = c.add(m0 * s.ldc);
+        if s.cols == NR {
+            epilogue::<R>(&dot, &sums, &scales, s.params, s.act, c, s.ldc);
+            return;
         }
-    };
-    if t.cols == NR {
-        // SAFETY: `check` proved R rows of `ldc` and NR columns in `c`.
-        unsafe { epilogue::<R>(&dot, &sums, &scales, t.params, t.act, t.c.as_mut_ptr(), t.ldc) };
-        return;
-    }
-    // Edge columns: through a full-width buffer.
-    let mut buf = [[0.0f32; NR]; R];
-    // SAFETY: `buf` is R rows of NR floats, row stride NR.
-    unsafe { epilogue::<R>(&dot, &sums, &scales, t.params, t.act, buf.as_mut_ptr().cast(), NR) };
-    for (r, row) in buf.iter().enumerate() {
-        t.c[r * t.ldc..r * t.ldc + t.cols].copy_from_slice(&row[..t.cols]);
+        // Edge columns: through a full-width buffer.
+        let mut buf = [[0.0f32; NR]; R];
+        epilogue::<R>(&dot, &sums, &scales, s.params, s.act, buf.as_mut_ptr().cast(), NR);
+        for (r, row) in buf.iter().enumerate() {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * s.ldc), s.cols);
+        }
     }
 }
 
@@ -183,8 +193,8 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
             let v = _mm256_loadu_ps(x.as_ptr().add(8 * i));
             // NaN lanes become 0 (cvtps would give i32::MIN).
             let v = _mm256_and_ps(_mm256_mul_ps(v, vinv), _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
-            let r =
-                _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
+            // cvtps rounds as MXCSR says: to nearest, ties to even (Rust never changes it).
+            let r = _mm256_cvtps_epi32(v);
             sum = _mm256_add_epi32(sum, r);
             min = _mm256_min_epi32(min, r);
             let w16 = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));

@@ -38,7 +38,7 @@ pub use qbake_format::MAX_EXACT_K;
 pub mod avx2;
 pub mod scalar;
 
-/// Rows of a tile.
+/// Rows of a kernel tile.
 pub const MR: usize = 4;
 /// Rows per block: the block's activations (at most `MC * K` bytes) stay in
 /// L1/L2 while every weight panel passes over them.
@@ -123,13 +123,15 @@ impl QuantizedRows {
         let (m, stride) = (x.len() / k, padded_k(k));
         self.k = k;
         self.stride = stride;
-        self.values.clear();
+        // Every value is written below; only the padding needs its zeros.
         self.values.resize(m * stride, 0);
         self.scales.resize(m, 0.0);
         self.sums.resize(m, 0);
         self.nonnegative.resize(m, false);
         for (r, x_row) in x.chunks_exact(k).enumerate() {
-            let q_row = &mut self.values[r * stride..r * stride + k];
+            let row = &mut self.values[r * stride..(r + 1) * stride];
+            let (q_row, padding) = row.split_at_mut(k);
+            padding.fill(0);
             let (scale, sum, nonnegative) = match kernel {
                 Kernel::Scalar => scalar::quantize_row(x_row, q_row),
                 // SAFETY: `detect` (or the test choosing it) checked AVX2.
@@ -187,9 +189,10 @@ pub struct PanelParams {
     pub bias: [f32; NR],
 }
 
-/// The arguments of one tile call: rows `r < rows` of the quantized
+/// The arguments of one kernel call: `rows` rows of the quantized
 /// activations against one panel, written to `c[r * ldc + j]` for `j < cols`.
-pub struct Tile<'a> {
+/// Kernels walk the strip in tiles of [`MR`] rows.
+pub struct Strip<'a> {
     /// `a[r * lda + i]`: row `r`, input `i` (rows padded to whole groups).
     pub a: &'a [i8],
     pub lda: usize,
@@ -199,8 +202,8 @@ pub struct Tile<'a> {
     pub groups: usize,
     pub sums: &'a [i32],
     pub scales: &'a [f32],
-    /// No row of the tile has a negative value.
-    pub nonnegative: bool,
+    /// Whether each row has no negative value.
+    pub nonnegative: &'a [bool],
     pub params: &'a PanelParams,
     pub act: Activation,
     pub c: &'a mut [f32],
@@ -208,12 +211,17 @@ pub struct Tile<'a> {
     pub cols: usize,
 }
 
-impl Tile<'_> {
+impl Strip<'_> {
+    /// The bounds every kernel relies on.
     fn check(&self) {
-        assert!(self.rows >= 1 && self.rows <= MR && self.cols >= 1 && self.cols <= NR);
+        assert!(self.rows >= 1 && self.cols >= 1 && self.cols <= NR);
         assert!(self.a.len() >= (self.rows - 1) * self.lda + self.groups * KG);
         assert!(self.panel.len() >= self.groups * NR * KG);
-        assert!(self.sums.len() >= self.rows && self.scales.len() >= self.rows);
+        assert!(
+            self.sums.len() >= self.rows
+                && self.scales.len() >= self.rows
+                && self.nonnegative.len() >= self.rows
+        );
         assert!(self.c.len() >= (self.rows - 1) * self.ldc + self.cols);
     }
 }
@@ -247,37 +255,32 @@ pub fn gemm_with(
     }
     let stride = x.stride;
     let panel_len = NR * stride;
-    for m_block in (0..m).step_by(MC) {
-        let m_end = (m_block + MC).min(m);
+    for m0 in (0..m).step_by(MC) {
+        let rows = MC.min(m - m0);
         for p in 0..n.div_ceil(NR) {
             let n0 = p * NR;
-            let cols = NR.min(n - n0);
             let params = w.panel_params(p, bias);
-            let panel = &w.packed[p * panel_len..(p + 1) * panel_len];
-            for m0 in (m_block..m_end).step_by(MR) {
-                let rows = MR.min(m_end - m0);
-                let tile = Tile {
-                    a: &x.values[m0 * stride..],
-                    lda: stride,
-                    rows,
-                    panel,
-                    groups: stride / KG,
-                    sums: &x.sums[m0..],
-                    scales: &x.scales[m0..],
-                    nonnegative: x.nonnegative[m0..m0 + rows].iter().all(|&n| n),
-                    params: &params,
-                    act,
-                    c: &mut y[m0 * n + n0..],
-                    ldc: n,
-                    cols,
-                };
-                tile.check();
-                match kernel {
-                    Kernel::Scalar => scalar::tile(tile),
-                    // SAFETY: AVX2 was detected; `check` proved the bounds.
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2 => unsafe { avx2::tile(tile) },
-                }
+            let strip = Strip {
+                a: &x.values[m0 * stride..],
+                lda: stride,
+                rows,
+                panel: &w.packed[p * panel_len..(p + 1) * panel_len],
+                groups: stride / KG,
+                sums: &x.sums[m0..],
+                scales: &x.scales[m0..],
+                nonnegative: &x.nonnegative[m0..],
+                params: &params,
+                act,
+                c: &mut y[m0 * n + n0..],
+                ldc: n,
+                cols: NR.min(n - n0),
+            };
+            strip.check();
+            match kernel {
+                Kernel::Scalar => scalar::strip(strip),
+                // SAFETY: AVX2 was detected; `check` proved the bounds.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { avx2::strip(strip) },
             }
         }
     }

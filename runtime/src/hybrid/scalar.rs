@@ -1,7 +1,7 @@
-//! The portable hybrid kernels: the tile contract and the row quantizer in
+//! The portable hybrid kernels: the strip contract and the row quantizer in
 //! plain Rust, reading the same packed bytes as the SIMD ones.
 
-use super::{MR, Tile};
+use super::Strip;
 use qbake_format::{KG, NR};
 
 /// Quantizes a row ([`super::quantize_row`]) and returns `(scale, sum of q, no q negative)`.
@@ -14,25 +14,23 @@ pub fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
     )
 }
 
-pub fn tile(t: Tile<'_>) {
-    let mut dot = [[0i32; NR]; MR];
-    for g in 0..t.groups {
-        let w = &t.panel[g * NR * KG..(g + 1) * NR * KG];
-        for (r, dot) in dot.iter_mut().enumerate().take(t.rows) {
-            let a = &t.a[r * t.lda + g * KG..r * t.lda + (g + 1) * KG];
-            for (j, dot) in dot.iter_mut().enumerate() {
-                for i in 0..KG {
-                    *dot += i32::from(w[j * KG + i] as i8) * i32::from(a[i]);
-                }
-            }
-        }
-    }
-    let p = t.params;
-    for (r, dot) in dot.iter().enumerate().take(t.rows) {
-        let out = &mut t.c[r * t.ldc..r * t.ldc + t.cols];
+pub fn strip(s: Strip<'_>) {
+    let p = s.params;
+    for r in 0..s.rows {
+        let a = &s.a[r * s.lda..r * s.lda + s.groups * KG];
+        let out = &mut s.c[r * s.ldc..r * s.ldc + s.cols];
         for (j, out) in out.iter_mut().enumerate() {
-            let acc = dot[j] - p.zero_point[j] * t.sums[r];
-            *out = t.act.apply(acc as f32 * (p.scale[j] * t.scales[r]) + p.bias[j]);
+            let mut dot = 0i32;
+            for (g, a) in a.chunks_exact(KG).enumerate() {
+                let w = &s.panel[g * NR * KG + j * KG..g * NR * KG + (j + 1) * KG];
+                dot += w
+                    .iter()
+                    .zip(a)
+                    .map(|(&w, &a)| i32::from(w as i8) * i32::from(a))
+                    .sum::<i32>();
+            }
+            let acc = dot - p.zero_point[j] * s.sums[r];
+            *out = s.act.apply(acc as f32 * (p.scale[j] * s.scales[r]) + p.bias[j]);
         }
     }
 }
