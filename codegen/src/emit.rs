@@ -9,13 +9,33 @@ use crate::graph::{Act, Op, Plan, Value};
 use crate::quantize::{Baked, BakedWeight, QParams, Storage};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::path::Path;
 
-pub fn model(path: &Path, display_path: &str, plan: &Plan, baked: &Baked, options: &Options) -> TokenStream {
+/// Where the baked weight bytes go.
+#[derive(Clone, Copy, Debug)]
+pub enum Bytes<'a> {
+    /// Byte-string literals in the tokens: the macro.
+    Inline,
+    /// One blob, returned beside the tokens, which the tokens bring in with
+    /// `include_bytes!` of `OUT_DIR/<file>`: the build script.
+    Blob { file: &'a str },
+}
+
+/// The items of a baked model, and the blob of its weight bytes (empty for
+/// [`Bytes::Inline`]).
+pub fn model(
+    path: &Path,
+    display_path: &str,
+    plan: &Plan,
+    baked: &Baked,
+    options: &Options,
+    bytes: Bytes,
+) -> (TokenStream, Vec<u8>) {
     let names = StaticNames::new(baked);
-    let weights_mod = weights_module(display_path, baked, &names, options);
+    let (weights_mod, blob) = weights_module(display_path, baked, &names, options, bytes);
     let input = plan.input();
     let output = &plan.values[plan.output];
     let (input_ty, output_ty) = (array_type(&input.shape), array_type(&output.shape));
@@ -24,10 +44,17 @@ pub fn model(path: &Path, display_path: &str, plan: &Plan, baked: &Baked, option
     let model_doc = model_doc(display_path, plan, baked);
     // Naming the file in `include_bytes!` makes the compiler record it as an
     // input of this crate, so editing the model rebuilds it. The bytes are
-    // never used: the const is not part of the binary.
-    let rebuild_trigger = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let rebuild_trigger = rebuild_trigger.to_string_lossy();
-    quote! {
+    // never used: the const is not part of the binary. A build script says
+    // `rerun-if-changed` instead, and its crate never reads the float file.
+    let rebuild_trigger = match bytes {
+        Bytes::Inline => {
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            let path = path.to_string_lossy();
+            quote! { const _: &[u8] = include_bytes!(#path); }
+        }
+        Bytes::Blob { .. } => TokenStream::new(),
+    };
+    let tokens = quote! {
         #weights_mod
 
         #[doc = "Shape of [`Input`]."]
@@ -39,7 +66,7 @@ pub fn model(path: &Path, display_path: &str, plan: &Plan, baked: &Baked, option
         /// The model's output, in the graph's declared shape.
         pub type Output = #output_ty;
 
-        const _: &[u8] = include_bytes!(#rebuild_trigger);
+        #rebuild_trigger
 
         #[doc = #model_doc]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +106,8 @@ pub fn model(path: &Path, display_path: &str, plan: &Plan, baked: &Baked, option
                 #forward_body
             }
         }
-    }
+    };
+    (tokens, blob)
 }
 
 /// Rust names of the baked statics, unique, derived from the tensor names.
@@ -97,8 +125,8 @@ impl StaticNames {
                 let base = identifier(name).to_uppercase();
                 let mut ident = base.clone();
                 let mut i = 1;
-                // `_U8` suffixes are the weights' byte arrays.
-                while ident.ends_with("_U8") || !taken.insert(ident.clone()) {
+                // `_S8` suffixes are the weights' byte arrays.
+                while ident.ends_with("_S8") || !taken.insert(ident.clone()) {
                     i += 1;
                     ident = format!("{base}_{i}");
                 }
@@ -125,11 +153,35 @@ fn identifier(name: &str) -> String {
     s
 }
 
-fn weights_module(display_path: &str, baked: &Baked, names: &StaticNames, options: &Options) -> TokenStream {
+fn weights_module(
+    display_path: &str,
+    baked: &Baked,
+    names: &StaticNames,
+    options: &Options,
+    bytes: Bytes,
+) -> (TokenStream, Vec<u8>) {
     let mut items = TokenStream::new();
-    for w in &baked.weights {
-        items.extend(weight_static(w, names.get(&w.name)));
-    }
+    let weight_statics = || {
+        baked
+            .weights
+            .iter()
+            .map(|w| weight_static(w, names.get(&w.name)))
+            .collect::<TokenStream>()
+    };
+    let blob = match bytes {
+        Bytes::Inline => {
+            items.extend(weight_statics());
+            Vec::new()
+        }
+        Bytes::Blob { file } => {
+            let (statics, blob) = collecting_blob(weight_statics);
+            items.extend(statics);
+            if !blob.is_empty() {
+                items.extend(blob_module(file, blob.len()));
+            }
+            blob
+        }
+    };
     for f in &baked.floats {
         let ident = names.get(&f.name);
         let len = f.values.len();
@@ -141,12 +193,13 @@ fn weights_module(display_path: &str, baked: &Baked, names: &StaticNames, option
         });
     }
     let doc = weights_doc(display_path, baked, options);
-    quote! {
+    let tokens = quote! {
         #[doc = #doc]
         pub mod weights {
             #items
         }
-    }
+    };
+    (tokens, blob)
 }
 
 fn weight_static(w: &BakedWeight, ident: &Ident) -> TokenStream {
@@ -154,8 +207,9 @@ fn weight_static(w: &BakedWeight, ident: &Ident) -> TokenStream {
     let doc = format!("`{}`: {}", w.name, describe_weight(w));
     match &w.storage {
         Storage::U8 { data, params } => {
-            let bytes_ident = format_ident!("{}_U8", ident);
-            let byte_array = aligned_bytes(&bytes_ident, data);
+            let bytes_ident = format_ident!("{}_S8", ident);
+            // Packed at compile time in the order the int8 kernels read.
+            let byte_array = aligned_bytes(&bytes_ident, &qbake_format::pack_b_s8(data, w.rows, w.cols));
             let field = |f: fn(&QParams) -> f32| params.iter().map(move |p| Literal::f32_unsuffixed(f(p)));
             let (mins, maxs, scales) = (field(|p| p.min), field(|p| p.max), field(|p| p.scale));
             let zero_points = Literal::byte_string(&params.iter().map(|p| p.zero_point).collect::<Vec<_>>());
@@ -165,7 +219,7 @@ fn weight_static(w: &BakedWeight, ident: &Ident) -> TokenStream {
                     name: #name,
                     rows: #rows,
                     cols: #cols,
-                    data: &#bytes_ident.0,
+                    packed: &#bytes_ident.0,
                     params: ::qbake::QuantParams {
                         min: &[#(#mins),*],
                         max: &[#(#maxs),*],
@@ -186,18 +240,79 @@ fn weight_static(w: &BakedWeight, ident: &Ident) -> TokenStream {
                     rows: #rows,
                     cols: #cols,
                     data: &[#(#values),*],
+                    cache: ::qbake::DequantCache::new(),
                 });
             }
         }
     }
 }
 
-/// `static NAME: Aligned<N>` holding `bytes`: the one place baked weight
-/// bytes are emitted, as a single byte-string literal (never a token per byte).
+/// `static NAME` whose `.0` is `bytes`, 64-byte aligned: the one place baked
+/// weight bytes are emitted. For the macro, an `Aligned<N>` holding a single
+/// byte-string literal (never a token per byte); for a build script, a slice
+/// of the blob, which gets the bytes.
 fn aligned_bytes(ident: &Ident, bytes: &[u8]) -> TokenStream {
     let len = bytes.len();
+    let offset = BLOB.with_borrow_mut(|blob| blob.as_mut().map(|blob| append_aligned(blob, bytes)));
+    if let Some(offset) = offset {
+        // `split_at` is const and checks the bounds at compile time. No
+        // `unsafe` cast to `&Aligned`: the slice is aligned because the blob
+        // is and `offset` is a multiple of 64.
+        return quote! {
+            static #ident: blob::Slice = blob::Slice(blob::BYTES.0.split_at(#offset).1.split_at(#len).0);
+        };
+    }
     let literal = Literal::byte_string(bytes);
     quote!(static #ident: ::qbake::Aligned<#len> = ::qbake::Aligned(*#literal);)
+}
+
+thread_local! {
+    /// The blob of a build-script model while its weight statics are emitted.
+    /// `weight_static` decides which byte arrays a weight needs (and their
+    /// layout) and hands each to `aligned_bytes`; this lets that one function
+    /// place them in the blob without every emitter passing it along.
+    static BLOB: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `emit` with `aligned_bytes` appending to a fresh blob; returns its
+/// tokens and the blob.
+fn collecting_blob(emit: impl FnOnce() -> TokenStream) -> (TokenStream, Vec<u8>) {
+    /// Clears the blob even if `emit` panics, so that the next model on this
+    /// thread (a proc-macro server reuses threads) gets literals again.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            BLOB.set(None);
+        }
+    }
+    BLOB.set(Some(Vec::new()));
+    let _clear = Clear;
+    let tokens = emit();
+    (tokens, BLOB.take().unwrap_or_default())
+}
+
+/// Appends `bytes` to `blob` at its next 64-byte boundary, and says where.
+fn append_aligned(blob: &mut Vec<u8>, bytes: &[u8]) -> usize {
+    let offset = blob.len().next_multiple_of(64);
+    blob.resize(offset, 0);
+    blob.extend_from_slice(bytes);
+    offset
+}
+
+/// The module holding the blob of a build-script model, `OUT_DIR/<file>`.
+fn blob_module(file: &str, len: usize) -> TokenStream {
+    quote! {
+        /// The weight bytes: one 64-byte-aligned blob written by the build
+        /// script beside this source, each tensor at a multiple of 64.
+        mod blob {
+            pub(super) static BYTES: ::qbake::Aligned<#len> =
+                ::qbake::Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/", #file)));
+
+            /// A tensor's bytes within [`BYTES`]; `.0` is the slice, as it is
+            /// the array of an `Aligned`.
+            pub(super) struct Slice(pub(super) &'static [u8]);
+        }
+    }
 }
 
 fn describe_weight(w: &BakedWeight) -> String {

@@ -2,7 +2,7 @@ use std::fmt;
 
 /// Why a model cannot be baked. The message says what and where; the macro
 /// shows it as a compile error at its argument.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Error(String);
 
 impl Error {
@@ -16,6 +16,14 @@ impl Error {
 }
 
 impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The message alone: a build script's `main` returning this error prints it
+/// with `{:?}`, and it should read as the macro's compile error does.
+impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }

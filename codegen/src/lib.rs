@@ -1,5 +1,5 @@
 //! qbake's code generator: a plain library, used by the `quantized_model!`
-//! macro (and, later, build scripts).
+//! macro and, through [`Model`], by build scripts.
 //!
 //! A model goes one way through it:
 //!
@@ -13,6 +13,7 @@
 //! Every failure is an [`Error`] naming what is wrong; the macro turns it into
 //! one `compile_error!` at its argument. Nothing here panics on bad input.
 
+mod build_script;
 mod emit;
 mod error;
 pub mod graph;
@@ -22,6 +23,7 @@ pub mod quantize;
 pub mod read;
 pub mod reference;
 
+pub use build_script::{Model, include_model};
 pub use error::Error;
 pub use input::quantized_model;
 pub use options::Options;
@@ -37,5 +39,5 @@ pub fn generate(path: &Path, display_path: &str, options: &Options) -> Result<To
     let file = read::ModelFile::open(path)?;
     let plan = graph::plan(&file)?;
     let baked = quantize::bake(&file, &plan, options)?;
-    Ok(emit::model(path, display_path, &plan, &baked, options))
+    Ok(emit::model(path, display_path, &plan, &baked, options, emit::Bytes::Inline).0)
 }

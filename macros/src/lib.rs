@@ -1,6 +1,7 @@
 //! `quantized_model!`: bakes a float model into 8-bit constants and a typed
-//! `forward` at compile time. All the work is in `qbake-codegen`; this crate
-//! only tells it where the invoking source file lives.
+//! `forward` at compile time; `include_model!`: brings in a model a build
+//! script baked. All the work is in `qbake-codegen`; this crate only tells it
+//! where the invoking source file and `OUT_DIR` are.
 
 use proc_macro::{Span, TokenStream};
 use std::path::PathBuf;
@@ -20,6 +21,21 @@ use std::path::PathBuf;
 #[proc_macro]
 pub fn quantized_model(input: TokenStream) -> TokenStream {
     qbake_codegen::quantized_model(input.into(), &invoking_dir()).into()
+}
+
+/// Brings in the model that `build.rs` baked with
+/// `qbake_codegen::Model::new(path).emit(name)`: the same items as
+/// `quantized_model!`, with the weights in one blob in `OUT_DIR`.
+///
+/// ```ignore
+/// mod digits {
+///     qbake::include_model!("digits");
+/// }
+/// ```
+#[proc_macro]
+pub fn include_model(input: TokenStream) -> TokenStream {
+    let out_dir = std::env::var_os("OUT_DIR").map(PathBuf::from);
+    qbake_codegen::include_model(input.into(), out_dir.as_deref()).into()
 }
 
 /// The directory of the file the macro was invoked from, or the invoking

@@ -317,7 +317,14 @@ fn codegen_and_runtime_agree_on_the_exact_k_limit() {
 fn the_model_file_is_a_build_input() {
     let dep_info = std::env::current_exe().unwrap().with_extension("d");
     let text = std::fs::read_to_string(&dep_info).unwrap_or_else(|e| panic!("{}: {e}", dep_info.display()));
-    for model in ["tests/models/all_ops.safetensors", "examples/models/digits.safetensors"] {
-        assert!(text.contains(model), "{} does not list {model}", dep_info.display());
+    for model in [
+        "tests/models/all_ops.safetensors",
+        "examples/models/digits.safetensors",
+    ] {
+        assert!(
+            text.contains(model),
+            "{} does not list {model}",
+            dep_info.display()
+        );
     }
 }
