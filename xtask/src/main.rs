@@ -1,5 +1,6 @@
 //! qbake's developer tasks, run as `cargo xtask <task>`.
 
+mod bench_compile;
 mod fixtures;
 
 use std::path::PathBuf;
@@ -8,12 +9,32 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  fixtures   rewrite the small model files the tests use (tests/models/)";
+  fixtures   rewrite the small model files the tests use (tests/models/)
+  bench --compile [--runs N]
+             compile time and rustc memory of baking an 18 MB model, by the
+             macro and by a build script (target/qbake-bench/compile.json)";
 
 fn main() -> ExitCode {
+    // The compile benchmark runs this binary as cargo's RUSTC_WRAPPER.
+    if let Some(log) = std::env::var_os(bench_compile::LOG_ENV) {
+        return bench_compile::wrap_rustc(&log);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("fixtures") => fixtures::write_all(&workspace_root().join("tests/models")),
+        Some("bench") if args.iter().any(|a| a == "--compile") => {
+            let runs = args
+                .iter()
+                .position(|a| a == "--runs")
+                .map(|i| {
+                    args.get(i + 1)
+                        .and_then(|n| n.parse().ok())
+                        .ok_or("--runs takes a number")
+                })
+                .transpose();
+            runs.map_err(Into::into)
+                .and_then(|runs| bench_compile::run(&workspace_root(), runs.unwrap_or(3).max(1)))
+        }
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
