@@ -18,6 +18,7 @@ mod emit;
 mod error;
 pub mod graph;
 mod input;
+pub mod onnx;
 mod options;
 pub mod quantize;
 pub mod read;

@@ -2,6 +2,7 @@
 
 mod bench_compile;
 mod fixtures;
+mod import;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,10 @@ tasks:
   fixtures   rewrite the small model files the tests use (tests/models/)
   bench --compile [--runs N]
              compile time and rustc memory of baking an 18 MB model, by the
-             macro and by a build script (target/qbake-bench/compile.json)";
+             macro and by a build script (target/qbake-bench/compile.json)
+  import MODEL.onnx OUT.safetensors [--batch N] [--output NAME]
+             an ONNX model as a qbake model file (docs/onnx.md); a dynamic
+             batch dimension becomes N (default 1)";
 
 fn main() -> ExitCode {
     // The compile benchmark runs this binary as cargo's RUSTC_WRAPPER.
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
             runs.map_err(Into::into)
                 .and_then(|runs| bench_compile::run(&workspace_root(), runs.unwrap_or(3).max(1)))
         }
+        Some("import") => import::run(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
