@@ -9,7 +9,6 @@ use crate::graph::{Act, Op, Plan, Value};
 use crate::quantize::{Baked, BakedWeight, QParams, Storage};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::path::Path;
@@ -161,26 +160,19 @@ fn weights_module(
     bytes: Bytes,
 ) -> (TokenStream, Vec<u8>) {
     let mut items = TokenStream::new();
-    let weight_statics = || {
-        baked
-            .weights
-            .iter()
-            .map(|w| weight_static(w, names.get(&w.name)))
-            .collect::<TokenStream>()
+    let mut sink = match bytes {
+        Bytes::Inline => ByteSink::Inline,
+        Bytes::Blob { .. } => ByteSink::Blob(Vec::new()),
     };
-    let blob = match bytes {
-        Bytes::Inline => {
-            items.extend(weight_statics());
-            Vec::new()
-        }
-        Bytes::Blob { file } => {
-            let (statics, blob) = collecting_blob(weight_statics);
-            items.extend(statics);
-            if !blob.is_empty() {
-                items.extend(blob_module(file, blob.len()));
-            }
+    for w in &baked.weights {
+        items.extend(weight_static(w, names.get(&w.name), &mut sink));
+    }
+    let blob = match (sink, bytes) {
+        (ByteSink::Blob(blob), Bytes::Blob { file }) if !blob.is_empty() => {
+            items.extend(blob_module(file, blob.len()));
             blob
         }
+        _ => Vec::new(),
     };
     for f in &baked.floats {
         let ident = names.get(&f.name);
@@ -202,14 +194,14 @@ fn weights_module(
     (tokens, blob)
 }
 
-fn weight_static(w: &BakedWeight, ident: &Ident) -> TokenStream {
+fn weight_static(w: &BakedWeight, ident: &Ident, sink: &mut ByteSink) -> TokenStream {
     let (name, rows, cols) = (&w.name, w.rows, w.cols);
     let doc = format!("`{}`: {}", w.name, describe_weight(w));
     match &w.storage {
         Storage::U8 { data, params } => {
             let bytes_ident = format_ident!("{}_S8", ident);
             // Packed at compile time in the order the int8 kernels read.
-            let byte_array = aligned_bytes(&bytes_ident, &qbake_format::pack_b_s8(data, w.rows, w.cols));
+            let byte_array = sink.aligned_bytes(&bytes_ident, &qbake_format::pack_b_s8(data, w.rows, w.cols));
             let field = |f: fn(&QParams) -> f32| params.iter().map(move |p| Literal::f32_unsuffixed(f(p)));
             let (mins, maxs, scales) = (field(|p| p.min), field(|p| p.max), field(|p| p.scale));
             let zero_points = Literal::byte_string(&params.iter().map(|p| p.zero_point).collect::<Vec<_>>());
@@ -247,48 +239,37 @@ fn weight_static(w: &BakedWeight, ident: &Ident) -> TokenStream {
     }
 }
 
-/// `static NAME` whose `.0` is `bytes`, 64-byte aligned: the one place baked
-/// weight bytes are emitted. For the macro, an `Aligned<N>` holding a single
-/// byte-string literal (never a token per byte); for a build script, a slice
-/// of the blob, which gets the bytes.
-fn aligned_bytes(ident: &Ident, bytes: &[u8]) -> TokenStream {
-    let len = bytes.len();
-    let offset = BLOB.with_borrow_mut(|blob| blob.as_mut().map(|blob| append_aligned(blob, bytes)));
-    if let Some(offset) = offset {
-        // `split_at` is const and checks the bounds at compile time. No
-        // `unsafe` cast to `&Aligned`: the slice is aligned because the blob
-        // is and `offset` is a multiple of 64.
-        return quote! {
-            static #ident: blob::Slice = blob::Slice(blob::BYTES.0.split_at(#offset).1.split_at(#len).0);
-        };
-    }
-    let literal = Literal::byte_string(bytes);
-    quote!(static #ident: ::qbake::Aligned<#len> = ::qbake::Aligned(*#literal);)
+/// Where baked weight bytes go while a model's statics are emitted.
+enum ByteSink {
+    /// Byte-string literals in the tokens (the macro).
+    Inline,
+    /// The build script's blob, filled as tensors are emitted.
+    Blob(Vec<u8>),
 }
 
-thread_local! {
-    /// The blob of a build-script model while its weight statics are emitted.
-    /// `weight_static` decides which byte arrays a weight needs (and their
-    /// layout) and hands each to `aligned_bytes`; this lets that one function
-    /// place them in the blob without every emitter passing it along.
-    static BLOB: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
-}
-
-/// Runs `emit` with `aligned_bytes` appending to a fresh blob; returns its
-/// tokens and the blob.
-fn collecting_blob(emit: impl FnOnce() -> TokenStream) -> (TokenStream, Vec<u8>) {
-    /// Clears the blob even if `emit` panics, so that the next model on this
-    /// thread (a proc-macro server reuses threads) gets literals again.
-    struct Clear;
-    impl Drop for Clear {
-        fn drop(&mut self) {
-            BLOB.set(None);
+impl ByteSink {
+    /// `static NAME` whose `.0` is `bytes`, 64-byte aligned: the one place
+    /// baked weight bytes are emitted. For the macro, an `Aligned<N>` holding
+    /// a single byte-string literal (never a token per byte); for a build
+    /// script, a slice of the blob, which gets the bytes.
+    fn aligned_bytes(&mut self, ident: &Ident, bytes: &[u8]) -> TokenStream {
+        let len = bytes.len();
+        match self {
+            ByteSink::Inline => {
+                let literal = Literal::byte_string(bytes);
+                quote!(static #ident: ::qbake::Aligned<#len> = ::qbake::Aligned(*#literal);)
+            }
+            ByteSink::Blob(blob) => {
+                let offset = append_aligned(blob, bytes);
+                // `split_at` is const and checks the bounds at compile time.
+                // No `unsafe` cast to `&Aligned`: the slice is aligned because
+                // the blob is and `offset` is a multiple of 64.
+                quote! {
+                    static #ident: blob::Slice = blob::Slice(blob::BYTES.0.split_at(#offset).1.split_at(#len).0);
+                }
+            }
         }
     }
-    BLOB.set(Some(Vec::new()));
-    let _clear = Clear;
-    let tokens = emit();
-    (tokens, BLOB.take().unwrap_or_default())
 }
 
 /// Appends `bytes` to `blob` at its next 64-byte boundary, and says where.

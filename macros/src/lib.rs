@@ -9,14 +9,14 @@ use std::path::PathBuf;
 /// Quantizes a model file at compile time and expands to its weights,
 /// `Input`/`Output` types and `Model`.
 ///
-/// ```ignore
+/// ```text
 /// mod digits {
 ///     qbake::quantized_model!("models/digits.safetensors", per_channel = true);
 /// }
 /// ```
 ///
-/// A relative path resolves against the directory of the source file that
-/// invokes the macro, as `include_bytes!` does. See the `qbake` crate docs
+/// (`examples/digits.rs` runs this.) A relative path resolves against the
+/// directory of the source file that invokes the macro, as `include_bytes!` does. See the `qbake` crate docs
 /// for the options.
 #[proc_macro]
 pub fn quantized_model(input: TokenStream) -> TokenStream {
@@ -27,11 +27,13 @@ pub fn quantized_model(input: TokenStream) -> TokenStream {
 /// `qbake_codegen::Model::new(path).emit(name)`: the same items as
 /// `quantized_model!`, with the weights in one blob in `OUT_DIR`.
 ///
-/// ```ignore
+/// ```text
 /// mod digits {
 ///     qbake::include_model!("digits");
 /// }
 /// ```
+///
+/// (`examples/digits_build.rs` runs this.)
 #[proc_macro]
 pub fn include_model(input: TokenStream) -> TokenStream {
     let out_dir = std::env::var_os("OUT_DIR").map(PathBuf::from);

@@ -120,8 +120,11 @@ unsafe fn kernel<const R: usize>(
 
 /// [`Activation::apply`] on eight lanes, with the same results: `max_ps(v, lo)`
 /// is `if v > lo { v } else { lo }` and `min_ps(v, hi)` is `if v < hi { v } else { hi }`.
+///
+/// # Safety
+/// The CPU must have AVX2 (callers are AVX2 kernels).
 #[target_feature(enable = "avx2")]
-pub fn activate(v: __m256, act: Activation) -> __m256 {
+pub(crate) fn activate(v: __m256, act: Activation) -> __m256 {
     match act {
         Activation::None => v,
         Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),

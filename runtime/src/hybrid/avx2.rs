@@ -143,12 +143,17 @@ unsafe fn epilogue<const R: usize>(
 ) {
     // SAFETY (whole body): the parameter arrays have NR entries; `c` as above.
     unsafe {
-        for h in 0..2 {
-            let zp = _mm256_loadu_si256(p.zero_point.as_ptr().add(8 * h).cast());
-            let scale_w = _mm256_loadu_ps(p.scale.as_ptr().add(8 * h));
-            let bias = _mm256_loadu_ps(p.bias.as_ptr().add(8 * h));
-            for r in 0..R {
-                let acc = _mm256_sub_epi32(dot[r][h], _mm256_mullo_epi32(zp, _mm256_set1_epi32(sums[r])));
+        let half = |h: usize| {
+            (
+                _mm256_loadu_si256(p.zero_point.as_ptr().add(8 * h).cast()),
+                _mm256_loadu_ps(p.scale.as_ptr().add(8 * h)),
+                _mm256_loadu_ps(p.bias.as_ptr().add(8 * h)),
+            )
+        };
+        let halves = [half(0), half(1)];
+        for (r, dot) in dot.iter().enumerate() {
+            for (h, (&dot, &(zp, scale_w, bias))) in dot.iter().zip(&halves).enumerate() {
+                let acc = _mm256_sub_epi32(dot, _mm256_mullo_epi32(zp, _mm256_set1_epi32(sums[r])));
                 let scale = _mm256_mul_ps(scale_w, _mm256_set1_ps(scales[r]));
                 let v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale), bias);
                 _mm256_storeu_ps(c.add(r * ldc + 8 * h), activate(v, act));

@@ -154,9 +154,9 @@ impl QuantizedRows {
     }
 }
 
-/// `y[m, n] = act((sum_k q_w[n,k] q_x[m,k] - z_w[n] sum_k q_x[m,k]) as f32
-/// * (scale_w[n] * scale_x[m]) + bias[n])`: the definition, in plain loops
-/// over the logical weights.
+/// The definition, in plain loops over the logical weights:
+/// `y[m, n] = act((sum_k q_w[n,k] q_x[m,k] - z_w[n] sum_k q_x[m,k]) as f32 *
+/// (scale_w[n] * scale_x[m]) + bias[n])`.
 pub fn gemm_reference(
     x: &QuantizedRows,
     w: &QuantWeight,
