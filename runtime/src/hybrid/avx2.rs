@@ -162,22 +162,25 @@ unsafe fn epilogue<const R: usize>(
     }
 }
 
-/// [`super::quantize_row`] on eight lanes, with the same bits; returns `(scale, sum of q, no q negative)`.
+/// [`super::quantize_row`] on 32 values at a time, with the same bits;
+/// returns `(scale, sum of q, no q negative)`.
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
     assert_eq!(x.len(), q.len());
-    let chunks = x.len() / 8;
+    let (chunks, blocks) = (x.len() / 8, x.len() / 32);
     // SAFETY: every load reads 8 floats of x at 8 * i < 8 * chunks <= len;
-    // every store writes 8 bytes of q likewise.
+    // every store writes 32 bytes of q at 32 * b < 32 * blocks <= len.
     unsafe {
         let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-        let mut m = _mm256_setzero_ps();
+        let (mut m, mut nan) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for i in 0..chunks {
+            let v = _mm256_loadu_ps(x.as_ptr().add(8 * i));
             // max_ps(|v|, m) keeps m when |v| is NaN, as the scalar fold does.
-            m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x.as_ptr().add(8 * i)), abs_mask), m);
+            m = _mm256_max_ps(_mm256_and_ps(v, abs_mask), m);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
         }
         let mut lanes = [0.0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), m);
@@ -187,30 +190,36 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
             .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
         let scale = amax / 127.0;
         let inv = 127.0 / amax;
-        if scale <= 0.0 || !scale.is_finite() || !inv.is_finite() {
-            // The short path and the rare division path: the scalar definition.
+        let has_nan = _mm256_movemask_ps(nan) != 0 || x[8 * chunks..].iter().any(|v| v.is_nan());
+        if scale <= 0.0 || !scale.is_finite() || !inv.is_finite() || has_nan {
+            // The short path, the rare division path and rows with NaN
+            // (which `cvtps` would turn into i32::MIN): the scalar definition.
             return super::scalar::quantize_row(x, q);
         }
         let vinv = _mm256_set1_ps(inv);
-        let mut sum = _mm256_setzero_si256();
-        let mut min = _mm256_setzero_si256();
-        for i in 0..chunks {
-            let v = _mm256_loadu_ps(x.as_ptr().add(8 * i));
-            // NaN lanes become 0 (cvtps would give i32::MIN).
-            let v = _mm256_and_ps(_mm256_mul_ps(v, vinv), _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
-            // cvtps rounds as MXCSR says: to nearest, ties to even (Rust never changes it).
-            let r = _mm256_cvtps_epi32(v);
-            sum = _mm256_add_epi32(sum, r);
-            min = _mm256_min_epi32(min, r);
-            let w16 = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
-            _mm_storel_epi64(q.as_mut_ptr().add(8 * i).cast(), _mm_packs_epi16(w16, w16));
+        // `cvtps` rounds as MXCSR says: to nearest, ties to even (Rust never
+        // changes it). |x * inv| <= 127, so the packs never saturate.
+        let quantize =
+            |i: usize| _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * i)), vinv));
+        // packs interleave 128-bit lanes; this puts the four groups back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let (ones8, ones16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
+        let (mut sum, mut min) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for b in 0..blocks {
+            let [r0, r1, r2, r3] = [0, 1, 2, 3].map(|j| quantize(4 * b + j));
+            let bytes = _mm256_packs_epi16(_mm256_packs_epi32(r0, r1), _mm256_packs_epi32(r2, r3));
+            let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+            _mm256_storeu_si256(q.as_mut_ptr().add(32 * b).cast(), bytes);
+            // Sum of the 32 bytes: pairs (at most 2 * 127) then quads, in i32 lanes.
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, bytes), ones16));
+            min = _mm256_min_epi8(min, bytes);
         }
-        let (mut sums, mut mins) = ([0i32; 8], [0i32; 8]);
+        let (mut sums, mut mins) = ([0i32; 8], [0i8; 32]);
         _mm256_storeu_si256(sums.as_mut_ptr().cast(), sum);
         _mm256_storeu_si256(mins.as_mut_ptr().cast(), min);
         let mut total: i32 = sums.iter().sum();
         let mut nonnegative = mins.iter().all(|&m| m >= 0);
-        for (q, &v) in q[8 * chunks..].iter_mut().zip(&x[8 * chunks..]) {
+        for (q, &v) in q[32 * blocks..].iter_mut().zip(&x[32 * blocks..]) {
             *q = (v * inv).round_ties_even() as i8;
             total += i32::from(*q);
             nonnegative &= *q >= 0;
