@@ -4,7 +4,10 @@
 //!
 //! `cargo run --release --example digits`
 
-use safetensors::SafeTensors;
+#[path = "digits_data.rs"]
+mod digits_data;
+
+use digits_data::{argmax, load_test_split};
 use std::path::Path;
 
 mod digits {
@@ -13,7 +16,7 @@ mod digits {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let (images, labels) = load_test_split(&dir.join("digits_test.safetensors"))?;
+    let (images, labels) = load_test_split()?;
     let reference = qbake_codegen::reference::Reference::load(&dir.join("digits.safetensors"))?;
 
     let float_pred: Vec<usize> = images
@@ -43,30 +46,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-/// The test split: `images` [n, 64] f32 in [0, 1], `labels` [n] i64.
-fn load_test_split(path: &Path) -> Result<(Vec<digits::Input>, Vec<usize>), Box<dyn std::error::Error>> {
-    let bytes = std::fs::read(path)?;
-    let st = SafeTensors::deserialize(&bytes)?;
-    let images: Vec<f32> = st
-        .tensor("images")?
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    let labels: Vec<usize> = st
-        .tensor("labels")?
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
-        .collect();
-    let inputs = images.chunks_exact(64).map(|c| [c.try_into().unwrap()]).collect();
-    Ok((inputs, labels))
-}
-
-fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
-    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
 }
 
 fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {

@@ -4,30 +4,17 @@
 //!
 //! `cargo run --release --example digits_build`
 
-use safetensors::SafeTensors;
-use std::path::Path;
+#[path = "digits_data.rs"]
+mod digits_data;
+
+use digits_data::{argmax, load_test_split};
 
 mod digits {
     qbake::include_model!("digits");
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_test.safetensors");
-    let bytes = std::fs::read(path)?;
-    let split = SafeTensors::deserialize(&bytes)?;
-    let images: Vec<f32> = split
-        .tensor("images")?
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    let labels: Vec<usize> = split
-        .tensor("labels")?
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
-        .collect();
-
+    let (images, labels) = load_test_split()?;
     println!(
         "digits, baked by build.rs into OUT_DIR/digits.rs + digits.weights: {} test images",
         labels.len()
@@ -36,10 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let model = digits::Model::new(kernels);
         let mut out = digits::Output::default();
         let correct = images
-            .chunks_exact(64)
+            .iter()
             .zip(&labels)
             .filter(|&(x, &label)| {
-                model.forward_into(&[x.try_into().unwrap()], &mut out);
+                model.forward_into(x, &mut out);
                 argmax(&out[0]) == label
             })
             .count();
@@ -49,8 +36,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-fn argmax(v: &[f32]) -> usize {
-    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
 }

@@ -209,6 +209,11 @@ pub fn plan_graph(def: &GraphDef, file: &ModelFile) -> Result<Plan, Error> {
     Ok(plan)
 }
 
+/// `e`, prefixed with the node it concerns.
+fn in_node(name: &str, e: Error) -> Error {
+    Error::new(format!("node `{name}`: {e}"))
+}
+
 fn node_name(node: &NodeDef, index: usize) -> String {
     node.name
         .clone()
@@ -415,7 +420,7 @@ fn check_node(
         }
         "Softmax" => {
             let axis = node.axis.unwrap_or(-1);
-            let a = normalize_axis(axis, rank, rank - 1, name)?;
+            let a = normalize_axis(axis, rank, rank - 1).map_err(|e| in_node(name, e))?;
             let outer = x[..a].iter().product();
             let inner = x[a + 1..].iter().product();
             (
@@ -428,14 +433,14 @@ fn check_node(
             )
         }
         "Flatten" => {
-            let a = normalize_axis(node.axis.unwrap_or(1), rank, rank, name)?;
+            let a = normalize_axis(node.axis.unwrap_or(1), rank, rank).map_err(|e| in_node(name, e))?;
             (Op::Alias, vec![x[..a].iter().product(), x[a..].iter().product()])
         }
         "Reshape" => {
             let Some(target) = &node.shape else {
                 bail!("node `{name}`: Reshape needs a `shape`");
             };
-            (Op::Alias, reshape(x, target, name)?)
+            (Op::Alias, reshape(x, target).map_err(|e| in_node(name, e))?)
         }
         _ => unreachable!("ops are checked above"),
     })
@@ -461,18 +466,20 @@ fn activation_attr(node: &NodeDef, name: &str) -> Result<Act, Error> {
 }
 
 /// An ONNX axis (negative counts from the end) as an index in `0..=max`.
-fn normalize_axis(axis: i64, rank: i64, max: i64, name: &str) -> Result<usize, Error> {
+pub(crate) fn normalize_axis(axis: i64, rank: i64, max: i64) -> Result<usize, Error> {
     let a = if axis < 0 { axis + rank } else { axis };
     if !(0..=max).contains(&a) {
-        bail!("node `{name}`: axis {axis} is out of range for rank {rank}");
+        bail!("axis {axis} is out of range for rank {rank}");
     }
     Ok(a as usize)
 }
 
-fn reshape(x: &[usize], target: &[i64], name: &str) -> Result<Vec<usize>, Error> {
-    let total: usize = x.iter().product();
+/// ONNX Reshape's output shape: `0` copies the input dimension, one `-1` is inferred.
+pub(crate) fn reshape(x: &[usize], target: &[i64]) -> Result<Vec<usize>, Error> {
+    let total = checked_product(x).ok_or_else(|| Error::new(format!("the size of shape {x:?} overflows")))?;
     let mut infer = None;
-    let mut shape = Vec::with_capacity(target.len());
+    // The target comes from the file: no capacity it cannot justify.
+    let mut shape = Vec::with_capacity(target.len().min(x.len() + 64));
     for (i, &d) in target.iter().enumerate() {
         shape.push(match d {
             -1 if infer.is_none() => {
@@ -481,25 +488,24 @@ fn reshape(x: &[usize], target: &[i64], name: &str) -> Result<Vec<usize>, Error>
             }
             0 => *x.get(i).ok_or_else(|| {
                 Error::new(format!(
-                    "node `{name}`: Reshape dimension {i} is 0 but the input has rank {}",
+                    "shape {target:?} copies dimension {i}, but the input has rank {}",
                     x.len()
                 ))
             })?,
-            d if d > 0 => d as usize,
-            _ => bail!(
-                "node `{name}`: Reshape shape {target:?} is invalid (at most one -1, no other negatives)"
-            ),
+            d if d > 0 => {
+                usize::try_from(d).map_err(|_| Error::new(format!("shape {target:?} is too large")))?
+            }
+            _ => bail!("shape {target:?} is invalid (at most one -1, no other negatives)"),
         });
     }
-    let known = checked_product(&shape)
-        .ok_or_else(|| Error::new(format!("node `{name}`: Reshape shape {target:?} overflows")))?;
+    let known = checked_product(&shape).ok_or_else(|| Error::new(format!("shape {target:?} overflows")))?;
     if let Some(i) = infer {
         if known == 0 || !total.is_multiple_of(known) {
-            bail!("node `{name}`: cannot reshape {x:?} into {target:?}");
+            bail!("cannot reshape {x:?} into {target:?}");
         }
         shape[i] = total / known;
     } else if known != total {
-        bail!("node `{name}`: cannot reshape {x:?} ({total} values) into {target:?} ({known} values)");
+        bail!("cannot reshape {x:?} ({total} values) into {target:?} ({known} values)");
     }
     Ok(shape)
 }

@@ -10,6 +10,7 @@
 use super::model::{Data, Dim, OnnxModel, TensorValue, checked_len, type_name};
 use super::proto::{NodeProto, data_type as dt};
 use crate::error::{Error, bail};
+use crate::graph::{normalize_axis, reshape};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -1047,53 +1048,6 @@ fn reshaped_const(c: &Konst, value: String, shape: Vec<usize>) -> Val {
         shape,
         data: c.data.clone(),
     }))
-}
-
-/// An ONNX axis (negative counts from the end) as an index in `0..=max`.
-fn normalize_axis(axis: i64, rank: i64, max: i64) -> Result<usize, Error> {
-    let a = if axis < 0 { axis + rank } else { axis };
-    if !(0..=max).contains(&a) {
-        bail!("axis {axis} is out of range for rank {rank}");
-    }
-    Ok(a as usize)
-}
-
-/// ONNX Reshape's output shape: `0` copies the input dimension, one `-1` is inferred.
-fn reshape(x: &[usize], target: &[i64]) -> Result<Vec<usize>, Error> {
-    let total = prod(x)?;
-    let mut infer = None;
-    let mut shape = Vec::with_capacity(target.len().min(x.len() + 64));
-    for (i, &d) in target.iter().enumerate() {
-        shape.push(match d {
-            -1 if infer.is_none() => {
-                infer = Some(i);
-                1
-            }
-            0 => *x.get(i).ok_or_else(|| {
-                Error::new(format!(
-                    "shape {target:?} copies dimension {i}, but the input has rank {}",
-                    x.len()
-                ))
-            })?,
-            d if d > 0 => {
-                usize::try_from(d).map_err(|_| Error::new(format!("shape {target:?} is too large")))?
-            }
-            _ => bail!("shape {target:?} is invalid (at most one -1, no other negatives)"),
-        });
-    }
-    let known = checked_len(&shape, 4).ok_or_else(|| Error::new(format!("shape {target:?} overflows")))?;
-    if let Some(i) = infer {
-        if known == 0 || !total.is_multiple_of(known) {
-            bail!("cannot reshape {} into {target:?}", shape_str(x));
-        }
-        shape[i] = total / known;
-    } else if known != total {
-        bail!(
-            "cannot reshape {} ({total} values) into {target:?} ({known} values)",
-            shape_str(x)
-        );
-    }
-    Ok(shape)
 }
 
 /// A MatMul or Gemm with no bias whose only reader is the Add of a constant
