@@ -17,6 +17,7 @@
 //! This crate knows nothing of files or syntax; `qbake-codegen` does that.
 
 mod alloc;
+pub mod conv;
 mod exec;
 pub mod gemm_f32;
 pub mod hybrid;

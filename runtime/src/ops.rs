@@ -58,6 +58,38 @@ pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Acti
     }
 }
 
+/// Convolution with one group, NHWC: a GEMM over the input itself (1x1,
+/// stride 1, no padding) or over its [`im2col`](crate::conv::im2col) rows, in
+/// either kernel family. `w` is `[out_c, kh * kw * in_c]`.
+pub fn conv2d(
+    exec: &Exec,
+    x: &[f32],
+    g: &crate::conv::Conv2d,
+    w: &Weight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    g.check().expect("a valid geometry");
+    assert_eq!(
+        g.groups, 1,
+        "grouped convolutions other than depthwise are not supported"
+    );
+    assert_eq!(
+        (w.rows(), w.cols()),
+        (g.out_c, g.patch_len()),
+        "weights do not match the geometry"
+    );
+    if g.is_pointwise() {
+        dense(exec, x, w, bias, act, y);
+    } else {
+        // Scratch per call for now; sizing it at compile time is issue 7's.
+        let mut cols = vec![0.0f32; g.out_pixels() * g.patch_len()];
+        crate::conv::im2col(x, g, &mut cols);
+        dense(exec, &cols, w, bias, act, y);
+    }
+}
+
 /// `y = act(a + b)` for two activations of the same shape.
 pub fn add(a: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
     assert!(a.len() == b.len() && a.len() == y.len());
@@ -110,6 +142,95 @@ pub fn softmax(x: &[f32], outer: usize, len: usize, inner: usize, y: &mut [f32])
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::{Conv2d, conv2d_reference};
+    use crate::{DequantCache, FloatWeight, QuantParams, QuantWeight};
+
+    /// A 3x3 stride-2 padded convolution and a 1x1 one, through `conv2d` in
+    /// both families, against the definition run on the baked weights.
+    #[test]
+    fn conv2d_in_both_families() {
+        for (k, stride, pads) in [(3, 2, [1, 1, 1, 1]), (1, 1, [0; 4]), (3, 1, [0, 0, 1, 1])] {
+            let g = Conv2d {
+                batch: 1,
+                in_h: 7,
+                in_w: 6,
+                in_c: 5,
+                out_c: 20,
+                kh: k,
+                kw: k,
+                stride: [stride; 2],
+                dilation: [1, 1],
+                pads,
+                groups: 1,
+            };
+            let x: Vec<f32> = (0..7 * 6 * 5)
+                .map(|i| ((i * 37) % 23) as f32 / 11.0 - 1.0)
+                .collect();
+            let q: Vec<u8> = (0..20 * g.patch_len()).map(|i| (i * 97 % 256) as u8).collect();
+            let w = QuantWeight {
+                name: "w",
+                rows: 20,
+                cols: g.patch_len(),
+                packed: Box::leak(crate::format::pack_b_s8(&q, 20, g.patch_len()).into_boxed_slice()),
+                params: QuantParams {
+                    min: &[],
+                    max: &[],
+                    scale: &[0.01],
+                    zero_point: &[128],
+                },
+                cache: DequantCache::new(),
+            };
+            let wf: Vec<f32> = (0..20)
+                .flat_map(|n| (0..g.patch_len()).map(move |kk| (n, kk)))
+                .map(|(n, kk)| w.dequantized().get(n, kk))
+                .collect();
+            let bias: Vec<f32> = (0..20).map(|i| i as f32 * 0.1).collect();
+            let mut want = vec![0.0; g.out_pixels() * 20];
+            conv2d_reference(&x, &g, &wf, Some(&bias), Activation::None, &mut want);
+            let weight = Weight::U8(w);
+            for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+                let mut y = vec![f32::NAN; want.len()];
+                conv2d(
+                    &Exec::new(kernels),
+                    &x,
+                    &g,
+                    &weight,
+                    Some(&bias),
+                    Activation::None,
+                    &mut y,
+                );
+                // Hybrid rounds each patch to ±127 steps of max|patch| / 127.
+                let tol = if kernels == Kernels::Hybrid { 0.02 } else { 1e-5 };
+                for (a, b) in y.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() <= tol * (1.0 + b.abs()),
+                        "{kernels:?} k{k}: {a} vs {b}"
+                    );
+                }
+            }
+            // Float weights run in float in both families.
+            let weight = Weight::F32(FloatWeight {
+                name: "wf",
+                rows: 20,
+                cols: g.patch_len(),
+                data: Box::leak(wf.into_boxed_slice()),
+                cache: DequantCache::new(),
+            });
+            let mut y = vec![0.0; want.len()];
+            conv2d(
+                &Exec::new(Kernels::Hybrid),
+                &x,
+                &g,
+                &weight,
+                Some(&bias),
+                Activation::None,
+                &mut y,
+            );
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+            }
+        }
+    }
 
     #[test]
     fn softmax_along_middle_axis() {

@@ -1,0 +1,340 @@
+//! Convolutions and pools on NHWC activations.
+//!
+//! The graph's declared interface is NCHW; inside, activations of a
+//! convolutional network are NHWC, so that a pixel's channels are one
+//! contiguous row: a 1x1 convolution is then a plain GEMM (pixels x
+//! channels) and a k x k one a GEMM over [`im2col`] rows, in either kernel
+//! family. Depthwise convolutions (one filter per channel) have a direct
+//! kernel that runs eight channels per vector.
+//!
+//! Weights of a convolution are `[out_c, kh, kw, in_c / groups]` (the code
+//! generator reorders ONNX's `[out_c, in_c / groups, kh, kw]` at compile
+//! time); depthwise taps are `[kh, kw, c]`.
+//!
+//! Not wired into the code generator yet (that is the rest of issue 4):
+//! these are the kernels and their definitions, tested against each other.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+pub mod scalar;
+
+use crate::ops::Activation;
+
+/// The geometry of a 2-D convolution or pool over NHWC data (ONNX semantics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub in_c: usize,
+    pub out_c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// `[top, left, bottom, right]`, ONNX's `[x1_begin, x2_begin, x1_end, x2_end]`.
+    pub pads: [usize; 4],
+    pub groups: usize,
+}
+
+impl Conv2d {
+    /// `floor((in + pads - dilation * (k - 1) - 1) / stride) + 1`, or `None`
+    /// when the kernel does not fit.
+    fn out_dim(input: usize, pad: usize, k: usize, stride: usize, dilation: usize) -> Option<usize> {
+        let span = dilation.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+        let padded = input.checked_add(pad)?;
+        Some(padded.checked_sub(span)? / stride + 1)
+    }
+
+    pub fn out_h(&self) -> usize {
+        Self::out_dim(
+            self.in_h,
+            self.pads[0] + self.pads[2],
+            self.kh,
+            self.stride[0],
+            self.dilation[0],
+        )
+        .expect("checked geometry")
+    }
+
+    pub fn out_w(&self) -> usize {
+        Self::out_dim(
+            self.in_w,
+            self.pads[1] + self.pads[3],
+            self.kw,
+            self.stride[1],
+            self.dilation[1],
+        )
+        .expect("checked geometry")
+    }
+
+    /// Why this geometry is not a valid convolution, if it is not.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            self.batch,
+            self.in_h,
+            self.in_w,
+            self.in_c,
+            self.out_c,
+            self.kh,
+            self.kw,
+            self.groups,
+        ];
+        if positive.contains(&0) || self.stride.contains(&0) || self.dilation.contains(&0) {
+            return Err(format!("{self:?}: sizes, strides and dilations must be positive"));
+        }
+        if !self.in_c.is_multiple_of(self.groups) || !self.out_c.is_multiple_of(self.groups) {
+            return Err(format!(
+                "{} groups do not divide {} inputs and {} outputs",
+                self.groups, self.in_c, self.out_c
+            ));
+        }
+        let h = Self::out_dim(
+            self.in_h,
+            self.pads[0] + self.pads[2],
+            self.kh,
+            self.stride[0],
+            self.dilation[0],
+        );
+        let w = Self::out_dim(
+            self.in_w,
+            self.pads[1] + self.pads[3],
+            self.kw,
+            self.stride[1],
+            self.dilation[1],
+        );
+        if h.is_none() || w.is_none() {
+            return Err(format!(
+                "a {}x{} kernel does not fit a padded {}x{} input",
+                self.kh, self.kw, self.in_h, self.in_w
+            ));
+        }
+        Ok(())
+    }
+
+    /// Output pixels: rows of the GEMM.
+    pub fn out_pixels(&self) -> usize {
+        self.batch * self.out_h() * self.out_w()
+    }
+
+    /// Inputs per output of one group: `kh * kw * in_c / groups`.
+    pub fn patch_len(&self) -> usize {
+        self.kh * self.kw * self.in_c / self.groups
+    }
+
+    pub fn is_depthwise(&self) -> bool {
+        self.groups == self.in_c && self.out_c == self.in_c
+    }
+
+    /// A 1x1, stride-1, unpadded convolution: the input already is the GEMM's matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pads == [0; 4] && self.groups == 1
+    }
+
+    /// The input pixel `(ih, iw)` that tap `(i, j)` of output `(oh, ow)` reads, if inside.
+    #[inline]
+    fn tap(&self, oh: usize, ow: usize, i: usize, j: usize) -> Option<(usize, usize)> {
+        let ih = (oh * self.stride[0] + i * self.dilation[0]).checked_sub(self.pads[0])?;
+        let iw = (ow * self.stride[1] + j * self.dilation[1]).checked_sub(self.pads[1])?;
+        (ih < self.in_h && iw < self.in_w).then_some((ih, iw))
+    }
+}
+
+/// Writes the patches of a `groups == 1` convolution as rows: row
+/// `(b, oh, ow)` holds, for each tap `(i, j)`, the input pixel's `in_c`
+/// channels, or zeros where the tap falls in the padding.
+pub fn im2col(x: &[f32], g: &Conv2d, out: &mut [f32]) {
+    assert_eq!(g.groups, 1, "im2col is for ungrouped convolutions");
+    assert_eq!(x.len(), g.batch * g.in_h * g.in_w * g.in_c);
+    let (oh_n, ow_n, c) = (g.out_h(), g.out_w(), g.in_c);
+    assert_eq!(out.len(), g.out_pixels() * g.patch_len());
+    let mut rows = out.chunks_exact_mut(g.patch_len());
+    for b in 0..g.batch {
+        let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
+        for oh in 0..oh_n {
+            for ow in 0..ow_n {
+                let row = rows.next().expect("sized above");
+                for (t, dst) in row.chunks_exact_mut(c).enumerate() {
+                    match g.tap(oh, ow, t / g.kw, t % g.kw) {
+                        Some((ih, iw)) => dst.copy_from_slice(&image[(ih * g.in_w + iw) * c..][..c]),
+                        None => dst.fill(0.0),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One implementation of the depthwise kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+impl Kernel {
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Kernel::Avx2Fma;
+        }
+        Kernel::Scalar
+    }
+}
+
+/// Depthwise convolution, NHWC: `y[b, oh, ow, c] = act(bias[c] + sum_{i,j}
+/// taps[i, j, c] * x[b, ih, iw, c])` over the taps inside the input.
+pub fn depthwise(x: &[f32], g: &Conv2d, taps: &[f32], bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+    depthwise_with(Kernel::detect(), x, g, taps, bias, act, y);
+}
+
+/// [`depthwise`] with a chosen kernel (tests compare them).
+pub fn depthwise_with(
+    kernel: Kernel,
+    x: &[f32],
+    g: &Conv2d,
+    taps: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    g.check().expect("a valid geometry");
+    assert!(g.is_depthwise(), "not a depthwise geometry: {g:?}");
+    assert_eq!(x.len(), g.batch * g.in_h * g.in_w * g.in_c);
+    assert_eq!(taps.len(), g.kh * g.kw * g.in_c);
+    assert_eq!(y.len(), g.out_pixels() * g.out_c);
+    let zeros;
+    let bias = match bias {
+        Some(b) => {
+            assert_eq!(b.len(), g.out_c);
+            b
+        }
+        None => {
+            zeros = vec![0.0; g.out_c];
+            &zeros
+        }
+    };
+    match kernel {
+        Kernel::Scalar => scalar::depthwise(x, g, taps, bias, act, y),
+        // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => unsafe { avx2::depthwise(x, g, taps, bias, act, y) },
+    }
+}
+
+/// A convolution of any group count, NHWC, in plain loops: the definition
+/// the kernels are tested against. `w` is `[out_c, kh, kw, in_c / groups]`.
+pub fn conv2d_reference(
+    x: &[f32],
+    g: &Conv2d,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    g.check().expect("a valid geometry");
+    let (cg, og) = (g.in_c / g.groups, g.out_c / g.groups);
+    assert_eq!(w.len(), g.out_c * g.kh * g.kw * cg);
+    assert_eq!(y.len(), g.out_pixels() * g.out_c);
+    let (oh_n, ow_n) = (g.out_h(), g.out_w());
+    for b in 0..g.batch {
+        for oh in 0..oh_n {
+            for ow in 0..ow_n {
+                for o in 0..g.out_c {
+                    let group = o / og;
+                    let mut acc = bias.map_or(0.0, |b| f64::from(b[o]));
+                    for i in 0..g.kh {
+                        for j in 0..g.kw {
+                            let Some((ih, iw)) = g.tap(oh, ow, i, j) else {
+                                continue;
+                            };
+                            for ci in 0..cg {
+                                let xv = x[((b * g.in_h + ih) * g.in_w + iw) * g.in_c + group * cg + ci];
+                                let wv = w[((o * g.kh + i) * g.kw + j) * cg + ci];
+                                acc += f64::from(xv) * f64::from(wv);
+                            }
+                        }
+                    }
+                    y[((b * oh_n + oh) * ow_n + ow) * g.out_c + o] = act.apply(acc as f32);
+                }
+            }
+        }
+    }
+}
+
+/// Global average pool: `[batch, h, w, c]` to `[batch, c]`.
+pub fn global_average_pool(x: &[f32], batch: usize, pixels: usize, c: usize, y: &mut [f32]) {
+    assert!(x.len() == batch * pixels * c && y.len() == batch * c && pixels > 0);
+    for (x, y) in x.chunks_exact(pixels * c).zip(y.chunks_exact_mut(c)) {
+        y.fill(0.0);
+        for pixel in x.chunks_exact(c) {
+            for (y, &v) in y.iter_mut().zip(pixel) {
+                *y += v;
+            }
+        }
+        let inv = 1.0 / pixels as f32;
+        for y in y.iter_mut() {
+            *y *= inv;
+        }
+    }
+}
+
+/// Average or max pooling, NHWC, `g.in_c == g.out_c`, `groups` ignored.
+/// Max pooling ignores the padding; average pooling divides by the taps
+/// inside the input, or by all taps with `count_include_pad` (ONNX).
+pub fn pool(x: &[f32], g: &Conv2d, kind: Pool, y: &mut [f32]) {
+    let c = g.in_c;
+    assert!(g.out_c == c && x.len() == g.batch * g.in_h * g.in_w * c && y.len() == g.out_pixels() * c);
+    let (oh_n, ow_n) = (g.out_h(), g.out_w());
+    let mut outs = y.chunks_exact_mut(c);
+    for b in 0..g.batch {
+        let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
+        for oh in 0..oh_n {
+            for ow in 0..ow_n {
+                let out = outs.next().expect("sized above");
+                out.fill(if kind == Pool::Max { f32::NEG_INFINITY } else { 0.0 });
+                let mut inside = 0usize;
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let Some((ih, iw)) = g.tap(oh, ow, i, j) else {
+                            continue;
+                        };
+                        inside += 1;
+                        let pixel = &image[(ih * g.in_w + iw) * c..][..c];
+                        for (o, &v) in out.iter_mut().zip(pixel) {
+                            *o = if kind == Pool::Max {
+                                if v > *o { v } else { *o }
+                            } else {
+                                *o + v
+                            };
+                        }
+                    }
+                }
+                let divisor = match kind {
+                    Pool::Max => continue,
+                    Pool::Average {
+                        count_include_pad: true,
+                    } => g.kh * g.kw,
+                    Pool::Average {
+                        count_include_pad: false,
+                    } => inside.max(1),
+                };
+                let inv = 1.0 / divisor as f32;
+                for o in out.iter_mut() {
+                    *o *= inv;
+                }
+            }
+        }
+    }
+}
+
+/// The reduction of a [`pool`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    Max,
+    Average { count_include_pad: bool },
+}
+
+#[cfg(test)]
+mod tests;

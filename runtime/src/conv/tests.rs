@@ -1,0 +1,220 @@
+use super::*;
+use proptest::prelude::*;
+
+fn values(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// A one-image geometry with stride 1, dilation 1 and no padding.
+fn geometry(c: usize, out_c: usize, hw: [usize; 2], k: [usize; 2], groups: usize) -> Conv2d {
+    Conv2d {
+        batch: 1,
+        in_h: hw[0],
+        in_w: hw[1],
+        in_c: c,
+        out_c,
+        kh: k[0],
+        kw: k[1],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pads: [0; 4],
+        groups,
+    }
+}
+
+/// `g` with the given stride, dilation and padding.
+fn with(g: Conv2d, stride: usize, dilation: usize, pads: [usize; 4]) -> Conv2d {
+    Conv2d {
+        stride: [stride; 2],
+        dilation: [dilation; 2],
+        pads,
+        ..g
+    }
+}
+
+fn kernels() -> Vec<Kernel> {
+    let mut k = vec![Kernel::Scalar];
+    if Kernel::detect() != Kernel::Scalar {
+        k.push(Kernel::detect());
+    }
+    k
+}
+
+fn close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "{what} [{i}]: {g} vs {w}"
+        );
+    }
+}
+
+/// A hand-checked case: a 3x3 input, a 2x2 kernel, stride 1, asymmetric
+/// padding (TF "SAME" exported to ONNX pads only the end: [0, 0, 1, 1]).
+#[test]
+fn asymmetric_padding_by_hand() {
+    let g = with(geometry(1, 1, [3, 3], [2, 2], 1), 1, 1, [0, 0, 1, 1]);
+    assert_eq!((g.out_h(), g.out_w()), (3, 3));
+    let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    let w = [1.0, 10.0, 100.0, 1000.0]; // taps (0,0) (0,1) (1,0) (1,1)
+    let mut y = vec![0.0; 9];
+    conv2d_reference(&x, &g, &w, None, Activation::None, &mut y);
+    // y[0][0] = 1 + 20 + 400 + 5000; the last column and row see zeros past the edge.
+    // y[0][2] = 3 + 600 (its right column is padding); y[2][0] = 7 + 80.
+    assert_eq!(y, [5421.0, 6532.0, 603.0, 8754.0, 9865.0, 906.0, 87.0, 98.0, 9.0]);
+}
+
+/// Stride 2 and dilation 2 by hand on a 5x5 ramp with a 3x3 all-ones kernel.
+#[test]
+fn stride_and_dilation_by_hand() {
+    let x: Vec<f32> = (0..25).map(|v| v as f32).collect();
+    let ones = [1.0; 9];
+    let g = with(geometry(1, 1, [5, 5], [3, 3], 1), 2, 1, [0; 4]);
+    let mut y = vec![0.0; 4];
+    conv2d_reference(&x, &g, &ones, None, Activation::None, &mut y);
+    // Windows at (0,0), (0,2), (2,0), (2,2): 9 * centre value.
+    assert_eq!(y, [54.0, 72.0, 144.0, 162.0]);
+    let g = with(geometry(1, 1, [5, 5], [3, 3], 1), 1, 2, [0; 4]);
+    let mut y = vec![0.0; 1];
+    conv2d_reference(&x, &g, &ones, None, Activation::None, &mut y);
+    // Taps at rows and columns 0, 2, 4: 9 * 12.
+    assert_eq!(y, [108.0]);
+}
+
+#[test]
+fn geometry_checks() {
+    assert!(
+        with(geometry(4, 4, [3, 3], [5, 5], 1), 1, 1, [0; 4])
+            .check()
+            .is_err()
+    );
+    assert!(
+        with(geometry(4, 4, [3, 3], [5, 5], 1), 1, 1, [1, 1, 1, 1])
+            .check()
+            .is_ok()
+    );
+    assert!(
+        with(geometry(6, 4, [3, 3], [1, 1], 4), 1, 1, [0; 4])
+            .check()
+            .is_err()
+    );
+    assert!(
+        with(geometry(4, 4, [3, 3], [1, 1], 1), 0, 1, [0; 4])
+            .check()
+            .is_err()
+    );
+}
+
+proptest! {
+    /// im2col rows times the weights are the convolution.
+    #[test]
+    fn im2col_then_gemm_is_the_convolution(
+        c in 1usize..6, out_c in 1usize..7, h in 1usize..8, w in 1usize..8, k in 1usize..4,
+        stride in 1usize..3, dilation in 1usize..3, pads in prop::array::uniform4(0usize..3), seed in any::<u64>(),
+    ) {
+        let g = with(geometry(c, out_c, [h, w], [k, k], 1), stride, dilation, pads);
+        prop_assume!(g.check().is_ok());
+        let x = values(seed, h * w * c);
+        let wt = values(seed ^ 7, out_c * g.patch_len());
+        let bias = values(seed ^ 9, out_c);
+        let mut want = vec![0.0; g.out_pixels() * out_c];
+        conv2d_reference(&x, &g, &wt, Some(&bias), Activation::Relu, &mut want);
+        let mut cols = vec![f32::NAN; g.out_pixels() * g.patch_len()];
+        im2col(&x, &g, &mut cols);
+        let mut got = vec![0.0; want.len()];
+        crate::gemm_f32::gemm_reference(&cols, &wt, g.patch_len(), Some(&bias), Activation::Relu, &mut got);
+        close(&got, &want, "im2col");
+    }
+
+    /// Every depthwise kernel is the grouped convolution with groups = channels.
+    #[test]
+    fn depthwise_kernels_match_the_definition(
+        c in 1usize..21, h in 1usize..9, w in 1usize..9, k in 1usize..4, stride in 1usize..3,
+        dilation in 1usize..3, pads in prop::array::uniform4(0usize..3), seed in any::<u64>(),
+    ) {
+        let g = with(geometry(c, c, [h, w], [k, k], c), stride, dilation, pads);
+        prop_assume!(g.check().is_ok());
+        let x = values(seed, h * w * c);
+        // Definition weights [c, kh, kw, 1]; kernel taps [kh, kw, c].
+        let wt = values(seed ^ 3, c * k * k);
+        let taps: Vec<f32> = (0..k * k * c).map(|i| wt[(i % c) * k * k + i / c]).collect();
+        let bias = values(seed ^ 5, c);
+        let act = Activation::Clip { min: -0.5, max: 0.75 };
+        let mut want = vec![0.0; g.out_pixels() * c];
+        conv2d_reference(&x, &g, &wt, Some(&bias), act, &mut want);
+        for kernel in kernels() {
+            let mut got = vec![f32::NAN; want.len()];
+            depthwise_with(kernel, &x, &g, &taps, Some(&bias), act, &mut got);
+            close(&got, &want, &format!("{kernel:?}"));
+        }
+    }
+}
+
+#[test]
+fn depthwise_special_values_agree() {
+    // NaN, infinities and huge values in some channels: the kernels agree on
+    // which outputs are NaN, and on the rest.
+    let g = with(geometry(19, 19, [4, 4], [3, 3], 19), 1, 1, [1, 1, 1, 1]);
+    let mut x = values(1, 16 * 19);
+    x[3] = f32::NAN;
+    x[19 * 5 + 8] = f32::INFINITY;
+    x[19 * 9 + 17] = f32::MAX;
+    let taps = values(2, 9 * 19);
+    let mut outs = Vec::new();
+    for kernel in kernels() {
+        let mut y = vec![0.0; 16 * 19];
+        depthwise_with(kernel, &x, &g, &taps, None, Activation::None, &mut y);
+        outs.push(y);
+    }
+    for y in &outs[1..] {
+        for (a, b) in y.iter().zip(&outs[0]) {
+            assert!(
+                a.is_nan() == b.is_nan()
+                    && (a.is_nan() || a == b || (a - b).abs() <= 1e-5 * b.abs().max(1.0)),
+                "{a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn pools_by_hand() {
+    // 1 channel, 3x3 ramp 1..9, 2x2 windows, stride 1, padding at the end.
+    let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    let g = with(geometry(1, 1, [3, 3], [2, 2], 1), 1, 1, [0, 0, 1, 1]);
+    let mut y = vec![0.0; 9];
+    pool(&x, &g, Pool::Max, &mut y);
+    assert_eq!(y, [5.0, 6.0, 6.0, 8.0, 9.0, 9.0, 8.0, 9.0, 9.0]);
+    pool(
+        &x,
+        &g,
+        Pool::Average {
+            count_include_pad: false,
+        },
+        &mut y,
+    );
+    assert_eq!(y[..3], [3.0, 4.0, 4.5]);
+    assert_eq!(y[8], 9.0);
+    pool(
+        &x,
+        &g,
+        Pool::Average {
+            count_include_pad: true,
+        },
+        &mut y,
+    );
+    assert_eq!(y[2], 9.0 / 4.0);
+    assert_eq!(y[8], 9.0 / 4.0);
+    let mut gap = vec![0.0; 2];
+    global_average_pool(&[1.0, 10.0, 3.0, 30.0], 1, 2, 2, &mut gap);
+    assert_eq!(gap, [2.0, 20.0]);
+}
