@@ -3,13 +3,15 @@
 
 use crate::error::{Error, bail};
 use crate::read::ModelFile;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// The schema version this reader understands.
 pub const VERSION: u32 = 1;
 
-#[derive(Debug, Deserialize)]
+/// The graph document (docs/format.md): read from model files, and written
+/// by the ONNX importer.
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GraphDef {
     pub version: u32,
@@ -18,27 +20,36 @@ pub struct GraphDef {
     pub nodes: Vec<NodeDef>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputDef {
     pub name: String,
     pub shape: Vec<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeDef {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub op: String,
     pub inputs: Vec<String>,
     pub output: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bias: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub constant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub activation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub axis: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shape: Option<Vec<i64>>,
 }
 
@@ -113,9 +124,14 @@ pub fn plan(file: &ModelFile) -> Result<Plan, Error> {
             crate::read::GRAPH_KEY
         );
     };
-    let def: GraphDef = serde_json::from_str(json)
-        .map_err(|e| Error::new(format!("`{}` is not a valid graph: {e}", crate::read::GRAPH_KEY)))?;
-    plan_graph(&def, file)
+    plan_graph(&parse(json)?, file)
+}
+
+/// Parses a `qbake.graph` document into its schema (nothing is checked
+/// against a file yet: that is [`plan_graph`]).
+pub fn parse(json: &str) -> Result<GraphDef, Error> {
+    serde_json::from_str(json)
+        .map_err(|e| Error::new(format!("`{}` is not a valid graph: {e}", crate::read::GRAPH_KEY)))
 }
 
 /// Validates `def` against the tensors of `file` and plans it.

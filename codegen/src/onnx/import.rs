@@ -10,8 +10,7 @@
 use super::model::{Data, Dim, OnnxModel, TensorValue, checked_len, type_name};
 use super::proto::{NodeProto, data_type as dt};
 use crate::error::{Error, bail};
-use crate::graph::{normalize_axis, reshape};
-use serde::Serialize;
+use crate::graph::{GraphDef, InputDef, NodeDef, normalize_axis, reshape};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
@@ -1112,43 +1111,6 @@ fn unique(base: &str, taken: &mut HashSet<String>, suffixes: &mut HashMap<String
     name
 }
 
-/// The graph document, as docs/format.md defines it.
-#[derive(Serialize)]
-struct GraphDoc {
-    version: u32,
-    inputs: Vec<InputDoc>,
-    outputs: Vec<String>,
-    nodes: Vec<NodeDoc>,
-}
-
-#[derive(Serialize)]
-struct InputDoc {
-    name: String,
-    shape: Vec<usize>,
-}
-
-#[derive(Serialize)]
-struct NodeDoc {
-    name: String,
-    op: &'static str,
-    inputs: Vec<String>,
-    output: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    weight: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bias: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    constant: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    min: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    axis: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    shape: Option<Vec<i64>>,
-}
-
 /// Names the tensors (initializers keep their names; derived ones get fresh
 /// ones), writes each once, and writes the graph document. The copies come
 /// out of what is left of the memory `budget`.
@@ -1200,18 +1162,11 @@ fn finish(
     };
     let mut docs = Vec::with_capacity(nodes.len());
     for node in &nodes {
-        let mut doc = NodeDoc {
-            name: node.name.clone(),
-            op: "",
+        let mut doc = NodeDef {
+            name: Some(node.name.clone()),
             inputs: node.inputs.clone(),
             output: node.output.clone(),
-            weight: None,
-            bias: None,
-            constant: None,
-            min: None,
-            max: None,
-            axis: None,
-            shape: None,
+            ..NodeDef::default()
         };
         match &node.kind {
             Kind::Dense {
@@ -1219,40 +1174,40 @@ fn finish(
                 bias,
                 transposed,
             } => {
-                doc.op = if *transposed { "MatMul" } else { "Dense" };
+                doc.op = if *transposed { "MatMul" } else { "Dense" }.into();
                 doc.weight = Some(name_of(weight, &mut tensors)?);
                 doc.bias = bias.as_ref().map(|b| name_of(b, &mut tensors)).transpose()?;
             }
-            Kind::Add => doc.op = "Add",
+            Kind::Add => doc.op = "Add".into(),
             Kind::AddConst(c) => {
-                doc.op = "Add";
+                doc.op = "Add".into();
                 doc.constant = Some(name_of(c, &mut tensors)?);
             }
-            Kind::Relu => doc.op = "Relu",
+            Kind::Relu => doc.op = "Relu".into(),
             Kind::Clip { min, max } => {
-                doc.op = "Clip";
+                doc.op = "Clip".into();
                 (doc.min, doc.max) = (*min, *max);
             }
             Kind::Softmax { axis } => {
-                doc.op = "Softmax";
+                doc.op = "Softmax".into();
                 doc.axis = Some(*axis);
             }
             Kind::Flatten { axis } => {
-                doc.op = "Flatten";
+                doc.op = "Flatten".into();
                 doc.axis = Some(*axis);
             }
             Kind::Reshape { shape } => {
-                doc.op = "Reshape";
+                doc.op = "Reshape".into();
                 doc.shape = Some(shape.clone());
             }
         }
         docs.push(doc);
     }
-    let doc = GraphDoc {
+    let doc = GraphDef {
         version: crate::graph::VERSION,
-        inputs: vec![InputDoc {
+        inputs: vec![InputDef {
             name: input.0,
-            shape: input.1,
+            shape: input.1.iter().map(|&d| d as i64).collect(),
         }],
         outputs: vec![output],
         nodes: docs,
