@@ -336,7 +336,9 @@ fn weights_doc(display_path: &str, baked: &Baked, options: &Options) -> String {
         "The tensors of `{display_path}`, as baked.\n\n\
          Weight matrices of {} elements or more are stored as u8 with min/max {} \
          (`x = (q - zero_point) * scale`, 0.0 exact); smaller ones, biases and constants stay f32. \
-         SQNR is the signal-to-quantization-noise ratio of the stored weights against the file's floats.\n\n\
+         SQNR is the signal-to-quantization-noise ratio of the stored weights against the file's floats. \
+         The bytes of each `*_S8` array are `q - 128`, packed at compile time in the panel order the int8 \
+         kernels read (`qbake::format::packed_index`); `QuantWeight::q(n, k)` reads one weight back.\n\n\
          | tensor | shape (out, in) | stored as | bytes | min | max | SQNR |\n|---|---|---|---|---|---|---|\n",
         options.keep_float_below,
         if options.per_channel {
