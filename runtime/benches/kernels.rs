@@ -10,6 +10,7 @@
 //! - f32: the Dequant GEMM on cached panels, against a register-only FMA loop.
 //! - A fully connected layer, Hybrid (quantize + int8 GEMM) against Dequant
 //!   (f32 GEMM), at K >= 256.
+//! - Both GEMMs on 2 threads against 1.
 
 use qbake::gemm_f32::{self, PackedF32};
 use qbake::hybrid::{self, QuantizedRows};
@@ -60,6 +61,7 @@ fn main() {
     );
     let (mut int8_share, mut signed_share, mut f32_share, mut fc_speedups) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut two_threads: Vec<(f64, f64)> = Vec::new();
     for &(m, k, n) in SHAPES {
         if !picked.is_empty() && !picked.iter().any(|p| **p == format!("{m}x{k}x{n}")) {
             continue;
@@ -67,8 +69,8 @@ fn main() {
         let case = Case::new(m, k, n);
         let ops = 2.0 * (m * k * n) as f64;
         // Each candidate has its own buffers.
-        let mut ys: Vec<Vec<f32>> = (0..4).map(|_| vec![0.0f32; m * n]).collect();
-        let [y1, y2, y3, y4] = ys.as_mut_slice() else {
+        let mut ys: Vec<Vec<f32>> = (0..6).map(|_| vec![0.0f32; m * n]).collect();
+        let [y1, y2, y3, y4, y5, y6] = ys.as_mut_slice() else {
             unreachable!()
         };
         let (mut rows, mut fc_rows) = (QuantizedRows::default(), QuantizedRows::default());
@@ -77,7 +79,15 @@ fn main() {
         };
         // Interleaved rounds: the candidates see the same machine, and the
         // best time of each is what the kernel can do when not disturbed.
-        let [t_int8, t_signed, t_f32, t_quantize, t_fc_hybrid] = best_of_rounds(
+        let [
+            t_int8,
+            t_signed,
+            t_f32,
+            t_quantize,
+            t_fc_hybrid,
+            t_int8_2,
+            t_f32_2,
+        ] = best_of_rounds(
             budget,
             &mut [
                 &mut || int8(y1, &case.xq),
@@ -97,6 +107,28 @@ fn main() {
                     fc_rows.quantize_into(hybrid_kernel, &case.x, k);
                     int8(y4, &fc_rows);
                 },
+                &mut || {
+                    hybrid::gemm_threads(
+                        hybrid_kernel,
+                        2,
+                        &case.xq,
+                        &case.w,
+                        Some(&case.bias),
+                        Activation::Relu,
+                        y5,
+                    )
+                },
+                &mut || {
+                    gemm_f32::gemm_threads(
+                        f32_kernel,
+                        2,
+                        &case.x,
+                        &case.wf,
+                        Some(&case.bias),
+                        Activation::Relu,
+                        y6,
+                    )
+                },
             ],
         )
         .try_into()
@@ -107,6 +139,7 @@ fn main() {
         signed_share.push(ops / t_signed / peak_u8s8);
         f32_share.push(g32 / peak_fma);
         let fc = t_f32 / t_fc_hybrid;
+        two_threads.push((t_int8 / t_int8_2, t_f32 / t_f32_2));
         if k >= 256 {
             fc_speedups.push(fc);
         }
@@ -129,6 +162,14 @@ fn main() {
         100.0 * geomean(&f32_share),
         geomean(&fc_speedups),
         fc_speedups.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+    let (t8, t32): (Vec<f64>, Vec<f64>) = two_threads.into_iter().unzip();
+    println!(
+        "2 threads vs 1 (same run): int8 geomean {:.2}x (min {:.2}x), f32 geomean {:.2}x (min {:.2}x)",
+        geomean(&t8),
+        t8.iter().copied().fold(f64::INFINITY, f64::min),
+        geomean(&t32),
+        t32.iter().copied().fold(f64::INFINITY, f64::min)
     );
 }
 

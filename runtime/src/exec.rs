@@ -11,8 +11,8 @@ pub enum Kernels {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exec {
     pub kernels: Kernels,
-    /// Threads an op may use. Not used by the kernels yet: every op runs on
-    /// the calling thread until intra-op threading lands.
+    /// Threads a GEMM (fully connected layer, convolution) may use; see
+    /// [`crate::parallel`]. Other ops run on the calling thread.
     pub threads: usize,
 }
 

@@ -22,6 +22,7 @@ mod exec;
 pub mod gemm_f32;
 pub mod hybrid;
 pub mod ops;
+pub mod parallel;
 mod weights;
 
 pub use alloc::{Zeroable, boxed_zeroed};

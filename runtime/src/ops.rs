@@ -51,10 +51,18 @@ pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Acti
     match (exec.kernels, w) {
         (Kernels::Hybrid, Weight::U8(qw)) => {
             let qx = QuantizedRows::quantize(x, k);
-            hybrid::gemm(&qx, qw, bias, act, y);
+            hybrid::gemm_threads(hybrid::Kernel::detect(), exec.threads, &qx, qw, bias, act, y);
         }
         // Float weights (kept small) run in float in both families.
-        _ => gemm_f32::gemm(x, w.as_f32(), bias, act, y),
+        _ => gemm_f32::gemm_threads(
+            gemm_f32::Kernel::detect(),
+            exec.threads,
+            x,
+            w.as_f32(),
+            bias,
+            act,
+            y,
+        ),
     }
 }
 

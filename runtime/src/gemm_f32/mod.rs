@@ -10,6 +10,7 @@
 //! against.
 
 use crate::ops::Activation;
+use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -130,9 +131,23 @@ pub fn gemm(x: &[f32], w: &PackedF32, bias: Option<&[f32]>, act: Activation, y: 
     gemm_with(Kernel::detect(), x, w, bias, act, y);
 }
 
-/// [`gemm`] with a chosen kernel (tests compare them).
+/// [`gemm`] with a chosen kernel (tests compare them), on the calling thread.
 pub fn gemm_with(
     kernel: Kernel,
+    x: &[f32],
+    w: &PackedF32,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    gemm_threads(kernel, 1, x, w, bias, act, y);
+}
+
+/// [`gemm_with`] on up to `threads` threads ([`crate::parallel`]); the
+/// result does not depend on `threads`.
+pub fn gemm_threads(
+    kernel: Kernel,
+    threads: usize,
     x: &[f32],
     w: &PackedF32,
     bias: Option<&[f32]>,
@@ -149,7 +164,27 @@ pub fn gemm_with(
     if let Some(b) = bias {
         assert_eq!(b.len(), n);
     }
-    for p in 0..n.div_ceil(NR) {
+    crate::parallel::split_gemm(threads, m, n, NR, m * n * k, y, |rows, panels, y, ldc| {
+        drive(kernel, x, w, bias, act, rows, panels, y, ldc)
+    });
+}
+
+/// Rows `rows` of the product against panels `panels`, into `y` whose row 0
+/// is row `rows.start` and whose column 0 is panel `panels.start`'s first.
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    kernel: Kernel,
+    x: &[f32],
+    w: &PackedF32,
+    bias: Option<&[f32]>,
+    act: Activation,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    y: &mut [f32],
+    ldc: usize,
+) {
+    let (n, k) = (w.n, w.k);
+    for p in panels.clone() {
         let n0 = p * NR;
         let cols = NR.min(n - n0);
         let mut panel_bias = [0.0f32; NR];
@@ -159,15 +194,15 @@ pub fn gemm_with(
         let panel = w.panel(p);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
-            for m0 in (0..m).step_by(MC) {
+            for m0 in rows.clone().step_by(MC) {
                 let strip = Strip {
                     a: &x[m0 * k + k0..],
                     lda: k,
-                    rows: MC.min(m - m0),
+                    rows: MC.min(rows.end - m0),
                     panel: &panel[k0 * NR..],
                     kc,
-                    c: &mut y[m0 * n + n0..],
-                    ldc: n,
+                    c: &mut y[(m0 - rows.start) * ldc + n0 - panels.start * NR..],
+                    ldc,
                     cols,
                     first: k0 == 0,
                     epilogue: (k0 + kc == k).then_some(Epilogue {

@@ -31,6 +31,7 @@
 use crate::QuantWeight;
 use crate::ops::Activation;
 use qbake_format::{KG, NR, padded_k};
+use std::ops::Range;
 
 pub use qbake_format::MAX_EXACT_K;
 
@@ -231,9 +232,23 @@ pub fn gemm(x: &QuantizedRows, w: &QuantWeight, bias: Option<&[f32]>, act: Activ
     gemm_with(Kernel::detect(), x, w, bias, act, y);
 }
 
-/// [`gemm`] with a chosen kernel (tests compare them).
+/// [`gemm`] with a chosen kernel (tests compare them), on the calling thread.
 pub fn gemm_with(
     kernel: Kernel,
+    x: &QuantizedRows,
+    w: &QuantWeight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    gemm_threads(kernel, 1, x, w, bias, act, y);
+}
+
+/// [`gemm_with`] on up to `threads` threads ([`crate::parallel`]); the
+/// result does not depend on `threads`.
+pub fn gemm_threads(
+    kernel: Kernel,
+    threads: usize,
     x: &QuantizedRows,
     w: &QuantWeight,
     bias: Option<&[f32]>,
@@ -253,17 +268,36 @@ pub fn gemm_with(
     if let Some(b) = bias {
         assert_eq!(b.len(), n);
     }
-    let stride = x.stride;
+    crate::parallel::split_gemm(threads, m, n, NR, m * n * k, y, |rows, panels, y, ldc| {
+        drive(kernel, x, w, bias, act, rows, panels, y, ldc)
+    });
+}
+
+/// Rows `rows` of the product against panels `panels`, into `y` whose row 0
+/// is row `rows.start` and whose column 0 is panel `panels.start`'s first.
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    kernel: Kernel,
+    x: &QuantizedRows,
+    w: &QuantWeight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    y: &mut [f32],
+    ldc: usize,
+) {
+    let (n, stride) = (w.rows, x.stride);
     let panel_len = NR * stride;
-    for m0 in (0..m).step_by(MC) {
-        let rows = MC.min(m - m0);
-        for p in 0..n.div_ceil(NR) {
+    for m0 in rows.clone().step_by(MC) {
+        let count = MC.min(rows.end - m0);
+        for p in panels.clone() {
             let n0 = p * NR;
             let params = w.panel_params(p, bias);
             let strip = Strip {
                 a: &x.values[m0 * stride..],
                 lda: stride,
-                rows,
+                rows: count,
                 panel: &w.packed[p * panel_len..(p + 1) * panel_len],
                 groups: stride / KG,
                 sums: &x.sums[m0..],
@@ -271,8 +305,8 @@ pub fn gemm_with(
                 nonnegative: &x.nonnegative[m0..],
                 params: &params,
                 act,
-                c: &mut y[m0 * n + n0..],
-                ldc: n,
+                c: &mut y[(m0 - rows.start) * ldc + n0 - panels.start * NR..],
+                ldc,
                 cols: NR.min(n - n0),
             };
             strip.check();

@@ -1,0 +1,146 @@
+//! Intra-op threads for the GEMMs: `Model::with_threads(n)`.
+//!
+//! A GEMM is split into disjoint parts, each run on its own scoped thread
+//! (`std::thread::scope`) by the same single-threaded driver:
+//! - by rows, when there are many (convolutions, batches): each thread owns
+//!   a contiguous block of output rows, a plain `chunks_mut` of `y`;
+//! - by panels of output channels, when rows are few (a fully connected
+//!   layer on one input): each thread writes its columns into a buffer of
+//!   its own, copied into `y` after the join.
+//!
+//! Threads are spawned per call, which costs tens of microseconds, so work
+//! under [`MIN_PARALLEL_MACS`] stays on the calling thread. Results do not
+//! depend on the thread count: every output is computed by the same code
+//! from the same operands.
+
+use std::ops::Range;
+
+/// Multiply-adds below which a GEMM runs on the calling thread.
+pub const MIN_PARALLEL_MACS: usize = 1 << 21;
+
+/// Runs `drive(rows, panels, y_part, ldc)` over all of an `m x n` output,
+/// split across up to `threads` threads. `y_part` starts at the first row of
+/// `rows` and the first column of `panels` (`panels` counts groups of `nr`
+/// columns), and has row stride `ldc`.
+pub fn split_gemm<F>(threads: usize, m: usize, n: usize, nr: usize, macs: usize, y: &mut [f32], drive: F)
+where
+    F: Fn(Range<usize>, Range<usize>, &mut [f32], usize) + Sync,
+{
+    assert_eq!(y.len(), m * n);
+    let panels = n.div_ceil(nr);
+    let threads = threads.max(1);
+    if threads == 1 || macs < MIN_PARALLEL_MACS {
+        return drive(0..m, 0..panels, y, n);
+    }
+    if m >= threads * 8 {
+        let per = m.div_ceil(threads);
+        std::thread::scope(|s| {
+            for (i, part) in y.chunks_mut(per * n).enumerate() {
+                let rows = i * per..(i * per + per).min(m);
+                let drive = &drive;
+                s.spawn(move || drive(rows, 0..panels, part, n));
+            }
+        });
+    } else if panels >= 2 {
+        let per = panels.div_ceil(threads.min(panels));
+        let ranges: Vec<Range<usize>> = (0..panels)
+            .step_by(per)
+            .map(|p| p..(p + per).min(panels))
+            .collect();
+        let parts: Vec<(Range<usize>, Vec<f32>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = ranges
+                .into_iter()
+                .map(|range| {
+                    let drive = &drive;
+                    s.spawn(move || {
+                        let cols = (range.end * nr).min(n) - range.start * nr;
+                        let mut part = vec![0.0f32; m * cols];
+                        drive(0..m, range.clone(), &mut part, cols);
+                        (range, part)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a GEMM thread panicked"))
+                .collect()
+        });
+        for (range, part) in parts {
+            let (c0, cols) = (range.start * nr, (range.end * nr).min(n) - range.start * nr);
+            for (row, src) in y.chunks_exact_mut(n).zip(part.chunks_exact(cols)) {
+                row[c0..c0 + cols].copy_from_slice(src);
+            }
+        }
+    } else {
+        drive(0..m, 0..panels, y, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gemm_f32::{self, PackedF32};
+    use crate::hybrid::{self, QuantizedRows};
+    use crate::{Activation, DequantCache, QuantParams, QuantWeight};
+
+    fn values(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Both splits (many rows; few rows, many panels), odd sizes, 2 and 3
+    /// threads: the same bits as one thread, in both families.
+    #[test]
+    fn threads_give_the_same_bits() {
+        for (m, k, n) in [(300, 256, 70), (2, 4096, 300), (1, 2100, 1001)] {
+            assert!(
+                m * k * n >= super::MIN_PARALLEL_MACS,
+                "the case must take the threaded path"
+            );
+            let x = values(1, m * k);
+            let w = values(2, n * k);
+            let bias = values(3, n);
+            let packed = PackedF32::from_rows(&w, n, k);
+            let q: Vec<u8> = w.iter().map(|v| ((v + 1.0) * 127.0) as u8).collect();
+            let qw = QuantWeight {
+                name: "w",
+                rows: n,
+                cols: k,
+                packed: Box::leak(crate::format::pack_b_s8(&q, n, k).into_boxed_slice()),
+                params: QuantParams {
+                    min: &[],
+                    max: &[],
+                    scale: &[0.01],
+                    zero_point: &[127],
+                },
+                cache: DequantCache::new(),
+            };
+            let xq = QuantizedRows::quantize(&x, k);
+            let (fk, hk) = (gemm_f32::Kernel::detect(), hybrid::Kernel::detect());
+            let mut one_f = vec![0.0; m * n];
+            let mut one_h = vec![0.0; m * n];
+            gemm_f32::gemm_with(fk, &x, &packed, Some(&bias), Activation::Relu, &mut one_f);
+            hybrid::gemm_with(hk, &xq, &qw, Some(&bias), Activation::Relu, &mut one_h);
+            for threads in [2, 3] {
+                let mut y = vec![f32::NAN; m * n];
+                gemm_f32::gemm_threads(fk, threads, &x, &packed, Some(&bias), Activation::Relu, &mut y);
+                assert!(
+                    y.iter().zip(&one_f).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "f32 {m}x{k}x{n} on {threads}"
+                );
+                let mut y = vec![f32::NAN; m * n];
+                hybrid::gemm_threads(hk, threads, &xq, &qw, Some(&bias), Activation::Relu, &mut y);
+                assert!(
+                    y.iter().zip(&one_h).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "int8 {m}x{k}x{n} on {threads}"
+                );
+            }
+        }
+    }
+}
