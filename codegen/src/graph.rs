@@ -130,8 +130,17 @@ pub fn plan(file: &ModelFile) -> Result<Plan, Error> {
 /// Parses a `qbake.graph` document into its schema (nothing is checked
 /// against a file yet: that is [`plan_graph`]).
 pub fn parse(json: &str) -> Result<GraphDef, Error> {
-    serde_json::from_str(json)
-        .map_err(|e| Error::new(format!("`{}` is not a valid graph: {e}", crate::read::GRAPH_KEY)))
+    serde_json::from_str(json).map_err(|e| {
+        let cut = if e.is_eof() {
+            " (the document ends before it is complete: is it truncated?)"
+        } else {
+            ""
+        };
+        Error::new(format!(
+            "`{}` is not a valid graph: {e}{cut}",
+            crate::read::GRAPH_KEY
+        ))
+    })
 }
 
 /// Validates `def` against the tensors of `file` and plans it.
@@ -363,8 +372,14 @@ fn check_node(
             };
             let layout = if transposed { "[K, N]" } else { "[N, K]" };
             if x.last() != Some(&k) {
+                // The other layout would chain: the weight suits the other op.
+                let hint = match transposed {
+                    true if x.last() == Some(&n) => "; as [N, K] it would chain: Dense takes that layout",
+                    false if x.last() == Some(&n) => "; as [K, N] it would chain: MatMul takes that layout",
+                    _ => "",
+                };
                 bail!(
-                    "node `{name}`: input shape {x:?} does not chain with weight `{weight}` of shape {:?} ({layout}): the input's last dimension must be {k}",
+                    "node `{name}`: input shape {x:?} does not chain with weight `{weight}` of shape {:?} ({layout}): the input's last dimension must be {k}{hint}",
                     w.shape
                 );
             }
@@ -463,11 +478,19 @@ fn check_node(
 }
 
 fn tensor<'f>(file: &'f ModelFile, node: &str, name: &str) -> Result<&'f crate::read::TensorInfo, Error> {
-    file.tensor(name).ok_or_else(|| {
+    let t = file.tensor(name).ok_or_else(|| {
         Error::new(format!(
             "node `{node}` names tensor `{name}`, which the file does not have"
         ))
-    })
+    })?;
+    // An empty weight would give zero-sized values downstream, which no op computes.
+    if t.shape.contains(&0) {
+        bail!(
+            "node `{node}`: tensor `{name}` has shape {:?}; tensors must not have a zero dimension",
+            t.shape
+        );
+    }
+    Ok(t)
 }
 
 fn activation_attr(node: &NodeDef, name: &str) -> Result<Act, Error> {
@@ -527,38 +550,114 @@ pub(crate) fn reshape(x: &[usize], target: &[i64]) -> Result<Vec<usize>, Error> 
 }
 
 /// Folds a lone `Relu`/`Clip` into the Dense or Add that produces its input,
-/// when nothing else reads that input.
+/// when nothing else reads that input. One pass, linear in the steps: a
+/// hostile graph of a million chained activations must not stall the compiler.
 fn fuse_activations(plan: &mut Plan) {
-    let mut i = 0;
-    while i < plan.steps.len() {
-        let Op::Activation(act) = plan.steps[i].op else {
-            i += 1;
-            continue;
-        };
-        let src = plan.steps[i].inputs[0];
-        let readers = plan.steps.iter().filter(|s| s.inputs.contains(&src)).count();
-        let producer = plan.steps[..i].iter().position(|s| s.output == src);
-        let fusable = producer
-            .filter(|_| readers == 1 && src != plan.output)
-            .filter(|&p| {
-                matches!(
-                    plan.steps[p].op,
-                    Op::Dense { act: Act::None, .. }
-                        | Op::Add { act: Act::None }
-                        | Op::AddConstant { act: Act::None, .. }
-                )
-            });
-        let Some(p) = fusable else {
-            i += 1;
-            continue;
-        };
-        let removed = plan.steps.remove(i);
-        let producer = &mut plan.steps[p];
-        match &mut producer.op {
-            Op::Dense { act: a, .. } | Op::Add { act: a } | Op::AddConstant { act: a, .. } => *a = act,
-            _ => unreachable!("checked above"),
+    // How many steps read each value (a step reading it twice counts once).
+    let mut readers = vec![0usize; plan.values.len()];
+    for step in &plan.steps {
+        for (i, &v) in step.inputs.iter().enumerate() {
+            if !step.inputs[..i].contains(&v) {
+                readers[v] += 1;
+            }
         }
-        producer.output = removed.output;
-        producer.name = format!("{}+{}", producer.name, removed.name);
+    }
+    let mut fused: Vec<Step> = Vec::with_capacity(plan.steps.len());
+    // The position in `fused` of the step that produces each value.
+    let mut producer: Vec<Option<usize>> = vec![None; plan.values.len()];
+    for step in std::mem::take(&mut plan.steps) {
+        if let Op::Activation(act) = step.op {
+            let src = step.inputs[0];
+            let into = producer[src].filter(|&p| {
+                readers[src] == 1
+                    && src != plan.output
+                    && matches!(
+                        fused[p].op,
+                        Op::Dense { act: Act::None, .. }
+                            | Op::Add { act: Act::None }
+                            | Op::AddConstant { act: Act::None, .. }
+                    )
+            });
+            if let Some(p) = into {
+                let target = &mut fused[p];
+                match &mut target.op {
+                    Op::Dense { act: a, .. } | Op::Add { act: a } | Op::AddConstant { act: a, .. } => {
+                        *a = act
+                    }
+                    _ => unreachable!("checked above"),
+                }
+                target.output = step.output;
+                target.name = format!("{}+{}", target.name, step.name);
+                producer[step.output] = Some(p);
+                continue;
+            }
+        }
+        producer[step.output] = Some(fused.len());
+        fused.push(step);
+    }
+    plan.steps = fused;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::{Dtype, TensorView};
+
+    fn plan_of(nodes: &str) -> Plan {
+        let bytes: Vec<u8> = (0..16).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let graph = format!(
+            r#"{{"version":1,"inputs":[{{"name":"x","shape":[1,4]}}],"outputs":["out"],"nodes":[{nodes}]}}"#
+        );
+        let metadata = HashMap::from([(crate::read::GRAPH_KEY.to_string(), graph)]);
+        let view = TensorView::new(Dtype::F32, vec![4, 4], &bytes).unwrap();
+        let file = safetensors::serialize([("w", view)], Some(metadata)).unwrap();
+        plan(&ModelFile::from_bytes(&file).unwrap()).unwrap()
+    }
+
+    fn summary(plan: &Plan) -> Vec<(String, Op)> {
+        plan.steps
+            .iter()
+            .map(|s| (s.name.clone(), s.op.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn activations_fuse_into_their_only_reader_once() {
+        let plan = plan_of(
+            r#"{"name":"d","op":"Dense","inputs":["x"],"output":"h","weight":"w"},
+               {"name":"r1","op":"Relu","inputs":["h"],"output":"h1"},
+               {"name":"r2","op":"Relu","inputs":["h1"],"output":"h2"},
+               {"name":"a","op":"Add","inputs":["h2","h2"],"output":"s"},
+               {"name":"c","op":"Clip","inputs":["s"],"output":"sc","min":0,"max":6},
+               {"name":"e","op":"Dense","inputs":["sc"],"output":"t","weight":"w"},
+               {"name":"r3","op":"Relu","inputs":["t"],"output":"t1"},
+               {"name":"b","op":"Add","inputs":["t","t1"],"output":"out"}"#,
+        );
+        let dense = |act| Op::Dense {
+            weight: "w".into(),
+            bias: None,
+            transposed: false,
+            act,
+        };
+        let relu = Act::Relu;
+        let relu6 = Act::Clip { min: 0.0, max: 6.0 };
+        assert_eq!(
+            summary(&plan),
+            [
+                // r1 into d; r2 stays (its producer has an activation now).
+                ("d+r1".to_string(), dense(relu)),
+                ("r2".into(), Op::Activation(relu)),
+                ("a+c".into(), Op::Add { act: relu6 }),
+                // t has two readers: r3 stays.
+                ("e".into(), dense(Act::None)),
+                ("r3".into(), Op::Activation(relu)),
+                ("b".into(), Op::Add { act: Act::None }),
+            ]
+        );
+        // Each step reads what the one before it wrote, under the fused names.
+        assert_eq!(plan.values[plan.steps[1].inputs[0]].name, "h1");
+        assert_eq!(plan.values[plan.steps[2].inputs[0]].name, "h2");
+        assert_eq!(plan.values[plan.steps[3].inputs[0]].name, "sc");
+        assert_eq!(plan.values[plan.output].name, "out");
     }
 }

@@ -37,8 +37,28 @@ use std::path::Path;
 /// `display_path` is how errors and docs name the file (the path as the user
 /// wrote it, so messages do not depend on the machine).
 pub fn generate(path: &Path, display_path: &str, options: &Options) -> Result<TokenStream, Error> {
-    let file = read::ModelFile::open(path)?;
-    let plan = graph::plan(&file)?;
-    let baked = quantize::bake(&file, &plan, options)?;
+    generate_file(&read::ModelFile::open(path)?, path, display_path, options)
+}
+
+/// [`generate`] for a model file already in memory (the fuzzer's entry):
+/// the same reading, checks, quantization and tokens. The expansion names
+/// `display_path` as the file whose edits rebuild the crate.
+pub fn generate_from_bytes(
+    bytes: &[u8],
+    display_path: &str,
+    options: &Options,
+) -> Result<TokenStream, Error> {
+    let file = read::ModelFile::from_bytes(bytes)?;
+    generate_file(&file, Path::new(display_path), display_path, options)
+}
+
+fn generate_file(
+    file: &read::ModelFile,
+    path: &Path,
+    display_path: &str,
+    options: &Options,
+) -> Result<TokenStream, Error> {
+    let plan = graph::plan(file)?;
+    let baked = quantize::bake(file, &plan, options)?;
     Ok(emit::model(path, display_path, &plan, &baked, options, emit::Bytes::Inline).0)
 }

@@ -9,6 +9,7 @@ use crate::Options;
 use crate::error::{Error, bail};
 use crate::graph::{Op, Plan};
 use crate::read::ModelFile;
+use std::collections::HashSet;
 
 pub use qbake_format::MAX_EXACT_K;
 
@@ -107,8 +108,10 @@ impl Baked {
 /// Reads and quantizes every tensor the plan uses.
 pub fn bake(file: &ModelFile, plan: &Plan, options: &Options) -> Result<Baked, Error> {
     let mut baked = Baked::default();
-    let add_float = |baked: &mut Baked, name: &str| -> Result<(), Error> {
-        if !baked.floats.iter().any(|f| f.name == name) {
+    // Names already baked: a set, so that a graph of many tensors bakes in linear time.
+    let (mut weights_seen, mut floats_seen) = (HashSet::new(), HashSet::new());
+    let mut add_float = |baked: &mut Baked, name: &str| -> Result<(), Error> {
+        if floats_seen.insert(name.to_string()) {
             let values = file.read_f32(name)?;
             baked.floats.push(FloatTensor {
                 name: name.to_string(),
@@ -125,7 +128,7 @@ pub fn bake(file: &ModelFile, plan: &Plan, options: &Options) -> Result<Baked, E
                 transposed,
                 ..
             } => {
-                if baked.weight(weight).is_none() {
+                if weights_seen.insert(weight.as_str()) {
                     let shape = &file.tensor(weight).expect("checked by the plan").shape;
                     let values = file.read_f32(weight)?;
                     let (rows, cols, values) = if *transposed {

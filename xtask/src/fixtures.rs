@@ -72,6 +72,9 @@ fn write(dir: &Path, name: &str, tensors: Vec<(&str, Tensor)>, graph: Option<Val
     Ok(())
 }
 
+/// The weights of `tiny.safetensors`, a [3, 4] Dense.
+const TINY: [f32; 12] = [0.5, -1.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.75, 1.5, -2.0, 0.0, 0.125];
+
 fn dense_graph(input: &[usize], weight: &str, op: &str) -> Value {
     json!({
         "version": 1,
@@ -121,15 +124,7 @@ pub fn write_all(dir: &Path) -> Result<()> {
     ];
     write(dir, "all_ops.safetensors", tensors, Some(all_ops))?;
 
-    let tiny = || {
-        vec![(
-            "fc.weight",
-            f32s(
-                &[3, 4],
-                &[0.5, -1.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.75, 1.5, -2.0, 0.0, 0.125],
-            ),
-        )]
-    };
+    let tiny = || vec![("fc.weight", f32s(&[3, 4], &TINY))];
     write(
         dir,
         "tiny.safetensors",
@@ -194,8 +189,317 @@ pub fn write_all(dir: &Path) -> Result<()> {
         ]
     });
     write(dir, "cycle.safetensors", tiny(), Some(cycle))?;
+    hostile_files(dir, &mut rng)?;
+    onnx_files(dir, &mut rng)?;
     println!("wrote fixtures to {}", dir.display());
     Ok(())
+}
+
+/// A safetensors file whose header is `header` as given (not re-serialized),
+/// followed by `data`: for damage the safetensors writer would not produce.
+fn raw_file(dir: &Path, name: &str, header: &str, data: &[u8]) -> Result<()> {
+    let mut bytes = Vec::from((header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(dir.join(name), bytes)?;
+    Ok(())
+}
+
+/// Damaged and hostile model files (docs/robustness.md), one fault each, and
+/// a valid model small enough to seed the fuzzer, large enough to quantize.
+fn hostile_files(dir: &Path, rng: &mut Rng) -> Result<()> {
+    std::fs::write(dir.join("empty.safetensors"), b"")?;
+    // The last 8 bytes of the 48 bytes of weights are gone.
+    let tiny = std::fs::read(dir.join("tiny.safetensors"))?;
+    std::fs::write(dir.join("truncated_data.safetensors"), &tiny[..tiny.len() - 8])?;
+    // A header length of 2^62 bytes, then a few bytes.
+    let mut huge = Vec::from((1u64 << 62).to_le_bytes());
+    huge.extend_from_slice(b"{}");
+    std::fs::write(dir.join("header_2_62.safetensors"), huge)?;
+    // A header of the right length that is not JSON.
+    raw_file(
+        dir,
+        "garbage_header.safetensors",
+        "\u{7f}ELF not a header at all \u{1}\u{2}",
+        &[0; 48],
+    )?;
+    let graph = dense_graph(&[1, 4], "fc.weight", "Dense").to_string();
+    let header = |tensors: &str| {
+        serde_json::json!({"__metadata__": {"qbake.graph": graph}})
+            .to_string()
+            .replacen('{', &format!("{{{tensors},"), 1)
+    };
+    let weights: Vec<u8> = (0..12).flat_map(|i| (i as f32 / 8.0).to_le_bytes()).collect();
+    // The second tensor's offsets run 48 bytes past the end of the file.
+    raw_file(
+        dir,
+        "offsets_past_end.safetensors",
+        &header(
+            r#""fc.weight":{"dtype":"F32","shape":[3,4],"data_offsets":[0,48]},"fc.bias":{"dtype":"F32","shape":[12],"data_offsets":[48,96]}"#,
+        ),
+        &weights,
+    )?;
+    // A [3, 5] shape (60 bytes) over 48 bytes of data.
+    raw_file(
+        dir,
+        "shape_bytes_mismatch.safetensors",
+        &header(r#""fc.weight":{"dtype":"F32","shape":[3,5],"data_offsets":[0,48]}"#),
+        &weights,
+    )?;
+    // A Dense [N, K] weight given to MatMul, which takes [K, N].
+    write(
+        dir,
+        "transposed.safetensors",
+        vec![("fc.weight", f32s(&[3, 4], &TINY))],
+        Some(dense_graph(&[1, 4], "fc.weight", "MatMul")),
+    )?;
+    // The graph JSON cut off halfway.
+    let full = dense_graph(&[1, 4], "fc.weight", "Dense").to_string();
+    let cut = serde_json::Value::String(full[..full.len() / 2].to_string());
+    let data: Vec<u8> = TINY.iter().flat_map(|v| v.to_le_bytes()).collect();
+    raw_file(
+        dir,
+        "truncated_graph.safetensors",
+        &format!(
+            r#"{{"__metadata__":{{"qbake.graph":{cut}}},"fc.weight":{{"dtype":"F32","shape":[3,4],"data_offsets":[0,48]}}}}"#
+        ),
+        &data,
+    )?;
+    let mut inf = rng.matrix(3, 4);
+    inf[7] = f32::NEG_INFINITY;
+    write(
+        dir,
+        "inf_weight.safetensors",
+        vec![("fc.weight", f32s(&[3, 4], &inf))],
+        Some(dense_graph(&[1, 4], "fc.weight", "Dense")),
+    )?;
+
+    // Valid: [2, 32] -> Dense 48 (quantized: 1536 weights) + ReLU -> Dense 10 -> Softmax.
+    let mlp = json!({
+        "version": 1,
+        "inputs": [{"name": "x", "shape": [2, 32]}],
+        "outputs": ["p"],
+        "nodes": [
+            {"name": "fc1", "op": "Dense", "inputs": ["x"], "output": "h", "weight": "fc1.weight", "bias": "fc1.bias", "activation": "relu"},
+            {"name": "fc2", "op": "Dense", "inputs": ["h"], "output": "z", "weight": "fc2.weight", "bias": "fc2.bias"},
+            {"name": "softmax", "op": "Softmax", "inputs": ["z"], "output": "p"}
+        ]
+    });
+    let tensors = vec![
+        ("fc1.weight", f32s(&[48, 32], &rng.matrix(48, 32))),
+        ("fc1.bias", f32s(&[48], &rng.vector(48, 0.1))),
+        ("fc2.weight", f32s(&[10, 48], &rng.matrix(10, 48))),
+        ("fc2.bias", f32s(&[10], &rng.vector(10, 0.1))),
+    ];
+    write(dir, "mlp.safetensors", tensors, Some(mlp))
+}
+
+/// Small valid ONNX models, encoded here: the fuzzer's seeds and the
+/// importer's hostile-input harness start from them.
+fn onnx_files(dir: &Path, rng: &mut Rng) -> Result<()> {
+    use qbake_codegen::onnx::proto::data_type as dt;
+    // x [batch, 32] -> Gemm(transB = 1, alpha, beta) [40] (quantized when baked)
+    // -> Relu -> MatMul [10] -> Add(a Constant node) -> Clip(min, max inputs) -> Softmax.
+    let gemm = onnx::model(
+        13,
+        vec![
+            onnx::node(
+                "Gemm",
+                "fc1",
+                &["x", "w1", "c1"],
+                &["h"],
+                vec![
+                    onnx::attr_i("transB", 1),
+                    onnx::attr_f("alpha", 0.5),
+                    onnx::attr_f("beta", 2.0),
+                ],
+            ),
+            onnx::node("Relu", "relu1", &["h"], &["r"], vec![]),
+            onnx::node("MatMul", "fc2", &["r", "w2"], &["m"], vec![]),
+            onnx::node(
+                "Constant",
+                "b2_const",
+                &[],
+                &["b2"],
+                vec![onnx::attr_t(
+                    "value",
+                    onnx::f32_tensor("", &[10], &rng.vector(10, 0.1)),
+                )],
+            ),
+            onnx::node("Add", "fc2_bias", &["m", "b2"], &["a"], vec![]),
+            onnx::node("Clip", "clip", &["a", "lo", "hi"], &["c"], vec![]),
+            onnx::node(
+                "Softmax",
+                "softmax",
+                &["c"],
+                &["y"],
+                vec![onnx::attr_i("axis", -1)],
+            ),
+        ],
+        vec![
+            onnx::f32_tensor("w1", &[40, 32], &rng.matrix(40, 32)),
+            onnx::f32_tensor("c1", &[40], &rng.vector(40, 0.1)),
+            onnx::f32_tensor("w2", &[40, 10], &rng.matrix(40, 10)),
+            onnx::f32_tensor("lo", &[], &[-4.0]),
+            onnx::f32_tensor("hi", &[], &[4.0]),
+        ],
+        vec![onnx::value("x", &["batch", "32"])],
+        vec![onnx::value("y", &["batch", "10"])],
+    );
+    std::fs::write(dir.join("mlp.onnx"), gemm)?;
+
+    // Opset 10 forms: Identity, Flatten, Dropout, Gemm with transB = 0 and no
+    // C, an Add of a [1, N] constant, Clip by attributes, Reshape with 0 and
+    // -1, and the old Softmax over every dimension from `axis` on.
+    let mut shape = onnx::f32_tensor("shape", &[3], &[]);
+    shape.data_type = Some(dt::INT64);
+    shape.raw_data = None;
+    shape.int64_data = vec![0, 2, -1];
+    let opset10 = onnx::model(
+        10,
+        vec![
+            onnx::node("Identity", "id", &["x"], &["i"], vec![]),
+            onnx::node("Flatten", "flat", &["i"], &["f"], vec![onnx::attr_i("axis", 1)]),
+            onnx::node(
+                "Dropout",
+                "drop",
+                &["f"],
+                &["d", "mask"],
+                vec![onnx::attr_f("ratio", 0.3)],
+            ),
+            onnx::node("Gemm", "fc", &["d", "w"], &["g"], vec![]),
+            onnx::node("Add", "bias", &["b", "g"], &["a"], vec![]),
+            onnx::node(
+                "Clip",
+                "clip",
+                &["a"],
+                &["c"],
+                vec![onnx::attr_f("min", -1.0), onnx::attr_f("max", 1.0)],
+            ),
+            onnx::node("Reshape", "reshape", &["c", "shape"], &["r"], vec![]),
+            onnx::node("Softmax", "softmax", &["r"], &["y"], vec![]),
+        ],
+        vec![
+            onnx::f32_tensor("w", &[6, 4], &rng.matrix(6, 4)),
+            onnx::f32_tensor("b", &[1, 4], &rng.vector(4, 0.1)),
+            shape,
+        ],
+        vec![onnx::value("x", &["N", "2", "3"])],
+        vec![onnx::value("y", &["N", "2", "2"])],
+    );
+    std::fs::write(dir.join("opset10.onnx"), opset10)?;
+    Ok(())
+}
+
+/// Building ONNX messages, as `codegen/tests/onnx.rs` does.
+mod onnx {
+    use prost::Message;
+    use qbake_codegen::onnx::proto::{
+        AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+        TensorProto, TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto, attribute_type, data_type,
+    };
+
+    pub fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+        TensorProto {
+            name: Some(name.into()),
+            dims: dims.to_vec(),
+            data_type: Some(data_type::FLOAT),
+            raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            ..Default::default()
+        }
+    }
+
+    pub fn attr_f(name: &str, f: f32) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(attribute_type::FLOAT),
+            f: Some(f),
+            ..Default::default()
+        }
+    }
+
+    pub fn attr_i(name: &str, i: i64) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(attribute_type::INT),
+            i: Some(i),
+            ..Default::default()
+        }
+    }
+
+    pub fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(attribute_type::TENSOR),
+            t: Some(Box::new(t)),
+            ..Default::default()
+        }
+    }
+
+    pub fn node(
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: Vec<AttributeProto>,
+    ) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            name: Some(name.into()),
+            op_type: Some(op.into()),
+            attribute: attrs,
+            domain: None,
+        }
+    }
+
+    /// A float tensor value; a dimension is a size, or a name (dynamic).
+    pub fn value(name: &str, dims: &[&str]) -> ValueInfoProto {
+        let dim = dims
+            .iter()
+            .map(|d| Dimension {
+                value: Some(match d.parse::<i64>() {
+                    Ok(v) => DimensionValue::DimValue(v),
+                    Err(_) => DimensionValue::DimParam(d.to_string()),
+                }),
+            })
+            .collect();
+        ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                tensor_type: Some(TypeProtoTensor {
+                    elem_type: Some(data_type::FLOAT),
+                    shape: Some(TensorShapeProto { dim }),
+                }),
+            }),
+        }
+    }
+
+    pub fn model(
+        opset: i64,
+        nodes: Vec<NodeProto>,
+        initializers: Vec<TensorProto>,
+        inputs: Vec<ValueInfoProto>,
+        outputs: Vec<ValueInfoProto>,
+    ) -> Vec<u8> {
+        ModelProto {
+            ir_version: Some(8),
+            producer_name: Some("qbake-fixtures".into()),
+            producer_version: None,
+            graph: Some(GraphProto {
+                node: nodes,
+                name: Some("fixture".into()),
+                initializer: initializers,
+                input: inputs,
+                output: outputs,
+            }),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(opset),
+            }],
+        }
+        .encode_to_vec()
+    }
 }
 
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -1,0 +1,327 @@
+//! Run-time numerics: NaN, ±Inf, ±f32::MAX, subnormals and zeros through the
+//! baked fixture models, in both kernel families. Each gives a defined
+//! output, asserted here and listed in docs/robustness.md:
+//!
+//! - `Kernels::Hybrid` quantizes each activation row: a NaN counts as 0, a
+//!   row holding an infinity quantizes to all zeros (scale 0), so the layer
+//!   gives its bias for that row; f32::MAX sets the row's scale, and the
+//!   row's other values round to 0.
+//! - `Kernels::Dequant` is IEEE f32 arithmetic: NaN propagates, an infinity
+//!   times an exactly zero weight is NaN (0.0 is exact in qbake's weights),
+//!   sums of large values overflow to ±Inf.
+//! - In both, ReLU and Clip map NaN to their lower bound (`Activation::apply`),
+//!   and softmax gives NaN for a slice holding NaN or +Inf.
+//! - Rows never mix: a bad value changes only the outputs of its own row.
+
+use qbake::hybrid::{self, QuantizedRows};
+use qbake::{Activation, Kernels, Weight, gemm_f32};
+
+mod tiny {
+    qbake::quantized_model!("../models/tiny.safetensors");
+}
+mod tiny_q {
+    // Every weight in 8 bits: the Hybrid family runs the int8 path.
+    qbake::quantized_model!("../models/tiny.safetensors", keep_float_below = 1);
+}
+mod mlp {
+    qbake::quantized_model!("../models/mlp.safetensors");
+}
+mod all_ops {
+    qbake::quantized_model!("../models/all_ops.safetensors");
+}
+mod mlp_threads {
+    // Its own statics: only the concurrency test touches its cache.
+    qbake::quantized_model!("../models/mlp.safetensors");
+}
+
+const FAMILIES: [Kernels; 2] = [Kernels::Hybrid, Kernels::Dequant];
+
+/// Bitwise equality, NaNs equal.
+fn same(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+}
+
+const SPECIALS: [f32; 7] = [
+    f32::NAN,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    f32::MAX,
+    -f32::MAX,
+    1e-45,
+    0.0,
+];
+
+/// Single Dense layers against the runtime's definitions, bit for bit.
+#[test]
+fn one_dense_layer_gives_the_definitions_outputs_for_any_value() {
+    let Weight::U8(w) = &tiny_q::weights::FC_WEIGHT else {
+        panic!("keep_float_below = 1 quantizes the weight")
+    };
+    let mut inputs: Vec<[f32; 4]> = vec![[0.0; 4], [f32::NAN; 4], [1.0, -2.0, 0.5, 3.0]];
+    for (i, &s) in SPECIALS.iter().enumerate() {
+        let mut x = [0.25, -1.5, 2.0, 0.75];
+        x[i % 4] = s;
+        inputs.push(x);
+        inputs.push([s; 4]);
+    }
+    for x in inputs {
+        // Hybrid: the quantized row times the 8-bit weights, exactly as defined.
+        let hybrid = tiny_q::Model::new(Kernels::Hybrid).forward(&[x]);
+        let mut want = [0.0; 3];
+        hybrid::gemm_reference(
+            &QuantizedRows::quantize(&x, 4),
+            w,
+            None,
+            Activation::None,
+            &mut want,
+        );
+        assert!(
+            same(&hybrid[0], &want),
+            "{x:?}: Hybrid {:?}, definition {want:?}",
+            hybrid[0]
+        );
+
+        // Dequant: f32 arithmetic on the dequantized weights.
+        let dequant = tiny_q::Model::new(Kernels::Dequant).forward(&[x]);
+        let rows: Vec<f32> = (0..3)
+            .flat_map(|n| (0..4).map(move |k| (n, k)))
+            .map(|(n, k)| w.dequantized().get(n, k))
+            .collect();
+        let mut want = [0.0; 3];
+        gemm_f32::gemm_reference(&x, &rows, 4, None, Activation::None, &mut want);
+        for (got, one) in dequant[0].iter().zip(want) {
+            let close = (got - one).abs() <= 1e-6 * one.abs().max(1.0);
+            // An overflowing sum is ±Inf or NaN depending on the kernel: FMA
+            // rounds a product once with the sum, the definition twice.
+            let overflow = !got.is_finite() && !one.is_finite() && x.iter().any(|v| v.abs() == f32::MAX);
+            assert!(
+                same(&[*got], &[one]) || close || overflow,
+                "{x:?}: Dequant {:?}, definition {want:?}",
+                dequant[0]
+            );
+        }
+
+        // Kept in f32, both families run the float kernels: the same bits.
+        let a = tiny::Model::new(Kernels::Hybrid).forward(&[x]);
+        let b = tiny::Model::new(Kernels::Dequant).forward(&[x]);
+        assert!(same(&a[0], &b[0]), "{x:?}: f32 weights, {:?} vs {:?}", a[0], b[0]);
+    }
+}
+
+#[test]
+fn documented_outputs_of_one_dense_layer() {
+    let hybrid = tiny_q::Model::new(Kernels::Hybrid);
+    let dequant = tiny_q::Model::new(Kernels::Dequant);
+    // Zeros: exact zeros (no bias) in both families.
+    for m in [hybrid, dequant] {
+        assert_eq!(*m.forward(&[[0.0; 4]]), [[0.0; 3]]);
+    }
+    // Hybrid: a NaN counts as 0.
+    let x = [0.25, -1.5, 2.0, 0.75];
+    for i in 0..4 {
+        let (mut with_nan, mut with_zero) = (x, x);
+        with_nan[i] = f32::NAN;
+        with_zero[i] = 0.0;
+        assert!(same(
+            &hybrid.forward(&[with_nan])[0],
+            &hybrid.forward(&[with_zero])[0]
+        ));
+        // Dequant: NaN propagates to every output.
+        assert!(dequant.forward(&[with_nan])[0].iter().all(|v| v.is_nan()));
+    }
+    // Hybrid: a row holding an infinity quantizes to zeros: the output is the bias (none: 0).
+    for inf in [f32::INFINITY, f32::NEG_INFINITY] {
+        let mut x = x;
+        x[1] = inf;
+        assert_eq!(*hybrid.forward(&[x]), [[0.0; 3]]);
+        // Dequant: inf x w is ±inf, and inf x 0 (weight (1, 0) and (2, 2) are exactly 0) is NaN.
+        let mut x = [1.0; 4];
+        x[0] = inf;
+        let y = dequant.forward(&[x])[0];
+        assert_eq!(y[0], inf, "weight (0, 0) is 0.5 > 0");
+        assert!(y[1].is_nan(), "weight (1, 0) is exactly 0: inf x 0 is NaN");
+        assert_eq!(y[2], inf, "weight (2, 0) is 1.5 > 0");
+    }
+    // Hybrid: all NaN is an all-zero row.
+    assert_eq!(*hybrid.forward(&[[f32::NAN; 4]]), [[0.0; 3]]);
+}
+
+/// A model's output rows.
+type Rows<const R: usize, const O: usize> = Box<[[f32; O]; R]>;
+
+/// Runs `forward` on `x` and on `x` with row 0 replaced by `row0`.
+fn row_runs<const R: usize, const C: usize, const O: usize>(
+    forward: impl Fn(&[[f32; C]; R]) -> Rows<R, O>,
+    x: [[f32; C]; R],
+    row0: [f32; C],
+) -> (Rows<R, O>, Rows<R, O>) {
+    let mut bad = x;
+    bad[0] = row0;
+    (forward(&x), forward(&bad))
+}
+
+fn input<const R: usize, const C: usize>(seed: u32) -> [[f32; C]; R] {
+    let mut s = seed | 1;
+    std::array::from_fn(|_| {
+        std::array::from_fn(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+    })
+}
+
+/// Rows with special values through the all-ops fixture (ReLU6 first,
+/// softmax last) and the MLP (ReLU, then float Dense and softmax).
+#[test]
+fn special_values_stay_in_their_row_and_give_documented_outputs() {
+    for kernels in FAMILIES {
+        let all_ops = all_ops::Model::new(kernels);
+        let x: [[f32; 16]; 2] = input(7);
+        let mlp = mlp::Model::new(kernels);
+        let xm: [[f32; 32]; 2] = input(9);
+        for (i, s) in SPECIALS.iter().enumerate() {
+            for row0 in [[*s; 16], {
+                let mut r = x[0];
+                r[i] = *s;
+                r
+            }] {
+                let (clean, bad) = row_runs(|x| all_ops.forward(x), x, row0);
+                assert!(same(&clean[1], &bad[1]), "{kernels:?} {s}: row 1 changed");
+                // ReLU6 first: whatever row 0 holds, what follows is finite,
+                // and each group of the softmax (axis 1 of [2, 4, 6]) sums to 1.
+                assert!(
+                    bad[0].iter().all(|v| v.is_finite()),
+                    "{kernels:?} {s}: {:?}",
+                    bad[0]
+                );
+                for g in 0..6 {
+                    let sum: f32 = (0..4).map(|j| bad[0][j * 6 + g]).sum();
+                    assert!(
+                        (sum - 1.0).abs() < 1e-5,
+                        "{kernels:?} {s}: group {g} sums to {sum}"
+                    );
+                }
+            }
+            let mut row0 = xm[0];
+            row0[i] = *s;
+            let (clean, bad) = row_runs(|x| mlp.forward(x), xm, row0);
+            assert!(same(&clean[1], &bad[1]), "{kernels:?} {s}: mlp row 1 changed");
+            let sum: f32 = bad[0].iter().sum();
+            let probabilities = bad[0].iter().all(|v| (0.0..=1.0).contains(v)) && (sum - 1.0).abs() < 1e-5;
+            let nan = bad[0].iter().all(|v| v.is_nan());
+            match (kernels, *s) {
+                // Hybrid: a row with an infinity is a row of zeros.
+                (Kernels::Hybrid, v) if v.is_infinite() => {
+                    let zeros = row_runs(|x| mlp.forward(x), xm, [0.0; 32]).1;
+                    assert!(same(&bad[0], &zeros[0]), "{kernels:?} {s}: {:?}", bad[0]);
+                }
+                // Dequant: ±Inf times fc1's weights is ±Inf (or NaN); ReLU
+                // keeps the +Inf, the float fc2 then sums +Inf and -Inf
+                // products into NaN logits, and softmax gives NaN.
+                (Kernels::Dequant, v) if v.is_infinite() => assert!(nan, "{kernels:?} {s}: {:?}", bad[0]),
+                // f32::MAX: fc1 may overflow to +Inf, and then the same; or not.
+                (_, v) if v.abs() == f32::MAX => {
+                    assert!(probabilities || nan, "{kernels:?} {s}: {:?}", bad[0])
+                }
+                // NaN: read as 0 (Hybrid), or NaN through fc1 and 0 after ReLU (Dequant).
+                _ => assert!(probabilities, "{kernels:?} {s}: {:?}", bad[0]),
+            }
+        }
+    }
+}
+
+/// Hybrid identities: a NaN counts as 0, a row with an infinity is a row
+/// of zeros, all NaN is all zeros; through whole models.
+#[test]
+fn hybrid_reads_nan_as_zero_and_infinite_rows_as_zero_rows() {
+    let all_ops = all_ops::Model::new(Kernels::Hybrid);
+    let x: [[f32; 16]; 2] = input(11);
+    let zero_row = row_runs(|x| all_ops.forward(x), x, [0.0; 16]).1;
+    for inf in [f32::INFINITY, f32::NEG_INFINITY] {
+        let mut row = x[0];
+        row[3] = inf;
+        assert!(same(&row_runs(|x| all_ops.forward(x), x, row).1[0], &zero_row[0]));
+    }
+    assert!(same(
+        &row_runs(|x| all_ops.forward(x), x, [f32::NAN; 16]).1[0],
+        &zero_row[0]
+    ));
+    let mut with_nan = x[0];
+    with_nan[5] = f32::NAN;
+    let mut with_zero = x[0];
+    with_zero[5] = 0.0;
+    assert!(same(
+        &row_runs(|x| all_ops.forward(x), x, with_nan).1[0],
+        &row_runs(|x| all_ops.forward(x), x, with_zero).1[0]
+    ));
+}
+
+#[test]
+fn zeros_and_huge_inputs_give_probabilities_or_a_nan_row() {
+    for kernels in FAMILIES {
+        for v in [0.0, f32::MAX, -f32::MAX, 1e30, -1e30] {
+            let y = all_ops::Model::new(kernels).forward(&[[v; 16]; 2]);
+            assert!(
+                y.iter()
+                    .flatten()
+                    .all(|p| p.is_finite() && (0.0..=1.0).contains(p)),
+                "{kernels:?} {v}"
+            );
+            // The MLP's ReLU lets an overflow through: a row is
+            // probabilities, or NaN when fc1 overflowed to +Inf.
+            let y = mlp::Model::new(kernels).forward(&[[v; 32]; 2]);
+            for row in y.iter() {
+                let nan = row.iter().all(|p| p.is_nan());
+                let probabilities = row.iter().all(|p| (0.0..=1.0).contains(p));
+                assert!(
+                    probabilities || (nan && v.abs() == f32::MAX),
+                    "{kernels:?} {v}: {row:?}"
+                );
+            }
+        }
+        // Zeros: the same output in both families up to the float path's
+        // rounding: the first layer gives exactly its bias in each.
+        let h = all_ops::Model::new(Kernels::Hybrid).forward(&[[0.0; 16]; 2]);
+        let d = all_ops::Model::new(Kernels::Dequant).forward(&[[0.0; 16]; 2]);
+        for (a, b) in h.iter().flatten().zip(d.iter().flatten()) {
+            assert!((a - b).abs() < 0.05, "zeros: Hybrid {a}, Dequant {b}");
+        }
+    }
+}
+
+/// The dequant cache's first use from many threads at once: every thread
+/// gets the same panels and the same output, and the cache is filled once.
+#[test]
+fn first_use_of_the_dequant_cache_from_many_threads() {
+    let Weight::U8(fc1) = &mlp_threads::weights::FC1_WEIGHT else {
+        panic!("fc1 is quantized")
+    };
+    assert!(!fc1.cache.is_filled(), "nothing else uses this model");
+    let model = mlp_threads::Model::new(Kernels::Dequant);
+    let x: [[f32; 32]; 2] = input(13);
+    let barrier = std::sync::Barrier::new(8);
+    let results: Vec<(usize, Box<[[f32; 10]; 2]>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let y = model.forward(&x);
+                    (fc1.dequantized().data.as_ptr() as usize, y)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(fc1.cache.is_filled());
+    let (addr, first) = &results[0];
+    for (a, y) in &results {
+        assert_eq!(a, addr, "every thread reads the same panels");
+        assert!(same(y.as_flattened(), first.as_flattened()));
+    }
+    assert!(same(model.forward(&x).as_flattened(), first.as_flattened()));
+}

@@ -1,0 +1,5 @@
+mod model {
+    qbake::quantized_model!("../../models/truncated_graph.safetensors");
+}
+
+fn main() {}
