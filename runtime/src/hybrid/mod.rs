@@ -68,8 +68,9 @@ impl Kernel {
 /// scale, so that `x[k] ≈ q[k] as f32 * scale`: the definition.
 ///
 /// `scale = max|x| / 127` (NaN ignored by the max); `q = round_ties_even(x
-/// * (127 / max|x|))`, or `x / scale` in the rare rows where `127 / max|x|`
-/// overflows. A NaN value gives 0. A row with no finite non-zero scale (all
+/// * (127 / max|x|))`, or `x / scale` in the rare rows of subnormals where
+/// `127 / max|x|` overflows (there `scale` is rounded up until `max|x| /
+/// scale <= 127`). Every `q` is in ±127: never -128. A NaN value gives 0. A row with no finite non-zero scale (all
 /// zeros, all tiny subnormals, or an infinity) takes the short path: all
 /// `q` are 0 and the scale is 0.
 pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
@@ -77,7 +78,7 @@ pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     let amax = x
         .iter()
         .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
-    let scale = amax / 127.0;
+    let mut scale = amax / 127.0;
     if scale <= 0.0 || !scale.is_finite() {
         q.fill(0);
         return 0.0;
@@ -85,10 +86,15 @@ pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     let inv = 127.0 / amax;
     if inv.is_finite() {
         for (q, &v) in q.iter_mut().zip(x) {
-            // `as` saturates and maps NaN to 0.
+            // |v * inv| <= 127 (1 + 2 eps) rounds into ±127; `as` maps NaN to 0.
             *q = (v * inv).round_ties_even() as i8;
         }
     } else {
+        // A subnormal scale is coarse: rounded down, `amax / scale` could
+        // pass 127 and saturate to -128. Round it up until it cannot.
+        while amax / scale > 127.0 {
+            scale = scale.next_up();
+        }
         for (q, &v) in q.iter_mut().zip(x) {
             *q = (v / scale).round_ties_even() as i8;
         }

@@ -233,6 +233,28 @@ fn zero_rows_take_the_short_path() {
             "{v:e} {q} {scale:e}"
         );
     }
+    // A largest magnitude of 190 steps: 190 / 127 rounds the scale down to 1
+    // step, so x / scale would be -190 and saturate to -128 (found by
+    // fuzzing). The scale is rounded up instead, and every kernel agrees.
+    let step = f32::from_bits(1);
+    for amax in 128..=400u32 {
+        let x = [-(amax as f32) * step, amax as f32 * step, step, 0.0];
+        let mut q = [0i8; 4];
+        let scale = quantize_row(&x, &mut q);
+        assert!(q.iter().all(|&v| v >= -127), "{amax} steps: {q:?}");
+        assert!(
+            x.iter()
+                .zip(&q)
+                .all(|(&v, &q)| (v - f32::from(q) * scale).abs() <= scale / 2.0)
+        );
+        let w = weight(1, 4, &[0; 4], &[1.0], &[128]);
+        for kernel in kernels() {
+            let mut xq = QuantizedRows::default();
+            xq.quantize_into(kernel, &x, 4);
+            assert_eq!(xq.row(0), q);
+            assert_kernels_match_reference(&xq, &w, None, Activation::None);
+        }
+    }
 }
 
 /// Extremes, on every kernel, bit for bit with the reference and with exact
