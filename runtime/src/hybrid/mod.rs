@@ -67,12 +67,13 @@ impl Kernel {
 /// Quantizes one activation row to symmetric int8 in ±127 and returns its
 /// scale, so that `x[k] ≈ q[k] as f32 * scale`: the definition.
 ///
-/// `scale = max|x| / 127` (NaN ignored by the max); `q = round_ties_even(x
-/// * (127 / max|x|))`, or `x / scale` in the rare rows of subnormals where
-/// `127 / max|x|` overflows (there `scale` is rounded up until `max|x| /
-/// scale <= 127`). Every `q` is in ±127: never -128. A NaN value gives 0. A row with no finite non-zero scale (all
-/// zeros, all tiny subnormals, or an infinity) takes the short path: all
-/// `q` are 0 and the scale is 0.
+/// `scale = max|x| / 127` (NaN ignored by the max), and `q =
+/// round_ties_even(x * (127 / max|x|))`; in the rare rows of subnormals
+/// where `127 / max|x|` overflows, `q = round_ties_even(x / scale)` with
+/// `scale` rounded up until `max|x| / scale <= 127`. Every `q` is in ±127,
+/// never -128. A NaN value gives 0. A row with no finite non-zero scale
+/// (all zeros, all tiny subnormals, or an infinity) takes the short path:
+/// all `q` are 0 and the scale is 0.
 pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     assert_eq!(x.len(), q.len());
     let amax = x
