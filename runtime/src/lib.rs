@@ -23,6 +23,8 @@ pub mod gemm_f32;
 pub mod hybrid;
 pub mod ops;
 pub mod parallel;
+#[cfg(test)]
+mod test_values;
 mod weights;
 
 pub use alloc::{Zeroable, boxed_zeroed};

@@ -80,19 +80,8 @@ where
 mod tests {
     use crate::gemm_f32::{self, PackedF32};
     use crate::hybrid::{self, QuantizedRows};
+    use crate::test_values::values;
     use crate::{Activation, DequantCache, QuantParams, QuantWeight};
-
-    fn values(seed: u64, len: usize) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// Both splits (many rows; few rows, many panels), odd sizes, 2 and 3
     /// threads: the same bits as one thread, in both families.

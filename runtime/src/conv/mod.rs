@@ -165,23 +165,9 @@ pub fn im2col(x: &[f32], g: &Conv2d, out: &mut [f32]) {
     }
 }
 
-/// One implementation of the depthwise kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernel {
-    Scalar,
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
-}
-
-impl Kernel {
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Kernel::Avx2Fma;
-        }
-        Kernel::Scalar
-    }
-}
+/// The depthwise kernels need what the f32 GEMM's need (AVX2 and FMA): one
+/// choice for both.
+pub use crate::gemm_f32::Kernel;
 
 /// Depthwise convolution, NHWC: `y[b, oh, ow, c] = act(bias[c] + sum_{i,j}
 /// taps[i, j, c] * x[b, ih, iw, c])` over the taps inside the input.

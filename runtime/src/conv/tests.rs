@@ -1,17 +1,6 @@
 use super::*;
+use crate::test_values::values;
 use proptest::prelude::*;
-
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// A one-image geometry with stride 1, dilation 1 and no padding.
 fn geometry(c: usize, out_c: usize, hw: [usize; 2], k: [usize; 2], groups: usize) -> Conv2d {

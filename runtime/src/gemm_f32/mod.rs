@@ -281,14 +281,9 @@ mod tests {
     }
 
     fn values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                scale * ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-            })
+        crate::test_values::values(seed, len)
+            .into_iter()
+            .map(|v| scale * v)
             .collect()
     }
 
