@@ -188,11 +188,12 @@ fn zero_sized_weights_are_refused_not_a_panic() {
     }
 }
 
-/// Found by fuzzing, fixed in `hybrid::quantize_row`: a row whose largest
-/// magnitude is a few hundred subnormal steps got a scale rounded down by up
-/// to a half (190 steps / 127 -> 1 step), and `x / scale` saturated to -128,
-/// which the AVX2 kernel's `sign_epi8` cannot negate. The scale is now
-/// rounded up until every value is within ±127.
+/// Found while writing the kernels fuzz target, fixed in
+/// `hybrid::quantize_row`: a row whose largest magnitude is a few hundred
+/// subnormal steps got a scale rounded down by up to a half (190 steps / 127
+/// -> 1 step), and `x / scale` saturated to -128, which the AVX2 kernel's
+/// `sign_epi8` cannot negate. The scale is now rounded up until every value
+/// is within ±127.
 #[test]
 fn quantizer_keeps_subnormal_rows_within_127() {
     use qbake::hybrid::{self, Kernel, QuantizedRows};
