@@ -51,6 +51,37 @@ pub struct NodeDef {
     pub axis: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shape: Option<Vec<i64>>,
+    /// Squeeze / Unsqueeze: the axes removed or inserted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub axes: Option<Vec<i64>>,
+    /// BatchNormalization: `scale` (gamma), `bias` (beta), `mean`, `var` tensors, `epsilon`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub var: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f32>,
+    /// Conv and pools: `[h, w]` strides and dilations, pads `[top, left,
+    /// bottom, right]` (ONNX order), `group` (Conv), `kernel_shape` (pools).
+    /// Pad: `pads` is ONNX's `[begin of each axis..., end of each axis...]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strides: Option<Vec<i64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dilations: Option<Vec<i64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pads: Option<Vec<i64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_shape: Option<Vec<i64>>,
+    /// AveragePool: whether padding counts in the divisor (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_include_pad: Option<bool>,
+    /// Pad: the constant padded with (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f32>,
 }
 
 /// An activation fused into a step.
