@@ -8,7 +8,7 @@
 //! did not change recompiles without running the quantizer again.
 
 use crate::emit::{self, Bytes};
-use crate::{Error, Options, graph, quantize, read};
+use crate::{Error, Options, graph, quantize};
 use proc_macro2::TokenStream;
 use std::path::{Path, PathBuf};
 use syn::LitStr;
@@ -35,7 +35,7 @@ pub struct Model {
 impl Model {
     /// The model file at `path`, relative to the package root
     /// (`CARGO_MANIFEST_DIR`), with the default options. Reads `.safetensors`
-    /// files that carry a `qbake.graph`.
+    /// files that carry a `qbake.graph`, and `.onnx` files (imported first).
     pub fn new(path: impl AsRef<Path>) -> Self {
         Model {
             path: path.as_ref().to_path_buf(),
@@ -52,6 +52,18 @@ impl Model {
     /// Weight matrices with fewer elements stay f32 (default 1024).
     pub fn keep_float_below(mut self, elements: usize) -> Self {
         self.options.keep_float_below = elements;
+        self
+    }
+
+    /// ONNX models: the graph output to compute, when there are several.
+    pub fn output(mut self, name: &str) -> Self {
+        self.options.output = Some(name.to_string());
+        self
+    }
+
+    /// ONNX models: the size of a dynamic batch dimension (default 1).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.options.batch = Some(batch);
         self
     }
 
@@ -84,9 +96,9 @@ impl Model {
         check_name(name)?;
         let display = self.path.display().to_string();
         let in_file = |e: Error| Error::new(format!("qbake: {display}: {e}"));
-        let file = read::ModelFile::open(path).map_err(in_file)?;
+        let file = crate::open_model(path, &self.options).map_err(in_file)?;
         let plan = graph::plan(&file).map_err(in_file)?;
-        let baked = quantize::bake(&file, &plan, &self.options).map_err(in_file)?;
+        let baked = quantize::bake(&plan, &self.options).map_err(in_file)?;
         let blob_file = format!("{name}.weights");
         let bytes = Bytes::Blob { file: &blob_file };
         let (tokens, blob) = emit::model(path, &display, &plan, &baked, &self.options, bytes);
@@ -286,7 +298,7 @@ mod tests {
         };
         assert_eq!(
             emit("nan_weight.safetensors"),
-            "qbake: models/nan_weight.safetensors: tensor `fc.weight` holds NaN at index 5; weights must be finite"
+            "qbake: models/nan_weight.safetensors: node `fc`: tensor `fc.weight` holds NaN at index 5; weights must be finite"
         );
         assert!(
             emit("does_not_exist.safetensors")

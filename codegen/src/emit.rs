@@ -5,7 +5,7 @@
 //! runtime op per graph step, in order.
 
 use crate::Options;
-use crate::graph::{Act, Op, Plan, Value};
+use crate::graph::{Act, ConvGeom, Op, Plan, PoolKind, Value};
 use crate::quantize::{Baked, BakedWeight, QParams, Storage};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
@@ -34,7 +34,15 @@ pub fn model(
     bytes: Bytes,
 ) -> (TokenStream, Vec<u8>) {
     let names = StaticNames::new(baked);
-    let (weights_mod, blob) = weights_module(display_path, baked, &names, options, bytes);
+    let depthwise: HashSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.op {
+            Op::Depthwise { weight, .. } => Some(weight.as_str()),
+            _ => None,
+        })
+        .collect();
+    let (weights_mod, blob) = weights_module(display_path, baked, &names, &depthwise, options, bytes);
     let input = plan.input();
     let output = &plan.values[plan.output];
     let (input_ty, output_ty) = (array_type(&input.shape), array_type(&output.shape));
@@ -156,6 +164,7 @@ fn weights_module(
     display_path: &str,
     baked: &Baked,
     names: &StaticNames,
+    depthwise: &HashSet<&str>,
     options: &Options,
     bytes: Bytes,
 ) -> (TokenStream, Vec<u8>) {
@@ -165,7 +174,7 @@ fn weights_module(
         Bytes::Blob { .. } => ByteSink::Blob(Vec::new()),
     };
     for w in &baked.weights {
-        items.extend(weight_static(w, names.get(&w.name), &mut sink));
+        items.extend(weight_static(w, names.get(&w.name), depthwise.contains(w.name.as_str()), &mut sink));
     }
     let blob = match (sink, bytes) {
         (ByteSink::Blob(blob), Bytes::Blob { file }) if !blob.is_empty() => {
@@ -194,10 +203,12 @@ fn weights_module(
     (tokens, blob)
 }
 
-fn weight_static(w: &BakedWeight, ident: &Ident, sink: &mut ByteSink) -> TokenStream {
+/// The `static` of one weight matrix: a `Weight`, or for a depthwise
+/// convolution a `DepthwiseWeight` holding it (its taps cache beside it).
+fn weight_static(w: &BakedWeight, ident: &Ident, depthwise: bool, sink: &mut ByteSink) -> TokenStream {
     let (name, rows, cols) = (&w.name, w.rows, w.cols);
     let doc = format!("`{}`: {}", w.name, describe_weight(w));
-    match &w.storage {
+    let (weight, bytes) = match &w.storage {
         Storage::U8 { data, params } => {
             let bytes_ident = format_ident!("{}_S8", ident);
             // Packed at compile time in the order the int8 kernels read.
@@ -205,9 +216,8 @@ fn weight_static(w: &BakedWeight, ident: &Ident, sink: &mut ByteSink) -> TokenSt
             let field = |f: fn(&QParams) -> f32| params.iter().map(move |p| Literal::f32_unsuffixed(f(p)));
             let (mins, maxs, scales) = (field(|p| p.min), field(|p| p.max), field(|p| p.scale));
             let zero_points = Literal::byte_string(&params.iter().map(|p| p.zero_point).collect::<Vec<_>>());
-            quote! {
-                #[doc = #doc]
-                pub static #ident: ::qbake::Weight = ::qbake::Weight::U8(::qbake::QuantWeight {
+            let weight = quote! {
+                ::qbake::Weight::U8(::qbake::QuantWeight {
                     name: #name,
                     rows: #rows,
                     cols: #cols,
@@ -219,23 +229,38 @@ fn weight_static(w: &BakedWeight, ident: &Ident, sink: &mut ByteSink) -> TokenSt
                         zero_point: #zero_points,
                     },
                     cache: ::qbake::DequantCache::new(),
-                });
-                #byte_array
-            }
+                })
+            };
+            (weight, byte_array)
         }
         Storage::F32(values) => {
             let values = values.iter().map(|&v| Literal::f32_unsuffixed(v));
-            quote! {
-                #[doc = #doc]
-                pub static #ident: ::qbake::Weight = ::qbake::Weight::F32(::qbake::FloatWeight {
+            let weight = quote! {
+                ::qbake::Weight::F32(::qbake::FloatWeight {
                     name: #name,
                     rows: #rows,
                     cols: #cols,
                     data: &[#(#values),*],
                     cache: ::qbake::DequantCache::new(),
-                });
-            }
+                })
+            };
+            (weight, TokenStream::new())
         }
+    };
+    let item = if depthwise {
+        quote! {
+            pub static #ident: ::qbake::DepthwiseWeight = ::qbake::DepthwiseWeight {
+                weight: #weight,
+                taps: ::qbake::TapsCache::new(),
+            };
+        }
+    } else {
+        quote!(pub static #ident: ::qbake::Weight = #weight;)
+    };
+    quote! {
+        #[doc = #doc]
+        #item
+        #bytes
     }
 }
 
@@ -402,12 +427,55 @@ fn model_doc(display_path: &str, plan: &Plan, baked: &Baked) -> String {
             .map(|&v| format!("{:?}", plan.values[v].shape))
             .collect();
         let to = &plan.values[step.output].shape;
+        let conv_doc = |kind: &str, g: &ConvGeom, weights: &str, act: Act| {
+            format!(
+                "{kind} {}x{}, stride {:?}, pads {:?}{}{}, {weights}{}",
+                g.kh,
+                g.kw,
+                g.stride,
+                g.pads,
+                if g.dilation == [1, 1] {
+                    String::new()
+                } else {
+                    format!(", dilation {:?}", g.dilation)
+                },
+                if g.groups == 1 {
+                    String::new()
+                } else {
+                    format!(", {} groups", g.groups)
+                },
+                act_doc(act)
+            )
+        };
         let what = match &step.op {
             Op::Dense { weight, act, .. } => format!("{}, weight `{weight}`{}", step.op_name, act_doc(*act)),
+            Op::Conv { geom, weight, act, .. } => conv_doc("Conv", geom, &format!("weight `{weight}`"), *act),
+            Op::GroupedConv { geom, weights, act, .. } => {
+                conv_doc("Conv", geom, &format!("weights `{}`", weights.join("`, `")), *act)
+            }
+            Op::Depthwise { geom, weight, act, .. } => {
+                conv_doc("depthwise Conv", geom, &format!("taps `{weight}`"), *act)
+            }
+            Op::Pool { geom, kind } => format!(
+                "{} {}x{}, stride {:?}, pads {:?}",
+                match kind {
+                    PoolKind::Max => "MaxPool",
+                    PoolKind::Average { .. } => "AveragePool",
+                },
+                geom.kh,
+                geom.kw,
+                geom.stride,
+                geom.pads
+            ),
+            Op::Pad { pads, value, .. } => format!("Pad {pads:?} with {value}"),
             Op::Add { act } => format!("Add{}", act_doc(*act)),
             Op::AddConstant { constant, act } => format!("Add `{constant}`{}", act_doc(*act)),
+            Op::MulConstant { constant, act } => format!("Mul `{constant}`{}", act_doc(*act)),
             Op::Activation(act) => format!("{}{}", step.op_name, act_doc(*act)),
-            Op::Softmax { .. } | Op::Alias => step.op_name.clone(),
+            Op::ToNhwc { .. } => "NCHW to NHWC".into(),
+            Op::ToNchw { .. } => "NHWC to NCHW".into(),
+            Op::Alias if step.op_name == "layout" => "the same buffer in the other layout".into(),
+            Op::Softmax { .. } | Op::Alias | Op::GlobalAveragePool { .. } => step.op_name.clone(),
         };
         let _ = writeln!(
             d,
@@ -447,6 +515,20 @@ fn f32_tokens(v: f32) -> TokenStream {
     } else {
         let lit = Literal::f32_unsuffixed(v);
         quote!(#lit)
+    }
+}
+
+/// A `qbake::conv::Conv2d` literal.
+fn geom_tokens(g: &ConvGeom) -> TokenStream {
+    let n = |v: usize| Literal::usize_unsuffixed(v);
+    let (batch, in_h, in_w, in_c, out_c, kh, kw, groups) =
+        (n(g.batch), n(g.in_h), n(g.in_w), n(g.in_c), n(g.out_c), n(g.kh), n(g.kw), n(g.groups));
+    let (stride, dilation, pads) = (g.stride.map(n), g.dilation.map(n), g.pads.map(n));
+    quote! {
+        ::qbake::conv::Conv2d {
+            batch: #batch, in_h: #in_h, in_w: #in_w, in_c: #in_c, out_c: #out_c, kh: #kh, kw: #kw,
+            stride: [#(#stride),*], dilation: [#(#dilation),*], pads: [#(#pads),*], groups: #groups,
+        }
     }
 }
 
@@ -525,37 +607,112 @@ fn forward_body(plan: &Plan, names: &StaticNames) -> TokenStream {
             body.extend(quote!(let mut #out_ident = ::std::vec![0.0f32; #len];));
             quote!(&mut #out_ident)
         };
+        let x = &ins[0];
+        let bias_tokens = |bias: &Option<String>| match bias {
+            Some(b) => {
+                let b = names.get(b);
+                quote!(Some(&weights::#b))
+            }
+            None => quote!(None),
+        };
         body.extend(match &step.op {
-            Op::Dense {
-                weight, bias, act, ..
-            } => {
-                let w = names.get(weight);
-                let bias = match bias {
-                    Some(b) => {
-                        let b = names.get(b);
-                        quote!(Some(&weights::#b))
-                    }
-                    None => quote!(None),
-                };
-                let act = act_tokens(*act);
-                let x = &ins[0];
+            Op::Dense { weight, bias, act } => {
+                let (w, bias, act) = (names.get(weight), bias_tokens(bias), act_tokens(*act));
                 quote!(::qbake::ops::dense(&self.exec, &#x, &weights::#w, #bias, #act, #dst);)
             }
+            Op::Conv {
+                geom,
+                weight,
+                bias,
+                act,
+            } => {
+                let (g, w, bias, act) = (geom_tokens(geom), names.get(weight), bias_tokens(bias), act_tokens(*act));
+                quote!(::qbake::ops::conv2d(&self.exec, &#x, &#g, &weights::#w, #bias, #act, #dst);)
+            }
+            Op::GroupedConv {
+                geom,
+                weights,
+                bias,
+                act,
+            } => {
+                let (g, bias, act) = (geom_tokens(geom), bias_tokens(bias), act_tokens(*act));
+                let ws = weights.iter().map(|w| names.get(w));
+                quote!(::qbake::ops::grouped_conv2d(&self.exec, &#x, &#g, &[#(&weights::#ws),*], #bias, #act, #dst);)
+            }
+            Op::Depthwise {
+                geom,
+                weight,
+                bias,
+                act,
+            } => {
+                let (g, w, bias, act) = (geom_tokens(geom), names.get(weight), bias_tokens(bias), act_tokens(*act));
+                quote!(::qbake::ops::depthwise_conv2d(&self.exec, &#x, &#g, &weights::#w, #bias, #act, #dst);)
+            }
+            Op::Pool { geom, kind } => {
+                let g = geom_tokens(geom);
+                match kind {
+                    PoolKind::Max => quote!(::qbake::ops::max_pool(&#x, &#g, #dst);),
+                    PoolKind::Average { count_include_pad } => {
+                        quote!(::qbake::ops::average_pool(&#x, &#g, #count_include_pad, #dst);)
+                    }
+                }
+            }
+            Op::GlobalAveragePool {
+                batch,
+                pixels,
+                channels,
+            } => {
+                let [batch, pixels, channels] = [*batch, *pixels, *channels].map(Literal::usize_unsuffixed);
+                quote!(::qbake::ops::global_average_pool(&#x, #batch, #pixels, #channels, #dst);)
+            }
+            Op::Pad {
+                batch,
+                h,
+                w,
+                c,
+                pads,
+                value,
+            } => {
+                let [batch, h, w, c] = [*batch, *h, *w, *c].map(Literal::usize_unsuffixed);
+                let pads = pads.map(Literal::usize_unsuffixed);
+                let value = f32_tokens(*value);
+                quote!(::qbake::ops::pad_nhwc(&#x, #batch, #h, #w, #c, [#(#pads),*], #value, #dst);)
+            }
             Op::Add { act } => {
-                let (a, b, act) = (&ins[0], &ins[1], act_tokens(*act));
-                quote!(::qbake::ops::add(&#a, &#b, #act, #dst);)
+                let (b, act) = (&ins[1], act_tokens(*act));
+                quote!(::qbake::ops::add(&#x, &#b, #act, #dst);)
             }
             Op::AddConstant { constant, act } => {
-                let (x, c, act) = (&ins[0], names.get(constant), act_tokens(*act));
+                let (c, act) = (names.get(constant), act_tokens(*act));
                 quote!(::qbake::ops::add_constant(&#x, &weights::#c, #act, #dst);)
             }
+            Op::MulConstant { constant, act } => {
+                let (c, act) = (names.get(constant), act_tokens(*act));
+                quote!(::qbake::ops::mul_constant(&#x, &weights::#c, #act, #dst);)
+            }
             Op::Activation(act) => {
-                let (x, act) = (&ins[0], act_tokens(*act));
+                let act = act_tokens(*act);
                 quote!(::qbake::ops::activate(&#x, #act, #dst);)
             }
             Op::Softmax { outer, len, inner } => {
-                let x = &ins[0];
+                let [outer, len, inner] = [*outer, *len, *inner].map(Literal::usize_unsuffixed);
                 quote!(::qbake::ops::softmax(&#x, #outer, #len, #inner, #dst);)
+            }
+            Op::ToNhwc {
+                batch,
+                channels,
+                pixels,
+            } => {
+                let [batch, channels, pixels] = [*batch, *channels, *pixels].map(Literal::usize_unsuffixed);
+                quote!(::qbake::ops::nchw_to_nhwc(&#x, #batch, #channels, #pixels, #dst);)
+            }
+            Op::ToNchw {
+                batch,
+                pixels,
+                channels,
+            } => {
+                let [batch, pixels, channels] = [*batch, *pixels, *channels].map(Literal::usize_unsuffixed);
+                quote!(::qbake::ops::nhwc_to_nchw(&#x, #batch, #pixels, #channels, #dst);)
             }
             Op::Alias => unreachable!("handled above"),
         });

@@ -5,6 +5,7 @@ use crate::error::{Error, bail};
 use crate::read::ModelFile;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The schema version this reader understands.
 pub const VERSION: u32 = 1;
@@ -92,33 +93,202 @@ pub enum Act {
     Clip { min: f32, max: f32 },
 }
 
-/// One step of the forward pass.
+/// How a value's elements are stored. Shapes are always the graph's
+/// (ONNX's, NCHW); a 4-D value stored `Nhwc` keeps each pixel's channels
+/// contiguous, which is what convolutions and pools read and write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    Plain,
+    Nhwc,
+}
+
+/// The geometry of a 2-D convolution or pool over NHWC data; the runtime's
+/// `qbake::conv::Conv2d`, field for field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub in_c: usize,
+    pub out_c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// `[top, left, bottom, right]`.
+    pub pads: [usize; 4],
+    pub groups: usize,
+}
+
+impl ConvGeom {
+    /// `floor((in + pads - dilation (k - 1) - 1) / stride) + 1`, or `None` when the kernel does not fit.
+    pub fn out_dims(&self) -> Option<(usize, usize)> {
+        let dim = |input: usize, pad: usize, k: usize, stride: usize, dilation: usize| {
+            let span = dilation.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+            Some(input.checked_add(pad)?.checked_sub(span)? / stride + 1)
+        };
+        let [t, l, b, r] = self.pads;
+        Some((
+            dim(self.in_h, t.checked_add(b)?, self.kh, self.stride[0], self.dilation[0])?,
+            dim(self.in_w, l.checked_add(r)?, self.kw, self.stride[1], self.dilation[1])?,
+        ))
+    }
+
+    pub fn out_pixels(&self) -> usize {
+        let (h, w) = self.out_dims().expect("a checked geometry");
+        self.batch * h * w
+    }
+
+    /// Inputs per output: `kh * kw * in_c / groups`.
+    pub fn patch_len(&self) -> usize {
+        self.kh * self.kw * self.in_c / self.groups
+    }
+}
+
+/// The reduction of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Average { count_include_pad: bool },
+}
+
+/// One step of the forward pass. Weight tensors are matrices `[rows, cols]`
+/// in [`Plan::tensors`], one row per output channel, already in the order
+/// the kernels read; constants are in the storage layout of the value they
+/// apply to, a suffix of its storage shape.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    /// `y = act(x W^T + b)`; `weight` is `[N, K]`, or `[K, N]` when `transposed` (MatMul).
+    /// `y = act(x W^T + b)`, `W` `[N, K]`.
     Dense {
         weight: String,
         bias: Option<String>,
-        transposed: bool,
         act: Act,
     },
-    /// `y = act(a + b)`, same shapes.
+    /// A convolution with one group; `weight` `[out_c, kh * kw * in_c]`, columns `(i, j, c)`.
+    Conv {
+        geom: ConvGeom,
+        weight: String,
+        bias: Option<String>,
+        act: Act,
+    },
+    /// A convolution of `groups` groups, one weight each, `[out_c / groups, kh * kw * in_c / groups]`.
+    GroupedConv {
+        geom: ConvGeom,
+        weights: Vec<String>,
+        bias: Option<String>,
+        act: Act,
+    },
+    /// One filter per channel; `weight` `[channels, kh * kw]`.
+    Depthwise {
+        geom: ConvGeom,
+        weight: String,
+        bias: Option<String>,
+        act: Act,
+    },
+    Pool {
+        geom: ConvGeom,
+        kind: PoolKind,
+    },
+    GlobalAveragePool {
+        batch: usize,
+        pixels: usize,
+        channels: usize,
+    },
+    /// Constant padding of an NHWC value's two spatial dimensions.
+    Pad {
+        batch: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        pads: [usize; 4],
+        value: f32,
+    },
+    /// `y = act(a + b)`, same shapes and layouts.
     Add { act: Act },
-    /// `y = act(x + c)`, `c` broadcast over the leading dimensions.
+    /// `y = act(x + c)`.
     AddConstant { constant: String, act: Act },
+    /// `y = act(x * c)`.
+    MulConstant { constant: String, act: Act },
     /// A lone `Relu` or `Clip`.
     Activation(Act),
     /// Softmax over the middle axis of `[outer, len, inner]`.
     Softmax { outer: usize, len: usize, inner: usize },
-    /// Flatten or Reshape: the same buffer under another shape.
+    /// The same buffer under another shape or layout.
     Alias,
+    /// NCHW to NHWC.
+    ToNhwc {
+        batch: usize,
+        channels: usize,
+        pixels: usize,
+    },
+    /// NHWC to NCHW.
+    ToNchw {
+        batch: usize,
+        pixels: usize,
+        channels: usize,
+    },
+}
+
+impl Op {
+    /// The fused activation, for ops that have one.
+    pub fn act(&self) -> Option<Act> {
+        match self {
+            Op::Dense { act, .. }
+            | Op::Conv { act, .. }
+            | Op::GroupedConv { act, .. }
+            | Op::Depthwise { act, .. }
+            | Op::Add { act }
+            | Op::AddConstant { act, .. }
+            | Op::MulConstant { act, .. } => Some(*act),
+            _ => None,
+        }
+    }
+
+    /// The fused activation, for ops that have one, to change it.
+    pub fn act_mut(&mut self) -> Option<&mut Act> {
+        match self {
+            Op::Dense { act, .. }
+            | Op::Conv { act, .. }
+            | Op::GroupedConv { act, .. }
+            | Op::Depthwise { act, .. }
+            | Op::Add { act }
+            | Op::AddConstant { act, .. }
+            | Op::MulConstant { act, .. } => Some(act),
+            _ => None,
+        }
+    }
+
+    /// The tensors the op reads: weight matrices first, then biases and constants.
+    pub fn tensors(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.weights();
+        match self {
+            Op::Dense { bias, .. }
+            | Op::Conv { bias, .. }
+            | Op::GroupedConv { bias, .. }
+            | Op::Depthwise { bias, .. } => names.extend(bias.as_deref()),
+            Op::AddConstant { constant, .. } | Op::MulConstant { constant, .. } => names.push(constant),
+            _ => {}
+        }
+        names
+    }
+
+    /// The weight matrices the op reads (the tensors that get quantized).
+    pub fn weights(&self) -> Vec<&str> {
+        match self {
+            Op::Dense { weight, .. } | Op::Conv { weight, .. } | Op::Depthwise { weight, .. } => {
+                vec![weight]
+            }
+            Op::GroupedConv { weights, .. } => weights.iter().map(String::as_str).collect(),
+            _ => vec![],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
-    /// The node's name, or `op#index` when it has none.
+    /// The node's name, or `op#index` when it has none; `a+b` when nodes were folded or fused.
     pub name: String,
-    /// The op as written in the graph (before fusion), for docs.
+    /// The op as written in the graph (before folding), for docs.
     pub op_name: String,
     pub op: Op,
     pub inputs: Vec<usize>,
@@ -128,22 +298,39 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Value {
     pub name: String,
+    /// The graph's shape (NCHW for images), whatever the layout.
     pub shape: Vec<usize>,
     pub len: usize,
+    pub layout: Layout,
 }
 
-/// A validated graph, ready to bake: values (index 0 is the input) and the
-/// steps that compute the output, in execution order.
+/// A float tensor of the plan: read from the file, possibly reordered or
+/// with batch normalization folded in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Arc<[f32]>,
+}
+
+/// A validated graph, ready to bake: values (index 0 is the input), the
+/// steps that compute the output in execution order, and the tensors they
+/// read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub values: Vec<Value>,
     pub steps: Vec<Step>,
     pub output: usize,
+    pub tensors: HashMap<String, Tensor>,
 }
 
 impl Plan {
     pub fn input(&self) -> &Value {
         &self.values[0]
+    }
+
+    /// A tensor a step names.
+    pub fn tensor(&self, name: &str) -> &Tensor {
+        &self.tensors[name]
     }
 }
 
@@ -226,47 +413,30 @@ pub fn plan_graph(def: &GraphDef, file: &ModelFile) -> Result<Plan, Error> {
 
     // Only the nodes the output depends on, in an order where each runs after its inputs.
     let order = execution_order(def, &producer, out_node)?;
-
-    let mut values = vec![Value {
-        name: input.name.clone(),
-        len: input_shape.iter().product(),
-        shape: input_shape,
-    }];
-    let mut value_of: HashMap<&str, usize> = HashMap::from([(input.name.as_str(), 0)]);
-    let mut steps = Vec::with_capacity(order.len());
+    // How many nodes read each value (a node reading it twice counts once);
+    // the graph output counts as a reader. Folding needs a value read once.
+    let mut readers: HashMap<&str, usize> = HashMap::from([(output_name.as_str(), 1)]);
+    for &i in &order {
+        let inputs = &def.nodes[i].inputs;
+        for (j, v) in inputs.iter().enumerate() {
+            if !inputs[..j].contains(v) {
+                *readers.entry(v).or_insert(0) += 1;
+            }
+        }
+    }
+    let mut planner = crate::plan::Planner::new(file, &input.name, input_shape, readers);
     for i in order {
         let node = &def.nodes[i];
         let name = node_name(node, i);
-        let inputs: Vec<usize> = node.inputs.iter().map(|v| value_of[v.as_str()]).collect();
-        let shapes: Vec<&[usize]> = inputs.iter().map(|&v| values[v].shape.as_slice()).collect();
-        let (op, shape) = check_node(node, &name, &shapes, file)?;
-        let len = checked_product(&shape)
-            .ok_or_else(|| Error::new(format!("node `{name}`: its output shape {shape:?} overflows")))?;
-        values.push(Value {
-            name: node.output.clone(),
-            shape,
-            len,
-        });
-        value_of.insert(&node.output, values.len() - 1);
-        steps.push(Step {
-            name,
-            op_name: node.op.clone(),
-            op,
-            inputs,
-            output: values.len() - 1,
-        });
+        planner.node(node, &name).map_err(|e| in_node(&name, e))?;
     }
-    let mut plan = Plan {
-        output: value_of[output_name.as_str()],
-        values,
-        steps,
-    };
+    let mut plan = planner.finish(output_name);
     fuse_activations(&mut plan);
     Ok(plan)
 }
 
 /// `e`, prefixed with the node it concerns.
-fn in_node(name: &str, e: Error) -> Error {
+pub(crate) fn in_node(name: &str, e: Error) -> Error {
     Error::new(format!("node `{name}`: {e}"))
 }
 
@@ -325,7 +495,7 @@ fn execution_order(
     Ok(order)
 }
 
-fn checked_product(dims: &[usize]) -> Option<usize> {
+pub(crate) fn checked_product(dims: &[usize]) -> Option<usize> {
     // Elements must also fit an f32 buffer's byte size.
     dims.iter()
         .try_fold(1usize, |p, &d| p.checked_mul(d))
@@ -333,7 +503,7 @@ fn checked_product(dims: &[usize]) -> Option<usize> {
 }
 
 /// A declared shape: positive dimensions whose product fits.
-fn dims(shape: &[i64], what: &str) -> Result<Vec<usize>, Error> {
+pub(crate) fn dims(shape: &[i64], what: &str) -> Result<Vec<usize>, Error> {
     if shape.is_empty() {
         bail!("{what} has an empty shape; give at least one dimension");
     }
@@ -345,194 +515,6 @@ fn dims(shape: &[i64], what: &str) -> Result<Vec<usize>, Error> {
     checked_product(&dims)
         .ok_or_else(|| Error::new(format!("{what} has shape {shape:?}, whose size overflows")))?;
     Ok(dims)
-}
-
-/// Checks one node against its input shapes and the file; returns its op and output shape.
-fn check_node(
-    node: &NodeDef,
-    name: &str,
-    shapes: &[&[usize]],
-    file: &ModelFile,
-) -> Result<(Op, Vec<usize>), Error> {
-    let op = node.op.as_str();
-    let allowed: &[&str] = match op {
-        "Dense" | "MatMul" => &["weight", "bias", "activation"],
-        "Add" => &["constant", "activation"],
-        "Clip" => &["min", "max"],
-        "Softmax" | "Flatten" => &["axis"],
-        "Reshape" => &["shape"],
-        "Relu" => &[],
-        _ => bail!(
-            "node `{name}` has op `{op}`, which qbake does not support; the ops are Dense, MatMul, Add, Relu, Clip, Softmax, Flatten and Reshape"
-        ),
-    };
-    let given = [
-        ("weight", node.weight.is_some()),
-        ("bias", node.bias.is_some()),
-        ("constant", node.constant.is_some()),
-        ("activation", node.activation.is_some()),
-        ("min", node.min.is_some()),
-        ("max", node.max.is_some()),
-        ("axis", node.axis.is_some()),
-        ("shape", node.shape.is_some()),
-    ];
-    if let Some((attr, _)) = given.iter().find(|(a, g)| *g && !allowed.contains(a)) {
-        bail!("node `{name}`: `{attr}` does not apply to {op}");
-    }
-    let arity = if op == "Add" && node.constant.is_none() {
-        2
-    } else {
-        1
-    };
-    if shapes.len() != arity {
-        bail!("node `{name}`: {op} takes {arity} input(s), got {}", shapes.len());
-    }
-    let x = shapes[0];
-    let rank = x.len() as i64;
-    Ok(match op {
-        "Dense" | "MatMul" => {
-            let transposed = op == "MatMul";
-            let Some(weight) = &node.weight else {
-                bail!("node `{name}`: {op} needs a `weight` tensor");
-            };
-            let w = tensor(file, name, weight)?;
-            let (n, k) = match (w.shape.as_slice(), transposed) {
-                (&[n, k], false) => (n, k),
-                (&[k, n], true) => (n, k),
-                (s, _) => bail!("node `{name}`: weight `{weight}` has shape {s:?}; {op} needs a 2-D weight"),
-            };
-            let layout = if transposed { "[K, N]" } else { "[N, K]" };
-            if x.last() != Some(&k) {
-                // The other layout would chain: the weight suits the other op.
-                let hint = match transposed {
-                    true if x.last() == Some(&n) => "; as [N, K] it would chain: Dense takes that layout",
-                    false if x.last() == Some(&n) => "; as [K, N] it would chain: MatMul takes that layout",
-                    _ => "",
-                };
-                bail!(
-                    "node `{name}`: input shape {x:?} does not chain with weight `{weight}` of shape {:?} ({layout}): the input's last dimension must be {k}{hint}",
-                    w.shape
-                );
-            }
-            if let Some(bias) = &node.bias {
-                let b = tensor(file, name, bias)?;
-                if b.shape != [n] {
-                    bail!(
-                        "node `{name}`: bias `{bias}` has shape {:?}; expected [{n}]",
-                        b.shape
-                    );
-                }
-            }
-            let act = activation_attr(node, name)?;
-            let mut shape = x.to_vec();
-            *shape.last_mut().unwrap() = n;
-            (
-                Op::Dense {
-                    weight: weight.clone(),
-                    bias: node.bias.clone(),
-                    transposed,
-                    act,
-                },
-                shape,
-            )
-        }
-        "Add" => {
-            let act = activation_attr(node, name)?;
-            match &node.constant {
-                None => {
-                    if shapes[0] != shapes[1] {
-                        bail!(
-                            "node `{name}`: Add of shapes {:?} and {:?}; they must be equal",
-                            shapes[0],
-                            shapes[1]
-                        );
-                    }
-                    (Op::Add { act }, x.to_vec())
-                }
-                Some(c) => {
-                    let t = tensor(file, name, c)?;
-                    let lead = t.shape.iter().take_while(|&&d| d == 1).count();
-                    let suffix = &t.shape[lead.min(t.shape.len().saturating_sub(1))..];
-                    if suffix.len() > x.len() || !x.ends_with(suffix) {
-                        bail!(
-                            "node `{name}`: constant `{c}` of shape {:?} does not broadcast onto {x:?}",
-                            t.shape
-                        );
-                    }
-                    (
-                        Op::AddConstant {
-                            constant: c.clone(),
-                            act,
-                        },
-                        x.to_vec(),
-                    )
-                }
-            }
-        }
-        "Relu" => (Op::Activation(Act::Relu), x.to_vec()),
-        "Clip" => {
-            let (min, max) = (
-                node.min.unwrap_or(f32::NEG_INFINITY),
-                node.max.unwrap_or(f32::INFINITY),
-            );
-            if min.is_nan() || max.is_nan() || min > max {
-                bail!("node `{name}`: Clip needs min <= max, got min {min}, max {max}");
-            }
-            (Op::Activation(Act::Clip { min, max }), x.to_vec())
-        }
-        "Softmax" => {
-            let axis = node.axis.unwrap_or(-1);
-            let a = normalize_axis(axis, rank, rank - 1).map_err(|e| in_node(name, e))?;
-            let outer = x[..a].iter().product();
-            let inner = x[a + 1..].iter().product();
-            (
-                Op::Softmax {
-                    outer,
-                    len: x[a],
-                    inner,
-                },
-                x.to_vec(),
-            )
-        }
-        "Flatten" => {
-            let a = normalize_axis(node.axis.unwrap_or(1), rank, rank).map_err(|e| in_node(name, e))?;
-            (Op::Alias, vec![x[..a].iter().product(), x[a..].iter().product()])
-        }
-        "Reshape" => {
-            let Some(target) = &node.shape else {
-                bail!("node `{name}`: Reshape needs a `shape`");
-            };
-            (Op::Alias, reshape(x, target).map_err(|e| in_node(name, e))?)
-        }
-        _ => unreachable!("ops are checked above"),
-    })
-}
-
-fn tensor<'f>(file: &'f ModelFile, node: &str, name: &str) -> Result<&'f crate::read::TensorInfo, Error> {
-    let t = file.tensor(name).ok_or_else(|| {
-        Error::new(format!(
-            "node `{node}` names tensor `{name}`, which the file does not have"
-        ))
-    })?;
-    // An empty weight would give zero-sized values downstream, which no op computes.
-    if t.shape.contains(&0) {
-        bail!(
-            "node `{node}`: tensor `{name}` has shape {:?}; tensors must not have a zero dimension",
-            t.shape
-        );
-    }
-    Ok(t)
-}
-
-fn activation_attr(node: &NodeDef, name: &str) -> Result<Act, Error> {
-    Ok(match node.activation.as_deref() {
-        None | Some("none") => Act::None,
-        Some("relu") => Act::Relu,
-        Some("relu6") => Act::Clip { min: 0.0, max: 6.0 },
-        Some(other) => {
-            bail!("node `{name}`: activation `{other}` is not one of \"none\", \"relu\", \"relu6\"")
-        }
-    })
 }
 
 /// An ONNX axis (negative counts from the end) as an index in `0..=max`.
@@ -580,9 +562,10 @@ pub(crate) fn reshape(x: &[usize], target: &[i64]) -> Result<Vec<usize>, Error> 
     Ok(shape)
 }
 
-/// Folds a lone `Relu`/`Clip` into the Dense or Add that produces its input,
-/// when nothing else reads that input. One pass, linear in the steps: a
-/// hostile graph of a million chained activations must not stall the compiler.
+/// Folds a lone `Relu`/`Clip` into the step that produces its input (a
+/// GEMM, convolution or elementwise op with no activation yet), when nothing
+/// else reads that input. One pass, linear in the steps: a hostile graph of
+/// a million chained activations must not stall the compiler.
 fn fuse_activations(plan: &mut Plan) {
     // How many steps read each value (a step reading it twice counts once).
     let mut readers = vec![0usize; plan.values.len()];
@@ -600,23 +583,11 @@ fn fuse_activations(plan: &mut Plan) {
         if let Op::Activation(act) = step.op {
             let src = step.inputs[0];
             let into = producer[src].filter(|&p| {
-                readers[src] == 1
-                    && src != plan.output
-                    && matches!(
-                        fused[p].op,
-                        Op::Dense { act: Act::None, .. }
-                            | Op::Add { act: Act::None }
-                            | Op::AddConstant { act: Act::None, .. }
-                    )
+                readers[src] == 1 && src != plan.output && fused[p].op.act() == Some(Act::None)
             });
             if let Some(p) = into {
                 let target = &mut fused[p];
-                match &mut target.op {
-                    Op::Dense { act: a, .. } | Op::Add { act: a } | Op::AddConstant { act: a, .. } => {
-                        *a = act
-                    }
-                    _ => unreachable!("checked above"),
-                }
+                *target.op.act_mut().expect("checked above") = act;
                 target.output = step.output;
                 target.name = format!("{}+{}", target.name, step.name);
                 producer[step.output] = Some(p);
@@ -667,7 +638,6 @@ mod tests {
         let dense = |act| Op::Dense {
             weight: "w".into(),
             bias: None,
-            transposed: false,
             act,
         };
         let relu = Act::Relu;

@@ -62,6 +62,14 @@ impl Parse for MacroArgs {
             match key.as_str() {
                 "per_channel" => options.per_channel = bool_value(&key, &value)?,
                 "keep_float_below" => options.keep_float_below = usize_value(&key, &value)?,
+                "output" => options.output = Some(str_value(&key, &value)?),
+                "batch" => {
+                    let batch = usize_value(&key, &value)?;
+                    if batch == 0 {
+                        return Err(syn::Error::new(value.span(), "qbake: `batch` must be at least 1"));
+                    }
+                    options.batch = Some(batch);
+                }
                 _ => {
                     let known = Options::NAMES
                         .iter()
@@ -88,6 +96,16 @@ fn bool_value(key: &str, value: &Lit) -> syn::Result<bool> {
         _ => Err(syn::Error::new(
             value.span(),
             format!("qbake: `{key}` takes `true` or `false`"),
+        )),
+    }
+}
+
+fn str_value(key: &str, value: &Lit) -> syn::Result<String> {
+    match value {
+        Lit::Str(s) => Ok(s.value()),
+        _ => Err(syn::Error::new(
+            value.span(),
+            format!("qbake: `{key}` takes a string"),
         )),
     }
 }

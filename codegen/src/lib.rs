@@ -20,6 +20,7 @@ pub mod graph;
 mod input;
 pub mod onnx;
 mod options;
+mod plan;
 pub mod quantize;
 pub mod read;
 pub mod reference;
@@ -37,7 +38,24 @@ use std::path::Path;
 /// `display_path` is how errors and docs name the file (the path as the user
 /// wrote it, so messages do not depend on the machine).
 pub fn generate(path: &Path, display_path: &str, options: &Options) -> Result<TokenStream, Error> {
-    generate_file(&read::ModelFile::open(path)?, path, display_path, options)
+    generate_file(&open_model(path, options)?, path, display_path, options)
+}
+
+/// Opens a model file: a qbake safetensors file, or an `.onnx` file,
+/// imported in memory as `cargo xtask import` would write it.
+pub fn open_model(path: &Path, options: &Options) -> Result<read::ModelFile, Error> {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::new(format!("cannot read the model file: {e}")))?;
+        let imported = onnx::import(&bytes, &options.import_options())?;
+        return read::ModelFile::from_bytes(&onnx::to_safetensors(&imported)?);
+    }
+    if options.output.is_some() || options.batch.is_some() {
+        return Err(Error::new(
+            "`output` and `batch` choose how an ONNX model is imported; this file is not `.onnx`",
+        ));
+    }
+    read::ModelFile::open(path)
 }
 
 /// [`generate`] for a model file already in memory (the fuzzer's entry):
@@ -59,6 +77,6 @@ fn generate_file(
     options: &Options,
 ) -> Result<TokenStream, Error> {
     let plan = graph::plan(file)?;
-    let baked = quantize::bake(file, &plan, options)?;
+    let baked = quantize::bake(&plan, options)?;
     Ok(emit::model(path, display_path, &plan, &baked, options, emit::Bytes::Inline).0)
 }

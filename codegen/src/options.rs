@@ -7,6 +7,10 @@ pub struct Options {
     /// Weight matrices with fewer elements stay f32, as TFLite does: the
     /// bytes saved are few and the accuracy cost is not.
     pub keep_float_below: usize,
+    /// ONNX models only: the graph output to compute, when there are several.
+    pub output: Option<String>,
+    /// ONNX models only: the size of a dynamic batch dimension (default 1).
+    pub batch: Option<usize>,
 }
 
 impl Default for Options {
@@ -14,11 +18,21 @@ impl Default for Options {
         Options {
             per_channel: true,
             keep_float_below: 1024,
+            output: None,
+            batch: None,
         }
     }
 }
 
 impl Options {
     /// Names of the options, as the macro spells them.
-    pub const NAMES: &'static [&'static str] = &["per_channel", "keep_float_below"];
+    pub const NAMES: &'static [&'static str] = &["per_channel", "keep_float_below", "output", "batch"];
+
+    /// How an ONNX model is imported under these options.
+    pub fn import_options(&self) -> crate::onnx::ImportOptions {
+        crate::onnx::ImportOptions {
+            batch: self.batch,
+            output: self.output.clone(),
+        }
+    }
 }

@@ -7,8 +7,7 @@
 
 use crate::Options;
 use crate::error::{Error, bail};
-use crate::graph::{Op, Plan};
-use crate::read::ModelFile;
+use crate::graph::Plan;
 use std::collections::HashSet;
 
 pub use qbake_format::MAX_EXACT_K;
@@ -105,57 +104,35 @@ impl Baked {
     }
 }
 
-/// Reads and quantizes every tensor the plan uses.
-pub fn bake(file: &ModelFile, plan: &Plan, options: &Options) -> Result<Baked, Error> {
+/// Quantizes every weight matrix the plan uses and collects its float
+/// tensors (biases, constants), each once, in first-use order.
+pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
     let mut baked = Baked::default();
     // Names already baked: a set, so that a graph of many tensors bakes in linear time.
-    let (mut weights_seen, mut floats_seen) = (HashSet::new(), HashSet::new());
-    let mut add_float = |baked: &mut Baked, name: &str| -> Result<(), Error> {
-        if floats_seen.insert(name.to_string()) {
-            let values = file.read_f32(name)?;
-            baked.floats.push(FloatTensor {
-                name: name.to_string(),
-                values,
-            });
-        }
-        Ok(())
-    };
+    let mut seen = HashSet::new();
     for step in &plan.steps {
-        match &step.op {
-            Op::Dense {
-                weight,
-                bias,
-                transposed,
-                ..
-            } => {
-                if weights_seen.insert(weight.as_str()) {
-                    let shape = &file.tensor(weight).expect("checked by the plan").shape;
-                    let values = file.read_f32(weight)?;
-                    let (rows, cols, values) = if *transposed {
-                        (shape[1], shape[0], transpose(&values, shape[0], shape[1]))
-                    } else {
-                        (shape[0], shape[1], values)
-                    };
-                    baked
-                        .weights
-                        .push(bake_weight(weight, rows, cols, values, options)?);
-                }
-                if let Some(b) = bias {
-                    add_float(&mut baked, b)?;
-                }
+        let weights = step.op.weights();
+        for name in step.op.tensors() {
+            if !seen.insert(name) {
+                continue;
             }
-            Op::AddConstant { constant, .. } => add_float(&mut baked, constant)?,
-            _ => {}
+            let t = plan.tensor(name);
+            if weights.contains(&name) {
+                let &[rows, cols] = t.shape.as_slice() else {
+                    unreachable!("the planner makes weights matrices");
+                };
+                baked
+                    .weights
+                    .push(bake_weight(name, rows, cols, t.data.to_vec(), options)?);
+            } else {
+                baked.floats.push(FloatTensor {
+                    name: name.to_string(),
+                    values: t.data.to_vec(),
+                });
+            }
         }
     }
     Ok(baked)
-}
-
-/// `[r, c]` row-major to `[c, r]` row-major.
-fn transpose(values: &[f32], r: usize, c: usize) -> Vec<f32> {
-    (0..c)
-        .flat_map(|j| (0..r).map(move |i| values[i * c + j]))
-        .collect()
 }
 
 /// Quantizes one `[rows, cols]` matrix, or keeps it in f32 when it is small.

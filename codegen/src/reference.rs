@@ -3,57 +3,44 @@
 //! against (tests, examples, `cargo xtask eval`), never what users ship.
 
 use crate::error::Error;
-use crate::graph::{self, Act, Op, Plan};
+use crate::graph::{self, Act, ConvGeom, Op, Plan, PoolKind};
 use crate::read::ModelFile;
-use std::collections::HashMap;
 use std::path::Path;
 
 /// A model loaded for float evaluation.
 pub struct Reference {
     plan: Plan,
-    tensors: HashMap<String, Vec<f32>>,
 }
 
 impl Reference {
     pub fn load(path: &Path) -> Result<Self, Error> {
         let file = ModelFile::open(path)?;
-        let plan = graph::plan(&file)?;
-        let mut tensors = HashMap::new();
-        for step in &plan.steps {
-            let names = match &step.op {
-                Op::Dense { weight, bias, .. } => vec![Some(weight), bias.as_ref()],
-                Op::AddConstant { constant, .. } => vec![Some(constant)],
-                _ => vec![],
-            };
-            for name in names.into_iter().flatten() {
-                if !tensors.contains_key(name) {
-                    tensors.insert(name.clone(), file.read_f32(name)?);
-                }
-            }
-        }
-        Ok(Reference { plan, tensors })
+        Ok(Reference {
+            plan: graph::plan(&file)?,
+        })
     }
 
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
 
-    /// The original f32 values of a tensor the graph uses.
+    /// The f32 values of a tensor the plan uses (reordered and with batch
+    /// normalization folded in, as the plan's steps read them).
     pub fn tensor(&self, name: &str) -> Option<&[f32]> {
-        self.tensors.get(name).map(Vec::as_slice)
+        self.plan.tensors.get(name).map(|t| &*t.data)
     }
 
     /// Replaces a tensor's values, to ask what the model computes with other
     /// weights (the baked ones, say). The length must stay the same.
     pub fn set_tensor(&mut self, name: &str, values: Vec<f32>) -> Result<(), Error> {
-        match self.tensors.get_mut(name) {
-            Some(t) if t.len() == values.len() => {
-                *t = values;
+        match self.plan.tensors.get_mut(name) {
+            Some(t) if t.data.len() == values.len() => {
+                t.data = values.into();
                 Ok(())
             }
             Some(t) => Err(Error::new(format!(
                 "tensor `{name}` has {} values, not {}",
-                t.len(),
+                t.data.len(),
                 values.len()
             ))),
             None => Err(Error::new(format!("the graph uses no tensor `{name}`"))),
@@ -65,33 +52,97 @@ impl Reference {
         self.run_all(input).swap_remove(self.plan.output)
     }
 
-    /// Every value of the graph for `input`, indexed like `plan().values`
-    /// (empty for values fused away).
+    /// Every value of the graph for `input`, indexed like `plan().values`,
+    /// each in its storage layout (empty for values no step computes).
     pub fn run_all(&self, input: &[f32]) -> Vec<Vec<f64>> {
         let plan = &self.plan;
         assert_eq!(input.len(), plan.input().len, "input has the wrong size");
         let mut values: Vec<Vec<f64>> = vec![Vec::new(); plan.values.len()];
         values[0] = input.iter().map(|&v| f64::from(v)).collect();
+        let t = |name: &str| &*plan.tensor(name).data;
+        let bias_of = |b: &Option<String>| b.as_deref().map(t);
         for step in &plan.steps {
             let x = &values[step.inputs[0]];
             let y: Vec<f64> = match &step.op {
-                Op::Dense {
-                    weight,
-                    bias,
-                    transposed,
-                    act,
-                } => {
-                    let w = &self.tensors[weight];
+                Op::Dense { weight, bias, act } => {
+                    let w = t(weight);
                     let k = plan.values[step.inputs[0]].shape.last().copied().unwrap_or(1);
                     let n = w.len() / k;
-                    let b = bias.as_ref().map(|b| &self.tensors[b]);
+                    let b = bias_of(bias);
                     let mut y = Vec::with_capacity(x.len() / k * n);
                     for row in x.chunks_exact(k) {
-                        for j in 0..n {
-                            let wj =
-                                |i: usize| f64::from(if *transposed { w[i * n + j] } else { w[j * k + i] });
-                            let dot: f64 = row.iter().enumerate().map(|(i, &v)| v * wj(i)).sum();
+                        for (j, wj) in w.chunks_exact(k).enumerate() {
+                            let dot: f64 = row.iter().zip(wj).map(|(&v, &w)| v * f64::from(w)).sum();
                             y.push(apply(*act, dot + b.map_or(0.0, |b| f64::from(b[j]))));
+                        }
+                    }
+                    y
+                }
+                Op::Conv {
+                    geom,
+                    weight,
+                    bias,
+                    act,
+                } => {
+                    let w = t(weight);
+                    let patch = geom.patch_len();
+                    conv(x, geom, bias_of(bias), *act, |o, tap, ci| {
+                        w[o * patch + tap * geom.in_c + ci]
+                    })
+                }
+                Op::GroupedConv {
+                    geom,
+                    weights,
+                    bias,
+                    act,
+                } => {
+                    let ws: Vec<&[f32]> = weights.iter().map(|w| t(w)).collect();
+                    let (og, cg, patch) = (geom.out_c / geom.groups, geom.in_c / geom.groups, geom.patch_len());
+                    conv(x, geom, bias_of(bias), *act, |o, tap, ci| {
+                        ws[o / og][(o % og) * patch + tap * cg + ci]
+                    })
+                }
+                Op::Depthwise {
+                    geom,
+                    weight,
+                    bias,
+                    act,
+                } => {
+                    let w = t(weight);
+                    let taps = geom.kh * geom.kw;
+                    conv(x, geom, bias_of(bias), *act, |o, tap, _| w[o * taps + tap])
+                }
+                Op::Pool { geom, kind } => pool(x, geom, *kind),
+                Op::GlobalAveragePool {
+                    batch,
+                    pixels,
+                    channels,
+                } => {
+                    let mut y = vec![0.0; batch * channels];
+                    for (b, image) in x.chunks_exact(pixels * channels).enumerate() {
+                        for pixel in image.chunks_exact(*channels) {
+                            for (c, v) in pixel.iter().enumerate() {
+                                y[b * channels + c] += v;
+                            }
+                        }
+                    }
+                    y.iter().map(|s| s / *pixels as f64).collect()
+                }
+                Op::Pad {
+                    batch,
+                    h,
+                    w,
+                    c,
+                    pads: [top, left, bottom, right],
+                    value,
+                } => {
+                    let (oh, ow) = (h + top + bottom, w + left + right);
+                    let mut y = vec![f64::from(*value); batch * oh * ow * c];
+                    for b in 0..*batch {
+                        for i in 0..*h {
+                            let src = ((b * h + i) * w) * c;
+                            let dst = ((b * oh + i + top) * ow + left) * c;
+                            y[dst..dst + w * c].copy_from_slice(&x[src..src + w * c]);
                         }
                     }
                     y
@@ -101,15 +152,32 @@ impl Reference {
                     x.iter().zip(b).map(|(a, b)| apply(*act, a + b)).collect()
                 }
                 Op::AddConstant { constant, act } => {
-                    let c = &self.tensors[constant];
+                    let c = t(constant);
                     x.iter()
                         .enumerate()
                         .map(|(i, v)| apply(*act, v + f64::from(c[i % c.len()])))
                         .collect()
                 }
+                Op::MulConstant { constant, act } => {
+                    let c = t(constant);
+                    x.iter()
+                        .enumerate()
+                        .map(|(i, v)| apply(*act, v * f64::from(c[i % c.len()])))
+                        .collect()
+                }
                 Op::Activation(act) => x.iter().map(|&v| apply(*act, v)).collect(),
                 Op::Softmax { outer, len, inner } => softmax(x, *outer, *len, *inner),
                 Op::Alias => x.clone(),
+                Op::ToNhwc {
+                    batch,
+                    channels,
+                    pixels,
+                } => transpose_images(x, *batch, *channels, *pixels),
+                Op::ToNchw {
+                    batch,
+                    pixels,
+                    channels,
+                } => transpose_images(x, *batch, *pixels, *channels),
             };
             values[step.output] = y;
         }
@@ -125,6 +193,99 @@ fn apply(act: Act, v: f64) -> f64 {
     }
 }
 
+/// Each of `batch` images `[rows, cols]` transposed to `[cols, rows]`.
+fn transpose_images(x: &[f64], batch: usize, rows: usize, cols: usize) -> Vec<f64> {
+    let mut y = vec![0.0; x.len()];
+    for b in 0..batch {
+        let (src, dst) = (&x[b * rows * cols..], &mut y[b * rows * cols..]);
+        for r in 0..rows {
+            for c in 0..cols {
+                dst[c * rows + r] = src[r * cols + c];
+            }
+        }
+    }
+    y
+}
+
+/// The input pixel `(ih, iw)` that tap `(i, j)` of output `(oh, ow)` reads, if inside.
+fn tap(g: &ConvGeom, oh: usize, ow: usize, i: usize, j: usize) -> Option<(usize, usize)> {
+    let ih = (oh * g.stride[0] + i * g.dilation[0]).checked_sub(g.pads[0])?;
+    let iw = (ow * g.stride[1] + j * g.dilation[1]).checked_sub(g.pads[1])?;
+    (ih < g.in_h && iw < g.in_w).then_some((ih, iw))
+}
+
+/// A convolution over NHWC `x`: `w(o, tap, c)` is output `o`'s weight for
+/// tap `i * kw + j` and channel `c` of its group.
+fn conv(
+    x: &[f64],
+    g: &ConvGeom,
+    bias: Option<&[f32]>,
+    act: Act,
+    w: impl Fn(usize, usize, usize) -> f32,
+) -> Vec<f64> {
+    let (oh_n, ow_n) = g.out_dims().expect("a checked geometry");
+    let (cg, og) = (g.in_c / g.groups, g.out_c / g.groups);
+    let mut y = Vec::with_capacity(g.batch * oh_n * ow_n * g.out_c);
+    for b in 0..g.batch {
+        for oh in 0..oh_n {
+            for ow in 0..ow_n {
+                for o in 0..g.out_c {
+                    let first = o / og * cg;
+                    let mut acc = bias.map_or(0.0, |b| f64::from(b[o]));
+                    for i in 0..g.kh {
+                        for j in 0..g.kw {
+                            let Some((ih, iw)) = tap(g, oh, ow, i, j) else {
+                                continue;
+                            };
+                            let pixel = &x[((b * g.in_h + ih) * g.in_w + iw) * g.in_c + first..][..cg];
+                            for (ci, &v) in pixel.iter().enumerate() {
+                                acc += v * f64::from(w(o, i * g.kw + j, ci));
+                            }
+                        }
+                    }
+                    y.push(apply(act, acc));
+                }
+            }
+        }
+    }
+    y
+}
+
+fn pool(x: &[f64], g: &ConvGeom, kind: PoolKind) -> Vec<f64> {
+    let (oh_n, ow_n) = g.out_dims().expect("a checked geometry");
+    let c = g.in_c;
+    let mut y = Vec::with_capacity(g.batch * oh_n * ow_n * c);
+    for b in 0..g.batch {
+        for oh in 0..oh_n {
+            for ow in 0..ow_n {
+                for ch in 0..c {
+                    let mut inside = 0usize;
+                    let mut acc = if kind == PoolKind::Max { f64::NEG_INFINITY } else { 0.0 };
+                    for i in 0..g.kh {
+                        for j in 0..g.kw {
+                            let Some((ih, iw)) = tap(g, oh, ow, i, j) else {
+                                continue;
+                            };
+                            inside += 1;
+                            let v = x[((b * g.in_h + ih) * g.in_w + iw) * c + ch];
+                            acc = if kind == PoolKind::Max { acc.max(v) } else { acc + v };
+                        }
+                    }
+                    y.push(match kind {
+                        PoolKind::Max => acc,
+                        PoolKind::Average {
+                            count_include_pad: true,
+                        } => acc / (g.kh * g.kw) as f64,
+                        PoolKind::Average {
+                            count_include_pad: false,
+                        } => acc / inside as f64,
+                    });
+                }
+            }
+        }
+    }
+    y
+}
 fn softmax(x: &[f64], outer: usize, len: usize, inner: usize) -> Vec<f64> {
     let mut y = vec![0.0; x.len()];
     for o in 0..outer {
