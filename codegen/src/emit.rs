@@ -174,7 +174,12 @@ fn weights_module(
         Bytes::Blob { .. } => ByteSink::Blob(Vec::new()),
     };
     for w in &baked.weights {
-        items.extend(weight_static(w, names.get(&w.name), depthwise.contains(w.name.as_str()), &mut sink));
+        items.extend(weight_static(
+            w,
+            names.get(&w.name),
+            depthwise.contains(w.name.as_str()),
+            &mut sink,
+        ));
     }
     let blob = match (sink, bytes) {
         (ByteSink::Blob(blob), Bytes::Blob { file }) if !blob.is_empty() => {
@@ -449,13 +454,15 @@ fn model_doc(display_path: &str, plan: &Plan, baked: &Baked) -> String {
         };
         let what = match &step.op {
             Op::Dense { weight, act, .. } => format!("{}, weight `{weight}`{}", step.op_name, act_doc(*act)),
-            Op::Conv { geom, weight, act, .. } => conv_doc("Conv", geom, &format!("weight `{weight}`"), *act),
-            Op::GroupedConv { geom, weights, act, .. } => {
-                conv_doc("Conv", geom, &format!("weights `{}`", weights.join("`, `")), *act)
-            }
-            Op::Depthwise { geom, weight, act, .. } => {
-                conv_doc("depthwise Conv", geom, &format!("taps `{weight}`"), *act)
-            }
+            Op::Conv {
+                geom, weight, act, ..
+            } => conv_doc("Conv", geom, &format!("weight `{weight}`"), *act),
+            Op::GroupedConv {
+                geom, weights, act, ..
+            } => conv_doc("Conv", geom, &format!("weights `{}`", weights.join("`, `")), *act),
+            Op::Depthwise {
+                geom, weight, act, ..
+            } => conv_doc("depthwise Conv", geom, &format!("taps `{weight}`"), *act),
             Op::Pool { geom, kind } => format!(
                 "{} {}x{}, stride {:?}, pads {:?}",
                 match kind {
@@ -521,8 +528,16 @@ fn f32_tokens(v: f32) -> TokenStream {
 /// A `qbake::conv::Conv2d` literal.
 fn geom_tokens(g: &ConvGeom) -> TokenStream {
     let n = |v: usize| Literal::usize_unsuffixed(v);
-    let (batch, in_h, in_w, in_c, out_c, kh, kw, groups) =
-        (n(g.batch), n(g.in_h), n(g.in_w), n(g.in_c), n(g.out_c), n(g.kh), n(g.kw), n(g.groups));
+    let (batch, in_h, in_w, in_c, out_c, kh, kw, groups) = (
+        n(g.batch),
+        n(g.in_h),
+        n(g.in_w),
+        n(g.in_c),
+        n(g.out_c),
+        n(g.kh),
+        n(g.kw),
+        n(g.groups),
+    );
     let (stride, dilation, pads) = (g.stride.map(n), g.dilation.map(n), g.pads.map(n));
     quote! {
         ::qbake::conv::Conv2d {

@@ -129,8 +129,20 @@ impl ConvGeom {
         };
         let [t, l, b, r] = self.pads;
         Some((
-            dim(self.in_h, t.checked_add(b)?, self.kh, self.stride[0], self.dilation[0])?,
-            dim(self.in_w, l.checked_add(r)?, self.kw, self.stride[1], self.dilation[1])?,
+            dim(
+                self.in_h,
+                t.checked_add(b)?,
+                self.kh,
+                self.stride[0],
+                self.dilation[0],
+            )?,
+            dim(
+                self.in_w,
+                l.checked_add(r)?,
+                self.kw,
+                self.stride[1],
+                self.dilation[1],
+            )?,
         ))
     }
 
@@ -204,15 +216,27 @@ pub enum Op {
         value: f32,
     },
     /// `y = act(a + b)`, same shapes and layouts.
-    Add { act: Act },
+    Add {
+        act: Act,
+    },
     /// `y = act(x + c)`.
-    AddConstant { constant: String, act: Act },
+    AddConstant {
+        constant: String,
+        act: Act,
+    },
     /// `y = act(x * c)`.
-    MulConstant { constant: String, act: Act },
+    MulConstant {
+        constant: String,
+        act: Act,
+    },
     /// A lone `Relu` or `Clip`.
     Activation(Act),
     /// Softmax over the middle axis of `[outer, len, inner]`.
-    Softmax { outer: usize, len: usize, inner: usize },
+    Softmax {
+        outer: usize,
+        len: usize,
+        inner: usize,
+    },
     /// The same buffer under another shape or layout.
     Alias,
     /// NCHW to NHWC.
@@ -582,9 +606,8 @@ fn fuse_activations(plan: &mut Plan) {
     for step in std::mem::take(&mut plan.steps) {
         if let Op::Activation(act) = step.op {
             let src = step.inputs[0];
-            let into = producer[src].filter(|&p| {
-                readers[src] == 1 && src != plan.output && fused[p].op.act() == Some(Act::None)
-            });
+            let into = producer[src]
+                .filter(|&p| readers[src] == 1 && src != plan.output && fused[p].op.act() == Some(Act::None));
             if let Some(p) = into {
                 let target = &mut fused[p];
                 *target.op.act_mut().expect("checked above") = act;

@@ -16,8 +16,8 @@
 
 use crate::error::{Error, bail};
 use crate::graph::{
-    Act, ConvGeom, Layout, NodeDef, Op, Plan, PoolKind, Step, Tensor, Value, checked_product,
-    normalize_axis, reshape,
+    Act, ConvGeom, Layout, NodeDef, Op, Plan, PoolKind, Step, Tensor, Value, checked_product, normalize_axis,
+    reshape,
 };
 use crate::read::ModelFile;
 use std::collections::HashMap;
@@ -249,7 +249,9 @@ impl<'f> Planner<'f> {
                         for &a in axes {
                             let a = normalize_axis(a, rank, rank - 1)?;
                             if shape[a] != 1 || std::mem::replace(&mut drop[a], true) {
-                                bail!("cannot squeeze axis {a} of shape {shape:?} (it must have size 1, once)");
+                                bail!(
+                                    "cannot squeeze axis {a} of shape {shape:?} (it must have size 1, once)"
+                                );
                             }
                         }
                         shape
@@ -337,7 +339,14 @@ impl<'f> Planner<'f> {
         let act = activation_attr(node)?;
         let mut y = shape;
         *y.last_mut().expect("rank >= 1") = n;
-        self.push(node, name, Op::Dense { weight, bias, act }, vec![x], y, Layout::Plain)
+        self.push(
+            node,
+            name,
+            Op::Dense { weight, bias, act },
+            vec![x],
+            y,
+            Layout::Plain,
+        )
     }
 
     /// The node's `bias`, checked to have `n` values.
@@ -359,7 +368,9 @@ impl<'f> Planner<'f> {
         let [_, c, _, _] = four(&self.values[x].shape, "Conv")?;
         let (wshape, data) = self.file_tensor(weight)?;
         let &[o, cg, kh, kw] = wshape.as_slice() else {
-            bail!("weight `{weight}` has shape {wshape:?}; Conv needs [out_channels, in_channels / group, kh, kw]");
+            bail!(
+                "weight `{weight}` has shape {wshape:?}; Conv needs [out_channels, in_channels / group, kh, kw]"
+            );
         };
         let groups = positive(node.group.unwrap_or(1), "group")?;
         if cg.checked_mul(groups) != Some(c) || !o.is_multiple_of(groups) {
@@ -496,8 +507,10 @@ impl<'f> Planner<'f> {
             return Ok(());
         }
         let layout = self.values[x].layout;
-        let scale = self.storage_constant(&format!("{name}.scale"), &format!("{name}.scale"), &cshape, s, x)?;
-        let shift = self.storage_constant(&format!("{name}.shift"), &format!("{name}.shift"), &cshape, t, x)?;
+        let scale =
+            self.storage_constant(&format!("{name}.scale"), &format!("{name}.scale"), &cshape, s, x)?;
+        let shift =
+            self.storage_constant(&format!("{name}.shift"), &format!("{name}.shift"), &cshape, t, x)?;
         let mid = self.push_value(&format!("{}/scaled", node.output), shape.clone(), layout);
         self.push_step(
             &format!("{name}/scale"),
@@ -559,7 +572,14 @@ impl<'f> Planner<'f> {
             },
         };
         let x = self.want(x, Layout::Nhwc);
-        self.push(node, name, Op::Pool { geom, kind }, vec![x], vec![n, c, oh, ow], Layout::Nhwc)
+        self.push(
+            node,
+            name,
+            Op::Pool { geom, kind },
+            vec![x],
+            vec![n, c, oh, ow],
+            Layout::Nhwc,
+        )
     }
 
     fn pad(&mut self, node: &NodeDef, name: &str, x: usize) -> Result<(), Error> {
@@ -577,7 +597,11 @@ impl<'f> Planner<'f> {
             .map(|&p| usize::try_from(p).ok())
             .collect::<Option<_>>()
             .filter(|p: &Vec<usize>| p.len() == 8)
-            .ok_or_else(|| Error::new(format!("pads {pads:?} must be 8 non-negative values for a 4-D input")))?;
+            .ok_or_else(|| {
+                Error::new(format!(
+                    "pads {pads:?} must be 8 non-negative values for a 4-D input"
+                ))
+            })?;
         if [0, 1, 4, 5].iter().any(|&i| pads[i] != 0) {
             bail!("pads {pads:?} pad the batch or channel axis; qbake pads the two spatial axes");
         }
@@ -624,7 +648,11 @@ impl<'f> Planner<'f> {
         cname: &str,
     ) -> Result<bool, Error> {
         check_broadcast(cname, cshape, &self.values[x].shape)?;
-        let (s, t) = if mul { (Some(data), None) } else { (None, Some(data)) };
+        let (s, t) = if mul {
+            (Some(data), None)
+        } else {
+            (None, Some(data))
+        };
         Ok(activation_attr(node)? == Act::None && self.fold_affine(node, x, s, t, cshape))
     }
 
@@ -647,7 +675,9 @@ impl<'f> Planner<'f> {
             return false;
         }
         let (channels, axis) = match &step.op {
-            Op::Conv { geom, .. } | Op::GroupedConv { geom, .. } | Op::Depthwise { geom, .. } => (geom.out_c, 1),
+            Op::Conv { geom, .. } | Op::GroupedConv { geom, .. } | Op::Depthwise { geom, .. } => {
+                (geom.out_c, 1)
+            }
             Op::Dense { .. } => {
                 let shape = &self.values[x].shape;
                 (shape[shape.len() - 1], shape.len() - 1)
@@ -660,7 +690,10 @@ impl<'f> Planner<'f> {
             return false;
         }
         let pad = rank - cshape.len();
-        let per_channel = cshape.iter().enumerate().all(|(i, &d)| d == 1 || (i + pad == axis && d == channels));
+        let per_channel = cshape
+            .iter()
+            .enumerate()
+            .all(|(i, &d)| d == 1 || (i + pad == axis && d == channels));
         if !per_channel {
             return false;
         }
@@ -768,7 +801,11 @@ impl<'f> Planner<'f> {
         let start = cstore.iter().position(|&d| d != 1).unwrap_or(rank - 1);
         let suffix = storage[start..].to_vec();
         if cstore[start..] == suffix[..] {
-            let wanted = if cshape == suffix.as_slice() { name } else { derived };
+            let wanted = if cshape == suffix.as_slice() {
+                name
+            } else {
+                derived
+            };
             return Ok(self.add_tensor(wanted, suffix, data));
         }
         let total = checked_product(&suffix).filter(|&t| t <= MAX_BROADCAST_CONSTANT);
@@ -835,7 +872,13 @@ impl<'f> Planner<'f> {
             ),
         };
         let out = self.push_value(&format!("{name}_{suffix}"), shape, layout);
-        self.push_step(&format!("{name} to {}", suffix.to_uppercase()), "layout", op, vec![v], out);
+        self.push_step(
+            &format!("{name} to {}", suffix.to_uppercase()),
+            "layout",
+            op,
+            vec![v],
+            out,
+        );
         self.converted.insert((v, layout), out);
         out
     }
@@ -959,7 +1002,11 @@ fn activation_attr(node: &NodeDef) -> Result<Act, Error> {
 
 /// ONNX unidirectional broadcasting: `c` stretches onto `x` without changing `x`'s shape.
 fn check_broadcast(name: &str, c: &[usize], x: &[usize]) -> Result<(), Error> {
-    let fits = c.len() <= x.len() && c.iter().rev().zip(x.iter().rev()).all(|(&d, &xd)| d == 1 || d == xd);
+    let fits = c.len() <= x.len()
+        && c.iter()
+            .rev()
+            .zip(x.iter().rev())
+            .all(|(&d, &xd)| d == 1 || d == xd);
     if !fits {
         bail!("constant `{name}` of shape {c:?} does not broadcast onto {x:?}");
     }
@@ -994,12 +1041,17 @@ fn pads4(v: Option<&[i64]>) -> Result<[usize; 4], Error> {
     let Some(v) = v else {
         return Ok([0; 4]);
     };
-    let p: Vec<usize> = v.iter().map(|&p| usize::try_from(p).ok()).collect::<Option<_>>().ok_or_else(|| {
-        Error::new(format!("`pads` {v:?} must be non-negative"))
-    })?;
+    let p: Vec<usize> = v
+        .iter()
+        .map(|&p| usize::try_from(p).ok())
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::new(format!("`pads` {v:?} must be non-negative")))?;
     match *p.as_slice() {
         [t, l, b, r] => Ok([t, l, b, r]),
-        _ => bail!("`pads` has {} values; it takes 4 ([top, left, bottom, right])", p.len()),
+        _ => bail!(
+            "`pads` has {} values; it takes 4 ([top, left, bottom, right])",
+            p.len()
+        ),
     }
 }
 

@@ -97,7 +97,11 @@ impl Reference {
                     act,
                 } => {
                     let ws: Vec<&[f32]> = weights.iter().map(|w| t(w)).collect();
-                    let (og, cg, patch) = (geom.out_c / geom.groups, geom.in_c / geom.groups, geom.patch_len());
+                    let (og, cg, patch) = (
+                        geom.out_c / geom.groups,
+                        geom.in_c / geom.groups,
+                        geom.patch_len(),
+                    );
                     conv(x, geom, bias_of(bias), *act, |o, tap, ci| {
                         ws[o / og][(o % og) * patch + tap * cg + ci]
                     })
@@ -260,7 +264,11 @@ fn pool(x: &[f64], g: &ConvGeom, kind: PoolKind) -> Vec<f64> {
             for ow in 0..ow_n {
                 for ch in 0..c {
                     let mut inside = 0usize;
-                    let mut acc = if kind == PoolKind::Max { f64::NEG_INFINITY } else { 0.0 };
+                    let mut acc = if kind == PoolKind::Max {
+                        f64::NEG_INFINITY
+                    } else {
+                        0.0
+                    };
                     for i in 0..g.kh {
                         for j in 0..g.kw {
                             let Some((ih, iw)) = tap(g, oh, ow, i, j) else {
@@ -268,7 +276,11 @@ fn pool(x: &[f64], g: &ConvGeom, kind: PoolKind) -> Vec<f64> {
                             };
                             inside += 1;
                             let v = x[((b * g.in_h + ih) * g.in_w + iw) * c + ch];
-                            acc = if kind == PoolKind::Max { acc.max(v) } else { acc + v };
+                            acc = if kind == PoolKind::Max {
+                                acc.max(v)
+                            } else {
+                                acc + v
+                            };
                         }
                     }
                     y.push(match kind {

@@ -11,6 +11,7 @@ use std::path::Path;
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
 /// A tensor to write: dtype, shape and little-endian bytes.
+#[derive(Clone)]
 struct Tensor {
     dtype: Dtype,
     shape: Vec<usize>,
@@ -72,6 +73,85 @@ fn write(dir: &Path, name: &str, tensors: Vec<(&str, Tensor)>, graph: Option<Val
     Ok(())
 }
 
+/// `conv_ops.safetensors`: every convolutional op, in the shapes that
+/// catch layout and folding mistakes. A zero Pad and a BatchNormalization
+/// fold into a stride-2 convolution with asymmetric pads; a dilated
+/// depthwise convolution keeps its Mul and Add (its ReLU stops the fold); a
+/// grouped convolution with a BatchNormalization; two 1x1 convolutions into a
+/// residual Add; pools at the edges (count_include_pad both ways); then both a
+/// Flatten of a spatial value (a layout change back to NCHW) and a global
+/// average pool (none needed), into Dense layers and a Softmax.
+fn conv_ops(dir: &Path) -> Result<()> {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let graph = json!({
+        "version": 1,
+        "inputs": [{"name": "image", "shape": [1, 3, 11, 10]}],
+        "outputs": ["probs"],
+        "nodes": [
+            {"name": "pad0", "op": "Pad", "inputs": ["image"], "output": "p0", "pads": [0, 0, 0, 1, 0, 0, 1, 0]},
+            {"name": "conv1", "op": "Conv", "inputs": ["p0"], "output": "c1", "weight": "conv1.weight", "bias": "conv1.bias",
+             "strides": [2, 2], "pads": [1, 0, 0, 1]},
+            {"name": "bn1", "op": "BatchNormalization", "inputs": ["c1"], "output": "b1",
+             "scale": "bn1.scale", "bias": "bn1.bias", "mean": "bn1.mean", "var": "bn1.var", "epsilon": 0.001},
+            {"name": "relu6", "op": "Clip", "inputs": ["b1"], "output": "a1", "min": 0.0, "max": 6.0},
+            {"name": "dw", "op": "Conv", "inputs": ["a1"], "output": "d", "weight": "dw.weight", "group": 8,
+             "dilations": [2, 2], "pads": [2, 2, 2, 2], "activation": "relu"},
+            {"name": "dw_scale", "op": "Mul", "inputs": ["d"], "output": "ds", "constant": "dw.scale"},
+            {"name": "dw_shift", "op": "Add", "inputs": ["ds"], "output": "dd", "constant": "dw.shift"},
+            {"name": "grouped", "op": "Conv", "inputs": ["dd"], "output": "g", "weight": "grouped.weight", "group": 2,
+             "strides": [1, 2], "pads": [0, 1, 0, 1]},
+            {"name": "bn2", "op": "BatchNormalization", "inputs": ["g"], "output": "gb",
+             "scale": "bn2.scale", "bias": "bn2.bias", "mean": "bn2.mean", "var": "bn2.var"},
+            {"name": "relu2", "op": "Relu", "inputs": ["gb"], "output": "ga"},
+            {"name": "pw1", "op": "Conv", "inputs": ["ga"], "output": "q1", "weight": "pw1.weight", "bias": "pw1.bias"},
+            {"name": "pw2", "op": "Conv", "inputs": ["ga"], "output": "q2", "weight": "pw2.weight"},
+            {"name": "res", "op": "Add", "inputs": ["q1", "q2"], "output": "r", "activation": "relu"},
+            {"name": "maxpool", "op": "MaxPool", "inputs": ["r"], "output": "m", "kernel_shape": [3, 3],
+             "strides": [2, 2], "pads": [1, 1, 1, 1]},
+            {"name": "avg_excl", "op": "AveragePool", "inputs": ["m"], "output": "v1", "kernel_shape": [2, 2],
+             "pads": [0, 0, 1, 1]},
+            {"name": "avg_incl", "op": "AveragePool", "inputs": ["m"], "output": "v2", "kernel_shape": [2, 2],
+             "pads": [0, 0, 1, 1], "count_include_pad": true},
+            {"name": "pools", "op": "Add", "inputs": ["v1", "v2"], "output": "v"},
+            {"name": "flat", "op": "Flatten", "inputs": ["v"], "output": "f"},
+            {"name": "fc_flat", "op": "Dense", "inputs": ["f"], "output": "h1", "weight": "fc_flat.weight", "bias": "fc_flat.bias"},
+            {"name": "gap", "op": "GlobalAveragePool", "inputs": ["v"], "output": "gp"},
+            {"name": "squeeze", "op": "Squeeze", "inputs": ["gp"], "output": "gs", "axes": [2, 3]},
+            {"name": "mix", "op": "Add", "inputs": ["h1", "gs"], "output": "h"},
+            {"name": "fc", "op": "Dense", "inputs": ["h"], "output": "logits", "weight": "fc.weight", "bias": "fc.bias"},
+            {"name": "softmax", "op": "Softmax", "inputs": ["logits"], "output": "probs"}
+        ]
+    });
+    let bn = |rng: &mut Rng, name: &str, c: usize| {
+        let var: Vec<f32> = rng.vector(c, 0.5).iter().map(|v| v + 0.6).collect();
+        vec![
+            (format!("{name}.scale"), f32s(&[c], &rng.vector(c, 1.5))),
+            (format!("{name}.bias"), f32s(&[c], &rng.vector(c, 0.5))),
+            (format!("{name}.mean"), f32s(&[c], &rng.vector(c, 0.3))),
+            (format!("{name}.var"), f32s(&[c], &var)),
+        ]
+    };
+    let mut tensors: Vec<(String, Tensor)> = vec![
+        ("conv1.weight".into(), f32s(&[8, 3, 3, 3], &rng.matrix(8, 27))),
+        ("conv1.bias".into(), f32s(&[8], &rng.vector(8, 0.2))),
+        ("dw.weight".into(), f32s(&[8, 1, 3, 3], &rng.matrix(8, 9))),
+        ("dw.scale".into(), f32s(&[8, 1, 1], &rng.vector(8, 2.0))),
+        ("dw.shift".into(), f32s(&[1, 8, 1, 1], &rng.vector(8, 0.5))),
+        ("grouped.weight".into(), f32s(&[12, 4, 1, 3], &rng.matrix(12, 12))),
+        ("pw1.weight".into(), f32s(&[16, 12, 1, 1], &rng.matrix(16, 12))),
+        ("pw1.bias".into(), f32s(&[16], &rng.vector(16, 0.2))),
+        ("pw2.weight".into(), f32s(&[16, 12, 1, 1], &rng.matrix(16, 12))),
+        ("fc_flat.weight".into(), f32s(&[16, 96], &rng.matrix(16, 96))),
+        ("fc_flat.bias".into(), f32s(&[16], &rng.vector(16, 0.2))),
+        ("fc.weight".into(), f32s(&[10, 16], &rng.matrix(10, 16))),
+        ("fc.bias".into(), f32s(&[10], &rng.vector(10, 0.2))),
+    ];
+    tensors.extend(bn(&mut rng, "bn1", 8));
+    tensors.extend(bn(&mut rng, "bn2", 12));
+    let tensors = tensors.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    write(dir, "conv_ops.safetensors", tensors, Some(graph))
+}
+
 /// The weights of `tiny.safetensors`, a [3, 4] Dense.
 const TINY: [f32; 12] = [0.5, -1.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.75, 1.5, -2.0, 0.0, 0.125];
 
@@ -123,6 +203,7 @@ pub fn write_all(dir: &Path) -> Result<()> {
         ("shift", f32s(&[1, 24], &rng.vector(24, 1.0))),
     ];
     write(dir, "all_ops.safetensors", tensors, Some(all_ops))?;
+    conv_ops(dir)?;
 
     let tiny = || vec![("fc.weight", f32s(&[3, 4], &TINY))];
     write(

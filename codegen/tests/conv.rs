@@ -1,0 +1,502 @@
+//! Convolutional graphs: hand-checked cases for each op's edges, and the
+//! planned model (NHWC, folded, reordered) against a plain NCHW interpreter
+//! of the graph document that knows nothing of the planner.
+
+use qbake_codegen::graph::{self, Layout, NodeDef, Op};
+use qbake_codegen::read::ModelFile;
+use qbake_codegen::reference::Reference;
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A model file with `graph` and `tensors`, in a temporary directory.
+fn model(graph: serde_json::Value, tensors: &[(&str, &[usize], Vec<f32>)]) -> (tempfile::TempDir, PathBuf) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| (*n, TensorView::new(Dtype::F32, s.to_vec(), b).unwrap()))
+        .collect();
+    let metadata = HashMap::from([("qbake.graph".to_string(), graph.to_string())]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, Some(metadata)).unwrap()).unwrap();
+    (dir, path)
+}
+
+/// One node on an input of `shape`, run by the reference on `input`.
+fn run_one(
+    shape: &[usize],
+    node: serde_json::Value,
+    tensors: &[(&str, &[usize], Vec<f32>)],
+    input: &[f32],
+) -> Vec<f64> {
+    let mut node = node;
+    node["inputs"] = serde_json::json!(["x"]);
+    node["output"] = serde_json::json!("y");
+    let graph = serde_json::json!({
+        "version": 1, "inputs": [{"name": "x", "shape": shape}], "outputs": ["y"], "nodes": [node]
+    });
+    let (_dir, path) = model(graph, tensors);
+    Reference::load(&path).unwrap().run(input)
+}
+
+fn iota(n: usize) -> Vec<f32> {
+    (0..n).map(|i| i as f32).collect()
+}
+
+#[test]
+fn stride_two_with_asymmetric_pads() {
+    // 1 2 3 / 4 5 6 / 7 8 9, padded below and to the right (TF "SAME"),
+    // summed over 2x2 windows at stride 2.
+    let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    let conv = serde_json::json!({"op": "Conv", "weight": "w", "strides": [2, 2], "pads": [0, 0, 1, 1]});
+    let y = run_one(&[1, 1, 3, 3], conv, &[("w", &[1, 1, 2, 2], vec![1.0; 4])], &x);
+    assert_eq!(y, [12.0, 9.0, 15.0, 9.0]);
+    // The same through a Pad node folded into the convolution.
+    let graph = serde_json::json!({
+        "version": 1, "inputs": [{"name": "x", "shape": [1, 1, 3, 3]}], "outputs": ["y"],
+        "nodes": [
+            {"name": "pad", "op": "Pad", "inputs": ["x"], "output": "p", "pads": [0, 0, 0, 0, 0, 0, 1, 1]},
+            {"name": "conv", "op": "Conv", "inputs": ["p"], "output": "y", "weight": "w", "strides": [2, 2]}
+        ]
+    });
+    let (_dir, path) = model(graph, &[("w", &[1, 1, 2, 2], vec![1.0; 4])]);
+    let reference = Reference::load(&path).unwrap();
+    let steps: Vec<&str> = reference.plan().steps.iter().map(|s| s.name.as_str()).collect();
+    // One channel in: NCHW and NHWC are the same order, the first change is free.
+    assert_eq!(
+        steps,
+        ["x to NHWC", "pad+conv", "y to NCHW"],
+        "the zero Pad folds into the convolution"
+    );
+    assert_eq!(reference.plan().steps[0].op, Op::Alias);
+    assert_eq!(reference.run(&x), [12.0, 9.0, 15.0, 9.0]);
+}
+
+#[test]
+fn dilation_reads_every_other_pixel() {
+    // x[r][c] = 5r + c; a 3x3 kernel of ones with dilation 2 and pads 2.
+    let conv = serde_json::json!({"op": "Conv", "weight": "w", "dilations": [2, 2], "pads": [2, 2, 2, 2]});
+    let y = run_one(
+        &[1, 1, 5, 5],
+        conv,
+        &[("w", &[1, 1, 3, 3], vec![1.0; 9])],
+        &iota(25),
+    );
+    assert_eq!(y.len(), 25);
+    // Corner: taps (0,0), (0,2), (2,0), (2,2) inside; centre: all nine.
+    assert_eq!(y[0], 24.0);
+    assert_eq!(y[12], 108.0);
+}
+
+#[test]
+fn groups_see_only_their_channels() {
+    // Two groups of two channels: out0 = 1 x0 + 10 x1, out1 = 100 x2 + 1000 x3.
+    let conv = serde_json::json!({"op": "Conv", "weight": "w", "group": 2});
+    let w = vec![1.0, 10.0, 100.0, 1000.0];
+    let y = run_one(
+        &[1, 4, 1, 1],
+        conv,
+        &[("w", &[2, 2, 1, 1], w)],
+        &[1.0, 2.0, 3.0, 4.0],
+    );
+    assert_eq!(y, [21.0, 4300.0]);
+    // Depthwise (group = channels) with a bias.
+    let conv = serde_json::json!({"op": "Conv", "weight": "w", "bias": "b", "group": 2});
+    let tensors: &[(&str, &[usize], Vec<f32>)] = &[
+        ("w", &[2, 1, 1, 2], vec![1.0, 2.0, 3.0, 4.0]),
+        ("b", &[2], vec![0.5, -0.5]),
+    ];
+    // Channel 0 = [1, 2], channel 1 = [3, 4] (one row of two pixels each).
+    let y = run_one(&[1, 2, 1, 2], conv, tensors, &[1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(y, [1.0 + 4.0 + 0.5, 9.0 + 16.0 - 0.5]);
+}
+
+#[test]
+fn pools_at_the_edges() {
+    // 1 2 / 3 4, 2x2 windows at stride 1, padded below and to the right.
+    let avg = |include: bool| serde_json::json!({"op": "AveragePool", "kernel_shape": [2, 2], "pads": [0, 0, 1, 1], "count_include_pad": include});
+    let x = [1.0, 2.0, 3.0, 4.0];
+    assert_eq!(run_one(&[1, 1, 2, 2], avg(false), &[], &x), [2.5, 3.0, 3.5, 4.0]);
+    assert_eq!(run_one(&[1, 1, 2, 2], avg(true), &[], &x), [2.5, 1.5, 1.75, 1.0]);
+    // Max pooling never picks the padding, even when every value is negative.
+    let max =
+        serde_json::json!({"op": "MaxPool", "kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1]});
+    let y = run_one(&[1, 1, 2, 2], max, &[], &[-4.0, -3.0, -2.0, -1.0]);
+    assert_eq!(y, [-4.0, -3.0, -2.0, -1.0]);
+    // Global average pool.
+    let gap = serde_json::json!({"op": "GlobalAveragePool"});
+    assert_eq!(run_one(&[1, 2, 1, 2], gap, &[], &x), [1.5, 3.5]);
+}
+
+#[test]
+fn batch_norm_folds_into_the_convolution_before_quantization() {
+    // y = (conv(x) + b - mean) / sqrt(var + eps) * gamma + beta.
+    let graph = serde_json::json!({
+        "version": 1, "inputs": [{"name": "x", "shape": [1, 1, 1, 2]}], "outputs": ["y"],
+        "nodes": [
+            {"name": "conv", "op": "Conv", "inputs": ["x"], "output": "c", "weight": "w", "bias": "b"},
+            {"name": "bn", "op": "BatchNormalization", "inputs": ["c"], "output": "y",
+             "scale": "g", "bias": "beta", "mean": "m", "var": "v", "epsilon": 0.0}
+        ]
+    });
+    let tensors: &[(&str, &[usize], Vec<f32>)] = &[
+        ("w", &[2, 1, 1, 1], vec![1.0, 2.0]),
+        ("b", &[2], vec![1.0, 0.0]),
+        ("g", &[2], vec![2.0, 1.0]),
+        ("beta", &[2], vec![0.5, 0.0]),
+        ("m", &[2], vec![1.0, 4.0]),
+        ("v", &[2], vec![4.0, 1.0]),
+    ];
+    let (_dir, path) = model(graph, tensors);
+    let reference = Reference::load(&path).unwrap();
+    let plan = reference.plan();
+    // Into NHWC (free: one channel), one convolution, back to NCHW.
+    assert_eq!(plan.steps.len(), 3, "{:?}", plan.steps);
+    let Op::Conv { weight, bias, .. } = &plan.steps[1].op else {
+        panic!("{:?}", plan.steps[1].op)
+    };
+    // w' = w gamma / sqrt(var), b' = (b - mean) gamma / sqrt(var) + beta.
+    assert_eq!(&*plan.tensor(weight).data, [1.0, 2.0]);
+    assert_eq!(&*plan.tensor(bias.as_ref().unwrap()).data, [0.5, -4.0]);
+    // Output NCHW: channel 0 = x + 0.5, channel 1 = 2 x - 4.
+    assert_eq!(reference.run(&[1.0, 3.0]), [1.5, 3.5, -2.0, 2.0]);
+}
+
+#[test]
+fn layout_changes_only_where_needed() {
+    let path = fixture("conv_ops.safetensors");
+    let plan = graph::plan(&ModelFile::open(&path).unwrap()).unwrap();
+    let changes: Vec<(&str, bool)> = plan
+        .steps
+        .iter()
+        .filter(|s| s.op_name == "layout")
+        .map(|s| (s.name.as_str(), matches!(s.op, Op::Alias)))
+        .collect();
+    // Into NHWC at the input; back for the Flatten of a 3x2 map (a copy);
+    // for the global pool's 1x1 map, the same buffer.
+    assert_eq!(
+        changes,
+        [
+            ("image to NHWC", false),
+            ("v to NCHW", false),
+            ("gp to NCHW", true)
+        ]
+    );
+    assert_eq!(plan.values[plan.output].layout, Layout::Plain);
+    // Pad, both batch normalizations and the activations are folded or fused away.
+    let names: Vec<&str> = plan.steps.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"pad0+conv1+bn1+relu6"), "{names:?}");
+    assert!(names.contains(&"grouped+bn2+relu2"), "{names:?}");
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/models")
+        .join(name)
+}
+
+/// The planned reference (NHWC inside, Pad and batch norms folded, weights
+/// reordered) against a direct NCHW reading of the graph document.
+#[test]
+fn planned_reference_matches_a_plain_nchw_interpreter() {
+    let path = fixture("conv_ops.safetensors");
+    let file = ModelFile::open(&path).unwrap();
+    let def = graph::parse(file.graph_json().unwrap()).unwrap();
+    let reference = Reference::load(&path).unwrap();
+    let mut seed = 0x1234_5678u64;
+    for _ in 0..4 {
+        let input: Vec<f32> = (0..330)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect();
+        let want = nchw::run(&def, &file, &input);
+        let got = reference.run(&input);
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-6, "{got:?}\nvs\n{want:?}");
+        }
+    }
+}
+
+/// ONNX semantics, NCHW, f64, one node at a time, straight from the document.
+mod nchw {
+    use super::*;
+
+    #[derive(Clone)]
+    struct T {
+        shape: Vec<usize>,
+        data: Vec<f64>,
+    }
+
+    pub fn run(def: &graph::GraphDef, file: &ModelFile, input: &[f32]) -> Vec<f64> {
+        let mut env: HashMap<String, T> = HashMap::new();
+        let shape: Vec<usize> = def.inputs[0].shape.iter().map(|&d| d as usize).collect();
+        env.insert(
+            def.inputs[0].name.clone(),
+            T {
+                shape,
+                data: input.iter().map(|&v| f64::from(v)).collect(),
+            },
+        );
+        let tensor = |name: &Option<String>| -> T {
+            let name = name.as_ref().unwrap();
+            let shape = file.tensor(name).unwrap().shape.clone();
+            T {
+                shape,
+                data: file.read_f32(name).unwrap().into_iter().map(f64::from).collect(),
+            }
+        };
+        // The fixture lists its nodes in execution order.
+        for node in &def.nodes {
+            let x = env[&node.inputs[0]].clone();
+            let y = match node.op.as_str() {
+                "Pad" => pad(&x, node),
+                "Conv" => conv(
+                    &x,
+                    node,
+                    &tensor(&node.weight),
+                    node.bias.as_ref().map(|_| tensor(&node.bias)),
+                ),
+                "BatchNormalization" => {
+                    let (g, b, m, v) = (
+                        tensor(&node.scale),
+                        tensor(&node.bias),
+                        tensor(&node.mean),
+                        tensor(&node.var),
+                    );
+                    let eps = f64::from(node.epsilon.unwrap_or(1e-5));
+                    let hw = x.shape[2] * x.shape[3];
+                    let data = x.data.iter().enumerate().map(|(i, &v0)| {
+                        let c = i / hw % x.shape[1];
+                        (v0 - m.data[c]) / (v.data[c] + eps).sqrt() * g.data[c] + b.data[c]
+                    });
+                    T {
+                        shape: x.shape.clone(),
+                        data: data.collect(),
+                    }
+                }
+                "Clip" => map(&x, |v| {
+                    v.max(f64::from(node.min.unwrap()))
+                        .min(f64::from(node.max.unwrap()))
+                }),
+                "Relu" => map(&x, |v| v.max(0.0)),
+                "Mul" | "Add" if node.constant.is_some() => {
+                    let c = tensor(&node.constant);
+                    let data = (0..x.data.len()).map(|i| {
+                        let cv = c.data[broadcast_index(&x.shape, &c.shape, i)];
+                        if node.op == "Mul" {
+                            x.data[i] * cv
+                        } else {
+                            x.data[i] + cv
+                        }
+                    });
+                    T {
+                        shape: x.shape.clone(),
+                        data: data.collect(),
+                    }
+                }
+                "Add" => {
+                    let b = &env[&node.inputs[1]];
+                    T {
+                        shape: x.shape.clone(),
+                        data: x.data.iter().zip(&b.data).map(|(a, b)| a + b).collect(),
+                    }
+                }
+                "MaxPool" | "AveragePool" => pool(&x, node),
+                "GlobalAveragePool" => {
+                    let hw = x.shape[2] * x.shape[3];
+                    let data = x
+                        .data
+                        .chunks_exact(hw)
+                        .map(|c| c.iter().sum::<f64>() / hw as f64)
+                        .collect();
+                    T {
+                        shape: vec![x.shape[0], x.shape[1], 1, 1],
+                        data,
+                    }
+                }
+                "Flatten" => T {
+                    shape: vec![x.shape[0], x.data.len() / x.shape[0]],
+                    data: x.data.clone(),
+                },
+                "Squeeze" => T {
+                    shape: x.shape.iter().copied().filter(|&d| d != 1).collect(),
+                    data: x.data.clone(),
+                },
+                "Dense" => {
+                    let w = tensor(&node.weight);
+                    let b = tensor(&node.bias);
+                    let (n, k) = (w.shape[0], w.shape[1]);
+                    let data = (0..n)
+                        .map(|j| b.data[j] + (0..k).map(|i| x.data[i] * w.data[j * k + i]).sum::<f64>());
+                    T {
+                        shape: vec![1, n],
+                        data: data.collect(),
+                    }
+                }
+                "Softmax" => {
+                    let m = x.data.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let s: f64 = x.data.iter().map(|v| (v - m).exp()).sum();
+                    map(&x, |v| (v - m).exp() / s)
+                }
+                op => panic!("the interpreter has no {op}"),
+            };
+            if let Some(act) = node.activation.as_deref() {
+                assert_eq!(act, "relu");
+            }
+            let y = if node.activation.is_some() {
+                map(&y, |v| v.max(0.0))
+            } else {
+                y
+            };
+            env.insert(node.output.clone(), y);
+        }
+        env.remove(&def.outputs[0]).unwrap().data
+    }
+
+    fn map(x: &T, f: impl Fn(f64) -> f64) -> T {
+        T {
+            shape: x.shape.clone(),
+            data: x.data.iter().map(|&v| f(v)).collect(),
+        }
+    }
+
+    /// The index into `c` (ONNX-broadcast onto `x`) of element `i` of `x`.
+    fn broadcast_index(x: &[usize], c: &[usize], mut i: usize) -> usize {
+        let pad = x.len() - c.len();
+        let (mut idx, mut stride) = (0, 1);
+        for d in (0..x.len()).rev() {
+            let coord = i % x[d];
+            i /= x[d];
+            if d >= pad && c[d - pad] != 1 {
+                idx += coord * stride;
+                stride *= c[d - pad];
+            }
+        }
+        idx
+    }
+
+    fn get(v: &Option<Vec<i64>>, default: &[usize]) -> Vec<usize> {
+        v.as_ref()
+            .map_or(default.to_vec(), |v| v.iter().map(|&d| d as usize).collect())
+    }
+
+    fn pad(x: &T, node: &NodeDef) -> T {
+        let p = get(&node.pads, &[]);
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+        let (oh, ow) = (h + p[2] + p[6], w + p[3] + p[7]);
+        let mut data = vec![f64::from(node.value.unwrap_or(0.0)); n * c * oh * ow];
+        for b in 0..n * c {
+            for i in 0..h {
+                for j in 0..w {
+                    data[(b * oh + i + p[2]) * ow + j + p[3]] = x.data[(b * h + i) * w + j];
+                }
+            }
+        }
+        T {
+            shape: vec![n, c, oh, ow],
+            data,
+        }
+    }
+
+    /// For output `(oh, ow)` and tap `(i, j)`, the input pixel, if inside.
+    fn at(
+        x: &T,
+        p: &[usize],
+        s: &[usize],
+        d: &[usize],
+        o: (usize, usize),
+        t: (usize, usize),
+    ) -> Option<(usize, usize)> {
+        let ih = (o.0 * s[0] + t.0 * d[0]).checked_sub(p[0])?;
+        let iw = (o.1 * s[1] + t.1 * d[1]).checked_sub(p[1])?;
+        (ih < x.shape[2] && iw < x.shape[3]).then_some((ih, iw))
+    }
+
+    fn out_dim(i: usize, p0: usize, p1: usize, k: usize, s: usize, d: usize) -> usize {
+        (i + p0 + p1 - d * (k - 1) - 1) / s + 1
+    }
+
+    fn conv(x: &T, node: &NodeDef, w: &T, b: Option<T>) -> T {
+        let (p, s, d) = (
+            get(&node.pads, &[0; 4]),
+            get(&node.strides, &[1, 1]),
+            get(&node.dilations, &[1, 1]),
+        );
+        let g = node.group.unwrap_or(1) as usize;
+        let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+        let (o, cg, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
+        let (oh, ow) = (
+            out_dim(h, p[0], p[2], kh, s[0], d[0]),
+            out_dim(wd, p[1], p[3], kw, s[1], d[1]),
+        );
+        let mut data = Vec::new();
+        for bn in 0..n {
+            for oc in 0..o {
+                let group = oc / (o / g);
+                for y in 0..oh {
+                    for xx in 0..ow {
+                        let mut acc = b.as_ref().map_or(0.0, |b| b.data[oc]);
+                        for ci in 0..cg {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    if let Some((ih, iw)) = at(x, &p, &s, &d, (y, xx), (i, j)) {
+                                        let xv = x.data[((bn * c + group * cg + ci) * h + ih) * wd + iw];
+                                        acc += xv * w.data[((oc * cg + ci) * kh + i) * kw + j];
+                                    }
+                                }
+                            }
+                        }
+                        data.push(acc);
+                    }
+                }
+            }
+        }
+        T {
+            shape: vec![n, o, oh, ow],
+            data,
+        }
+    }
+
+    fn pool(x: &T, node: &NodeDef) -> T {
+        let k = get(&node.kernel_shape, &[]);
+        let (p, s) = (get(&node.pads, &[0; 4]), get(&node.strides, &[1, 1]));
+        let (nc, h, w) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3]);
+        let (oh, ow) = (
+            out_dim(h, p[0], p[2], k[0], s[0], 1),
+            out_dim(w, p[1], p[3], k[1], s[1], 1),
+        );
+        let mut data = Vec::new();
+        for b in 0..nc {
+            for y in 0..oh {
+                for xx in 0..ow {
+                    let vals: Vec<f64> = (0..k[0])
+                        .flat_map(|i| (0..k[1]).map(move |j| (i, j)))
+                        .filter_map(|t| at(x, &p, &s, &[1, 1], (y, xx), t))
+                        .map(|(ih, iw)| x.data[(b * h + ih) * w + iw])
+                        .collect();
+                    data.push(match node.op.as_str() {
+                        "MaxPool" => vals.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                        _ if node.count_include_pad == Some(true) => {
+                            vals.iter().sum::<f64>() / (k[0] * k[1]) as f64
+                        }
+                        _ => vals.iter().sum::<f64>() / vals.len() as f64,
+                    });
+                }
+            }
+        }
+        T {
+            shape: vec![x.shape[0], x.shape[1], oh, ow],
+            data,
+        }
+    }
+}
