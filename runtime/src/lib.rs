@@ -14,6 +14,9 @@
 //!   multiplied with the 8-bit weights in exact i32 arithmetic
 //!   ([`hybrid`]), giving float outputs.
 //!
+//! Depthwise convolutions run in f32 in both, on taps dequantized once
+//! ([`DepthwiseWeight`]).
+//!
 //! This crate knows nothing of files or syntax; `qbake-codegen` does that.
 
 mod alloc;
@@ -32,7 +35,9 @@ pub use exec::{Exec, Kernels};
 pub use ops::Activation;
 pub use qbake_macros::include_model;
 pub use qbake_macros::quantized_model;
-pub use weights::{Aligned, DequantCache, FloatWeight, QuantParams, QuantWeight, Weight};
+pub use weights::{
+    Aligned, DepthwiseWeight, DequantCache, FloatWeight, QuantParams, QuantWeight, TapsCache, Weight,
+};
 
 /// The packed layout and quantization arithmetic shared with the code generator.
 pub use qbake_format as format;

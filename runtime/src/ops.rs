@@ -3,8 +3,9 @@
 //! Shapes were checked at compile time; the asserts here guard against a
 //! code generator bug, not user input.
 
+use crate::conv::{self, Conv2d, Pool};
 use crate::hybrid::{self, QuantizedRows};
-use crate::{Exec, Kernels, Weight, gemm_f32};
+use crate::{DepthwiseWeight, Exec, Kernels, Weight, gemm_f32};
 
 /// An activation fused into the op that produces its input.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -72,17 +73,14 @@ pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Acti
 pub fn conv2d(
     exec: &Exec,
     x: &[f32],
-    g: &crate::conv::Conv2d,
+    g: &Conv2d,
     w: &Weight,
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
 ) {
     g.check().expect("a valid geometry");
-    assert_eq!(
-        g.groups, 1,
-        "grouped convolutions other than depthwise are not supported"
-    );
+    assert_eq!(g.groups, 1, "grouped convolutions have their own ops");
     assert_eq!(
         (w.rows(), w.cols()),
         (g.out_c, g.patch_len()),
@@ -93,8 +91,171 @@ pub fn conv2d(
     } else {
         // Scratch per call for now; sizing it at compile time is issue 7's.
         let mut cols = vec![0.0f32; g.out_pixels() * g.patch_len()];
-        crate::conv::im2col(x, g, &mut cols);
+        conv::im2col(x, g, &mut cols);
         dense(exec, &cols, w, bias, act, y);
+    }
+}
+
+/// Grouped convolution, NHWC (for `groups > 1` that is not depthwise): per
+/// group, a GEMM over the [`im2col`](conv::im2col_channels) rows of its
+/// input channels, in either kernel family, written into its slice of the
+/// output channels. `w[group]` is `[out_c / groups, kh * kw * in_c / groups]`.
+pub fn grouped_conv2d(
+    exec: &Exec,
+    x: &[f32],
+    g: &Conv2d,
+    w: &[&Weight],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    g.check().expect("a valid geometry");
+    assert_eq!(w.len(), g.groups, "one weight per group");
+    let (cg, og, pixels) = (g.in_c / g.groups, g.out_c / g.groups, g.out_pixels());
+    for wg in w {
+        assert_eq!(
+            (wg.rows(), wg.cols()),
+            (og, g.patch_len()),
+            "group weights do not match the geometry"
+        );
+    }
+    assert_eq!(y.len(), pixels * g.out_c, "output has the wrong size");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), g.out_c, "bias length differs from the output channels");
+    }
+    // Scratch per call for now, reused across the groups.
+    let mut cols = vec![0.0f32; pixels * g.patch_len()];
+    let mut yg = vec![0.0f32; pixels * og];
+    for (group, wg) in w.iter().enumerate() {
+        conv::im2col_channels(x, g, group * cg..(group + 1) * cg, &mut cols);
+        let bias = bias.map(|b| &b[group * og..(group + 1) * og]);
+        dense(exec, &cols, wg, bias, act, &mut yg);
+        for (dst, src) in y.chunks_exact_mut(g.out_c).zip(yg.chunks_exact(og)) {
+            dst[group * og..(group + 1) * og].copy_from_slice(src);
+        }
+    }
+}
+
+/// Depthwise convolution, NHWC, on the f32 taps cached from the baked
+/// weights ([`DepthwiseWeight::taps`]) in both kernel families: it is
+/// memory-bound and has `kh * kw` multiply-adds per activation, too few for
+/// quantizing the activations on each call to pay. The [`Exec`] is taken
+/// for uniformity with the other convolutions (threads may come later).
+pub fn depthwise_conv2d(
+    _exec: &Exec,
+    x: &[f32],
+    g: &Conv2d,
+    w: &DepthwiseWeight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    assert_eq!(
+        (w.weight.rows(), w.weight.cols()),
+        (g.out_c, g.kh * g.kw),
+        "depthwise weights do not match the geometry"
+    );
+    conv::depthwise(x, g, w.taps(), bias, act, y);
+}
+
+/// Max pooling, NHWC; the padding never wins.
+pub fn max_pool(x: &[f32], g: &Conv2d, y: &mut [f32]) {
+    g.check().expect("a valid geometry");
+    conv::pool(x, g, Pool::Max, y);
+}
+
+/// Average pooling, NHWC, dividing by the taps inside the input, or by all
+/// `kh * kw` with `count_include_pad` (ONNX's attribute).
+pub fn average_pool(x: &[f32], g: &Conv2d, count_include_pad: bool, y: &mut [f32]) {
+    g.check().expect("a valid geometry");
+    conv::pool(x, g, Pool::Average { count_include_pad }, y);
+}
+
+/// Global average pool: `[batch, pixels, channels]` to `[batch, channels]`.
+pub fn global_average_pool(x: &[f32], batch: usize, pixels: usize, channels: usize, y: &mut [f32]) {
+    conv::global_average_pool(x, batch, pixels, channels, y);
+}
+
+/// Pads `[batch, h, w, c]` with `value` by `pads = [top, left, bottom,
+/// right]` pixels into `[batch, h + top + bottom, w + left + right, c]`.
+#[allow(clippy::too_many_arguments)]
+pub fn pad_nhwc(
+    x: &[f32],
+    batch: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    pads: [usize; 4],
+    value: f32,
+    y: &mut [f32],
+) {
+    let [top, left, bottom, right] = pads;
+    let (out_h, out_w) = (h + top + bottom, w + left + right);
+    assert_eq!(x.len(), batch * h * w * c, "pad input has the wrong size");
+    assert_eq!(
+        y.len(),
+        batch * out_h * out_w * c,
+        "pad output has the wrong size"
+    );
+    if y.is_empty() {
+        return;
+    }
+    let (row_in, row_out) = (w * c, out_w * c);
+    for (oh, dst) in y.chunks_exact_mut(row_out).enumerate() {
+        let (b, r) = (oh / out_h, oh % out_h);
+        if r < top || r >= top + h {
+            dst.fill(value);
+            continue;
+        }
+        let src = &x[(b * h + r - top) * row_in..][..row_in];
+        dst[..left * c].fill(value);
+        dst[left * c..left * c + row_in].copy_from_slice(src);
+        dst[left * c + row_in..].fill(value);
+    }
+}
+
+/// NCHW to NHWC: the layout change at a convolutional model's input.
+pub fn nchw_to_nhwc(x: &[f32], batch: usize, channels: usize, pixels: usize, y: &mut [f32]) {
+    transpose_batches(x, batch, channels, pixels, y);
+}
+
+/// NHWC to NCHW: the layout change at a convolutional model's output.
+pub fn nhwc_to_nchw(x: &[f32], batch: usize, pixels: usize, channels: usize, y: &mut [f32]) {
+    transpose_batches(x, batch, pixels, channels, y);
+}
+
+/// Transposes each of `batch` row-major `[rows, cols]` matrices, in square
+/// blocks so that both sides are read and written a few cache lines at a time.
+fn transpose_batches(x: &[f32], batch: usize, rows: usize, cols: usize, y: &mut [f32]) {
+    const B: usize = 16;
+    assert!(
+        x.len() == batch * rows * cols && y.len() == x.len(),
+        "layout change sizes differ"
+    );
+    if x.is_empty() {
+        return;
+    }
+    for (x, y) in x.chunks_exact(rows * cols).zip(y.chunks_exact_mut(rows * cols)) {
+        for r0 in (0..rows).step_by(B) {
+            for c0 in (0..cols).step_by(B) {
+                for r in r0..(r0 + B).min(rows) {
+                    for c in c0..(c0 + B).min(cols) {
+                        y[c * rows + r] = x[r * cols + c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y = act(x * c)` where `c` is broadcast over `x`'s leading dimensions
+/// (its shape is a suffix of `x`'s).
+pub fn mul_constant(x: &[f32], c: &[f32], act: Activation, y: &mut [f32]) {
+    assert!(x.len() == y.len() && !c.is_empty() && x.len().is_multiple_of(c.len()));
+    for (y_chunk, x_chunk) in y.chunks_exact_mut(c.len()).zip(x.chunks_exact(c.len())) {
+        for ((y, &x), &c) in y_chunk.iter_mut().zip(x_chunk).zip(c) {
+            *y = act.apply(x * c);
+        }
     }
 }
 
@@ -151,7 +312,373 @@ pub fn softmax(x: &[f32], outer: usize, len: usize, inner: usize, y: &mut [f32])
 mod tests {
     use super::*;
     use crate::conv::{Conv2d, conv2d_reference};
-    use crate::{DequantCache, FloatWeight, QuantParams, QuantWeight};
+    use crate::test_values::values;
+    use crate::{DequantCache, FloatWeight, QuantParams, QuantWeight, TapsCache};
+
+    /// A baked 8-bit `[rows, cols]` weight with per-channel parameters.
+    fn quant_weight(q: &[u8], rows: usize, cols: usize, seed: usize) -> QuantWeight {
+        let scale: Vec<f32> = (0..rows)
+            .map(|n| 0.004 + ((n + seed) % 5) as f32 * 0.002)
+            .collect();
+        let zero_point: Vec<u8> = (0..rows).map(|n| (110 + (n * 13 + seed) % 37) as u8).collect();
+        QuantWeight {
+            name: "w",
+            rows,
+            cols,
+            packed: Box::leak(crate::format::pack_b_s8(q, rows, cols).into_boxed_slice()),
+            params: QuantParams {
+                min: &[],
+                max: &[],
+                scale: Box::leak(scale.into_boxed_slice()),
+                zero_point: Box::leak(zero_point.into_boxed_slice()),
+            },
+            cache: DequantCache::new(),
+        }
+    }
+
+    /// The weight's values, row-major, as the definitions take them.
+    fn dequantized_rows(w: &QuantWeight) -> Vec<f32> {
+        (0..w.rows)
+            .flat_map(|n| (0..w.cols).map(move |k| (n, k)))
+            .map(|(n, k)| {
+                let (scale, zp) = w.params.of_row(n);
+                crate::format::dequantize(w.q(n, k), scale, zp)
+            })
+            .collect()
+    }
+
+    fn float_weight(data: &[f32], rows: usize, cols: usize) -> FloatWeight {
+        FloatWeight {
+            name: "wf",
+            rows,
+            cols,
+            data: Box::leak(data.to_vec().into_boxed_slice()),
+            cache: DequantCache::new(),
+        }
+    }
+
+    fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what} [{i}]: {a} vs {b}");
+        }
+    }
+
+    /// Groups 2 and 4, a 3x2 kernel, stride 2, dilation 2 and asymmetric
+    /// padding, through `grouped_conv2d` with 8-bit weights in both families
+    /// and float weights, against the definition on the baked values.
+    #[test]
+    fn grouped_conv2d_in_both_families() {
+        for groups in [2, 4] {
+            let g = Conv2d {
+                batch: 2,
+                in_h: 9,
+                in_w: 8,
+                in_c: 8,
+                out_c: 12,
+                kh: 3,
+                kw: 2,
+                stride: [2, 2],
+                dilation: [2, 2],
+                pads: [2, 1, 0, 2],
+                groups,
+            };
+            g.check().unwrap();
+            let og = g.out_c / groups;
+            let x = values(groups as u64, g.batch * g.in_h * g.in_w * g.in_c);
+            let quant: Vec<Weight> = (0..groups)
+                .map(|grp| {
+                    let q: Vec<u8> = (0..og * g.patch_len())
+                        .map(|i| ((i * 97 + grp * 31) % 256) as u8)
+                        .collect();
+                    Weight::U8(quant_weight(&q, og, g.patch_len(), grp))
+                })
+                .collect();
+            // Group weights stacked are the definition's [out_c, kh, kw, in_c / groups].
+            let wf: Vec<f32> = quant
+                .iter()
+                .flat_map(|w| match w {
+                    Weight::U8(w) => dequantized_rows(w),
+                    Weight::F32(_) => unreachable!(),
+                })
+                .collect();
+            let bias = values(9, g.out_c);
+            let act = Activation::Clip { min: -2.0, max: 3.0 };
+            let mut want = vec![0.0; g.out_pixels() * g.out_c];
+            conv2d_reference(&x, &g, &wf, Some(&bias), act, &mut want);
+            let refs: Vec<&Weight> = quant.iter().collect();
+            let mut y = vec![f32::NAN; want.len()];
+            grouped_conv2d(
+                &Exec::new(Kernels::Dequant),
+                &x,
+                &g,
+                &refs,
+                Some(&bias),
+                act,
+                &mut y,
+            );
+            close(&y, &want, 1e-5, &format!("dequant groups {groups}"));
+            // Hybrid rounds each patch value by at most half a step of
+            // max|patch| / 127 <= max|x| / 127: output `o` moves by at most
+            // sum_k |w[o, k]| times that (the activation does not add to it).
+            let x_max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let bound: Vec<f32> = wf
+                .chunks_exact(g.patch_len())
+                .map(|w| w.iter().map(|v| v.abs()).sum::<f32>() * x_max / 254.0 * 1.01)
+                .collect();
+            grouped_conv2d(
+                &Exec::new(Kernels::Hybrid),
+                &x,
+                &g,
+                &refs,
+                Some(&bias),
+                act,
+                &mut y,
+            );
+            for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                let tol = bound[i % g.out_c] + 1e-5 * (1.0 + b.abs());
+                assert!((a - b).abs() <= tol, "hybrid groups {groups} [{i}]: {a} vs {b}");
+            }
+            let floats: Vec<Weight> = wf
+                .chunks_exact(og * g.patch_len())
+                .map(|w| Weight::F32(float_weight(w, og, g.patch_len())))
+                .collect();
+            let refs: Vec<&Weight> = floats.iter().collect();
+            let mut y = vec![f32::NAN; want.len()];
+            grouped_conv2d(
+                &Exec::new(Kernels::Hybrid),
+                &x,
+                &g,
+                &refs,
+                Some(&bias),
+                act,
+                &mut y,
+            );
+            close(&y, &want, 1e-5, &format!("float groups {groups}"));
+        }
+    }
+
+    /// `depthwise_conv2d` with 8-bit and float weights gives, in both
+    /// families, the bits of `conv::depthwise` on the dequantized taps.
+    #[test]
+    fn depthwise_conv2d_runs_the_kernel_on_the_taps() {
+        let g = Conv2d {
+            batch: 2,
+            in_h: 7,
+            in_w: 6,
+            in_c: 19,
+            out_c: 19,
+            kh: 3,
+            kw: 3,
+            stride: [2, 2],
+            dilation: [1, 1],
+            pads: [1, 0, 1, 2],
+            groups: 19,
+        };
+        let (c, kk) = (g.in_c, g.kh * g.kw);
+        let x = values(11, g.batch * g.in_h * g.in_w * c);
+        let bias = values(12, c);
+        let act = Activation::Relu;
+        let q: Vec<u8> = (0..c * kk).map(|i| (i * 89 % 256) as u8).collect();
+        let qw = quant_weight(&q, c, kk, 3);
+        let wf = dequantized_rows(&qw);
+        let weights = [
+            DepthwiseWeight {
+                weight: Weight::U8(qw),
+                taps: TapsCache::new(),
+            },
+            DepthwiseWeight {
+                weight: Weight::F32(float_weight(&values(13, c * kk), c, kk)),
+                taps: TapsCache::new(),
+            },
+        ];
+        for w in &weights {
+            let rows = match &w.weight {
+                Weight::U8(_) => wf.clone(),
+                Weight::F32(f) => f.data.to_vec(),
+            };
+            // [c, kh * kw] rows are the definition's [c, kh, kw, 1]; taps are [kh, kw, c].
+            let taps: Vec<f32> = (0..kk * c).map(|i| rows[(i % c) * kk + i / c]).collect();
+            let mut want = vec![0.0; g.out_pixels() * c];
+            conv::depthwise(&x, &g, &taps, Some(&bias), act, &mut want);
+            let mut definition = vec![0.0; want.len()];
+            conv2d_reference(&x, &g, &rows, Some(&bias), act, &mut definition);
+            close(&want, &definition, 1e-5, "depthwise kernel");
+            for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+                let mut y = vec![f32::NAN; want.len()];
+                depthwise_conv2d(&Exec::new(kernels), &x, &g, w, Some(&bias), act, &mut y);
+                assert!(
+                    y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{kernels:?} {}",
+                    w.weight.rows()
+                );
+            }
+        }
+    }
+
+    /// Pooling in plain loops over signed coordinates: the definition.
+    fn pool_definition(x: &[f32], g: &Conv2d, kind: Pool) -> Vec<f32> {
+        let (oh_n, ow_n, c) = (g.out_h(), g.out_w(), g.in_c);
+        let mut y = Vec::new();
+        for b in 0..g.batch {
+            for oh in 0..oh_n {
+                for ow in 0..ow_n {
+                    for ch in 0..c {
+                        let (mut max, mut sum, mut inside) = (f32::NEG_INFINITY, 0.0f64, 0);
+                        for i in 0..g.kh {
+                            for j in 0..g.kw {
+                                let ih = (oh * g.stride[0] + i * g.dilation[0]) as isize - g.pads[0] as isize;
+                                let iw = (ow * g.stride[1] + j * g.dilation[1]) as isize - g.pads[1] as isize;
+                                if ih < 0 || iw < 0 || ih >= g.in_h as isize || iw >= g.in_w as isize {
+                                    continue;
+                                }
+                                let v = x[((b * g.in_h + ih as usize) * g.in_w + iw as usize) * c + ch];
+                                max = max.max(v);
+                                sum += f64::from(v);
+                                inside += 1;
+                            }
+                        }
+                        y.push(match kind {
+                            Pool::Max => max,
+                            Pool::Average {
+                                count_include_pad: true,
+                            } => (sum / (g.kh * g.kw) as f64) as f32,
+                            Pool::Average {
+                                count_include_pad: false,
+                            } => (sum / inside as f64) as f32,
+                        });
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Max and average pools (both counts) at the edges, against the definition.
+    #[test]
+    fn pools_at_the_edges() {
+        let g = Conv2d {
+            batch: 2,
+            in_h: 5,
+            in_w: 4,
+            in_c: 3,
+            out_c: 3,
+            kh: 3,
+            kw: 2,
+            stride: [2, 2],
+            dilation: [1, 1],
+            pads: [1, 0, 2, 1],
+            groups: 1,
+        };
+        // A 3x3 window padded by 2 before: the first window holds only pixel (0, 0).
+        let corner = Conv2d {
+            batch: 1,
+            in_h: 3,
+            in_w: 3,
+            in_c: 2,
+            out_c: 2,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [2, 2, 0, 0],
+            groups: 1,
+        };
+        for g in [g, corner] {
+            let x = values(21, g.batch * g.in_h * g.in_w * g.in_c);
+            // Every value negative: the padding must not win the max.
+            let negative: Vec<f32> = x.iter().map(|v| v - 2.0).collect();
+            for x in [&x, &negative] {
+                let mut y = vec![f32::NAN; g.out_pixels() * g.out_c];
+                max_pool(x, &g, &mut y);
+                assert_eq!(y, pool_definition(x, &g, Pool::Max));
+                for count_include_pad in [false, true] {
+                    average_pool(x, &g, count_include_pad, &mut y);
+                    let want = pool_definition(x, &g, Pool::Average { count_include_pad });
+                    close(&y, &want, 1e-6, &format!("average {count_include_pad}"));
+                }
+            }
+        }
+        let x = values(22, 9 * 2);
+        let mut y = vec![0.0; 9 * 2];
+        average_pool(&x, &corner, false, &mut y);
+        assert_eq!(y[..2], x[..2]);
+        average_pool(&x, &corner, true, &mut y);
+        assert_eq!(y[..2], [x[0] * (1.0 / 9.0), x[1] * (1.0 / 9.0)]);
+        max_pool(&x, &corner, &mut y);
+        assert_eq!(y[..2], x[..2]);
+    }
+
+    #[test]
+    fn global_average_pool_is_the_mean_over_pixels() {
+        let (batch, pixels, c) = (2, 5, 3);
+        let x = values(31, batch * pixels * c);
+        let mut y = vec![f32::NAN; batch * c];
+        global_average_pool(&x, batch, pixels, c, &mut y);
+        let want: Vec<f32> = (0..batch * c)
+            .map(|i| {
+                let (b, ch) = (i / c, i % c);
+                (0..pixels).map(|p| x[(b * pixels + p) * c + ch]).sum::<f32>() / pixels as f32
+            })
+            .collect();
+        close(&y, &want, 1e-6, "global average pool");
+    }
+
+    #[test]
+    fn pad_nhwc_asymmetric_with_a_value() {
+        let mut y = [0.0; 4];
+        pad_nhwc(&[5.0], 1, 1, 1, 1, [1, 1, 0, 0], -1.0, &mut y);
+        assert_eq!(y, [-1.0, -1.0, -1.0, 5.0]);
+        let (batch, h, w, c, pads, value) = (2, 2, 3, 2, [1, 0, 2, 3], -7.5);
+        let (out_h, out_w) = (h + pads[0] + pads[2], w + pads[1] + pads[3]);
+        let x = values(41, batch * h * w * c);
+        let mut y = vec![f32::NAN; batch * out_h * out_w * c];
+        pad_nhwc(&x, batch, h, w, c, pads, value, &mut y);
+        for b in 0..batch {
+            for oh in 0..out_h {
+                for ow in 0..out_w {
+                    for ch in 0..c {
+                        let inside =
+                            (pads[0]..pads[0] + h).contains(&oh) && (pads[1]..pads[1] + w).contains(&ow);
+                        let want = if inside {
+                            x[((b * h + oh - pads[0]) * w + ow - pads[1]) * c + ch]
+                        } else {
+                            value
+                        };
+                        assert_eq!(y[((b * out_h + oh) * out_w + ow) * c + ch], want);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layout_changes_by_hand_and_round_trip() {
+        // One image, 2 channels of 3 pixels.
+        let nchw = [0.0, 1.0, 2.0, 10.0, 11.0, 12.0];
+        let mut nhwc = [0.0; 6];
+        nchw_to_nhwc(&nchw, 1, 2, 3, &mut nhwc);
+        assert_eq!(nhwc, [0.0, 10.0, 1.0, 11.0, 2.0, 12.0]);
+        let mut back = [0.0; 6];
+        nhwc_to_nchw(&nhwc, 1, 3, 2, &mut back);
+        assert_eq!(back, nchw);
+        // Sizes past the block, two images.
+        let (batch, channels, pixels) = (2, 20, 37);
+        let x = values(51, batch * channels * pixels);
+        let mut nhwc = vec![f32::NAN; x.len()];
+        nchw_to_nhwc(&x, batch, channels, pixels, &mut nhwc);
+        assert_eq!(nhwc[(pixels + 5) * channels + 7], x[(channels + 7) * pixels + 5]);
+        let mut back = vec![f32::NAN; x.len()];
+        nhwc_to_nchw(&nhwc, batch, pixels, channels, &mut back);
+        assert_eq!(back, x);
+    }
+
+    #[test]
+    fn mul_constant_broadcasts_over_rows() {
+        let mut y = [0.0; 4];
+        mul_constant(&[1.0, 2.0, 3.0, 4.0], &[10.0, -10.0], Activation::Relu, &mut y);
+        assert_eq!(y, [10.0, 0.0, 30.0, 0.0]);
+    }
 
     /// A 3x3 stride-2 padded convolution and a 1x1 one, through `conv2d` in
     /// both families, against the definition run on the baked weights.

@@ -135,6 +135,46 @@ impl Weight {
     }
 }
 
+/// A depthwise convolution's weights as baked: a `[channels, kh * kw]`
+/// matrix, so that per-channel quantization is per row.
+#[derive(Debug)]
+pub struct DepthwiseWeight {
+    pub weight: Weight,
+    /// The taps in f32, filled on first use.
+    pub taps: TapsCache,
+}
+
+impl DepthwiseWeight {
+    /// The taps as [`conv::depthwise`](crate::conv::depthwise) takes them,
+    /// `[kh, kw, channels]`: the baked values (dequantized if 8-bit),
+    /// transposed on the first call, then cached. Both kernel families run
+    /// on these.
+    pub fn taps(&self) -> &[f32] {
+        self.taps.0.get_or_init(|| {
+            let (c, kk) = (self.weight.rows(), self.weight.cols());
+            let value = |ch: usize, t: usize| match &self.weight {
+                Weight::U8(w) => {
+                    let (scale, zp) = w.params.of_row(ch);
+                    dequantize(w.q(ch, t), scale, zp)
+                }
+                Weight::F32(w) => w.data[ch * kk + t],
+            };
+            (0..kk * c).map(|i| value(i % c, i / c)).collect()
+        })
+    }
+}
+
+/// The f32 taps of a [`DepthwiseWeight`], filled once and shared like a
+/// [`DequantCache`]; `new` is `const` so that it can sit in a `static`.
+#[derive(Debug, Default)]
+pub struct TapsCache(OnceLock<Box<[f32]>>);
+
+impl TapsCache {
+    pub const fn new() -> Self {
+        TapsCache(OnceLock::new())
+    }
+}
+
 /// A once-filled f32 copy of a weight tensor, in the f32 kernels' panel
 /// order, shared by every `Model` and thread: the first caller fills it,
 /// concurrent callers wait for it, and everyone after reads the same memory.
@@ -187,6 +227,85 @@ mod tests {
         assert_eq!(FILLS.load(Ordering::SeqCst), 1);
         assert!(addrs.iter().all(|&a| a == addrs[0]));
         assert!(CACHE.is_filled());
+    }
+
+    /// A per-channel 8-bit depthwise weight of `c` channels and `taps` taps.
+    fn depthwise_u8(q: &[u8], c: usize, taps: usize) -> DepthwiseWeight {
+        let scale: Vec<f32> = (0..c).map(|ch| 0.01 + ch as f32 * 0.003).collect();
+        let zero_point: Vec<u8> = (0..c).map(|ch| (100 + ch * 7) as u8).collect();
+        DepthwiseWeight {
+            weight: Weight::U8(QuantWeight {
+                name: "dw",
+                rows: c,
+                cols: taps,
+                packed: Box::leak(qbake_format::pack_b_s8(q, c, taps).into_boxed_slice()),
+                params: QuantParams {
+                    min: &[],
+                    max: &[],
+                    scale: Box::leak(scale.into_boxed_slice()),
+                    zero_point: Box::leak(zero_point.into_boxed_slice()),
+                },
+                cache: DequantCache::new(),
+            }),
+            taps: TapsCache::new(),
+        }
+    }
+
+    #[test]
+    fn depthwise_taps_are_the_weights_transposed() {
+        let (c, kk) = (5, 9);
+        let q: Vec<u8> = (0..c * kk).map(|i| (i * 53 % 256) as u8).collect();
+        let w = depthwise_u8(&q, c, kk);
+        let Weight::U8(qw) = &w.weight else { unreachable!() };
+        let taps = w.taps();
+        assert_eq!(taps.len(), kk * c);
+        for t in 0..kk {
+            for ch in 0..c {
+                let (scale, zp) = qw.params.of_row(ch);
+                let want = dequantize(q[ch * kk + t], scale, zp);
+                assert_eq!(taps[t * c + ch].to_bits(), want.to_bits(), "tap {t} channel {ch}");
+            }
+        }
+        // As the code generator bakes it: a `static`.
+        static FLOAT: DepthwiseWeight = DepthwiseWeight {
+            weight: Weight::F32(FloatWeight {
+                name: "dwf",
+                rows: 5,
+                cols: 9,
+                data: &[
+                    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+                    16.0, 17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0, 28.0, 29.0, 30.0,
+                    31.0, 32.0, 33.0, 34.0, 35.0, 36.0, 37.0, 38.0, 39.0, 40.0, 41.0, 42.0, 43.0, 44.0,
+                ],
+                cache: DequantCache::new(),
+            }),
+            taps: TapsCache::new(),
+        };
+        let w = &FLOAT;
+        // taps[t][ch] = data[ch][t].
+        assert_eq!(w.taps()[..c], [0.0, 9.0, 18.0, 27.0, 36.0]);
+        assert_eq!(w.taps()[c * (kk - 1)..], [8.0, 17.0, 26.0, 35.0, 44.0]);
+    }
+
+    #[test]
+    fn depthwise_taps_fill_once_under_contention() {
+        let (c, kk) = (37, 25);
+        let q: Vec<u8> = (0..c * kk).map(|i| (i * 31 % 256) as u8).collect();
+        let w = depthwise_u8(&q, c, kk);
+        let barrier = std::sync::Barrier::new(8);
+        let seen: Vec<(usize, Vec<f32>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        let taps = w.taps();
+                        (taps.as_ptr() as usize, taps.to_vec())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(seen.iter().all(|s| s == &seen[0]));
     }
 
     #[test]

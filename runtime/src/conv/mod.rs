@@ -11,14 +11,17 @@
 //! generator reorders ONNX's `[out_c, in_c / groups, kh, kw]` at compile
 //! time); depthwise taps are `[kh, kw, c]`.
 //!
-//! Not wired into the code generator yet (that is the rest of issue 4):
-//! these are the kernels and their definitions, tested against each other.
+//! The code generator calls these through [`ops`](crate::ops)
+//! ([`conv2d`](crate::ops::conv2d), [`grouped_conv2d`](crate::ops::grouped_conv2d),
+//! [`depthwise_conv2d`](crate::ops::depthwise_conv2d) and the pools); here
+//! are the kernels and their definitions, tested against each other.
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 pub mod scalar;
 
 use crate::ops::Activation;
+use std::ops::Range;
 
 /// The geometry of a 2-D convolution or pool over NHWC data (ONNX semantics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,18 +148,28 @@ impl Conv2d {
 /// channels, or zeros where the tap falls in the padding.
 pub fn im2col(x: &[f32], g: &Conv2d, out: &mut [f32]) {
     assert_eq!(g.groups, 1, "im2col is for ungrouped convolutions");
+    im2col_channels(x, g, 0..g.in_c, out);
+}
+
+/// [`im2col`] of the input channels `channels` only (one group of a grouped
+/// convolution): each row holds, for each tap, those channels of the pixel.
+pub fn im2col_channels(x: &[f32], g: &Conv2d, channels: Range<usize>, out: &mut [f32]) {
     assert_eq!(x.len(), g.batch * g.in_h * g.in_w * g.in_c);
-    let (oh_n, ow_n, c) = (g.out_h(), g.out_w(), g.in_c);
-    assert_eq!(out.len(), g.out_pixels() * g.patch_len());
-    let mut rows = out.chunks_exact_mut(g.patch_len());
+    assert!(channels.start < channels.end && channels.end <= g.in_c);
+    let (oh_n, ow_n, c, cs) = (g.out_h(), g.out_w(), g.in_c, channels.len());
+    let row_len = g.kh * g.kw * cs;
+    assert_eq!(out.len(), g.out_pixels() * row_len);
+    let mut rows = out.chunks_exact_mut(row_len);
     for b in 0..g.batch {
         let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
         for oh in 0..oh_n {
             for ow in 0..ow_n {
                 let row = rows.next().expect("sized above");
-                for (t, dst) in row.chunks_exact_mut(c).enumerate() {
+                for (t, dst) in row.chunks_exact_mut(cs).enumerate() {
                     match g.tap(oh, ow, t / g.kw, t % g.kw) {
-                        Some((ih, iw)) => dst.copy_from_slice(&image[(ih * g.in_w + iw) * c..][..c]),
+                        Some((ih, iw)) => {
+                            dst.copy_from_slice(&image[(ih * g.in_w + iw) * c + channels.start..][..cs])
+                        }
                         None => dst.fill(0.0),
                     }
                 }
