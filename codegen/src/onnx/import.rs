@@ -6,9 +6,15 @@
 //! few qbake nodes; constants are folded into weights, biases and attributes.
 //! Then a MatMul or Gemm with no bias followed by the Add of a per-output
 //! constant becomes one node with a bias. docs/onnx.md lists the mapping.
+//!
+//! Convolutional ops keep ONNX's NCHW shapes and layouts (a Conv weight is
+//! written as `[O, C / group, kh, kw]`, a per-channel constant with its own
+//! shape, such as `[C, 1, 1]`): choosing the internal layout, and folding
+//! BatchNormalization, Mul, Add and Pad into convolutions, is the planner's.
 
 use super::model::{Data, Dim, OnnxModel, TensorValue, checked_len, type_name};
 use super::proto::{NodeProto, data_type as dt};
+use super::shapes::{AutoPad, Window, broadcasts_onto, squeezed, unsqueezed, window};
 use crate::error::{Error, bail};
 use crate::graph::{GraphDef, InputDef, NodeDef, normalize_axis, reshape};
 use std::collections::{HashMap, HashSet};
@@ -41,13 +47,30 @@ pub struct Imported {
 
 /// The ONNX ops the importer maps, for messages and docs.
 pub const SUPPORTED_OPS: &[&str] = &[
-    "Gemm", "MatMul", "Add", "Relu", "Clip", "Softmax", "Flatten", "Reshape", "Identity", "Dropout",
+    "Gemm",
+    "MatMul",
+    "Conv",
+    "BatchNormalization",
+    "Add",
+    "Mul",
+    "Relu",
+    "Clip",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Pad",
+    "Softmax",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Dropout",
     "Constant",
 ];
 
-/// A constant added by broadcasting is written out whole; larger than this
-/// (in elements) is refused rather than allocated.
-pub const MAX_BROADCAST_CONSTANT: usize = 1 << 20;
+/// The ONNX ops that may have outputs beyond the first, which must be unused.
+const EXTRA_OUTPUTS: &[&str] = &["Dropout", "MaxPool", "BatchNormalization"];
 
 /// The importer allocates at most this many times the file's size for the
 /// values it converts and derives, plus [`MEMORY_SLACK`] bytes.
@@ -123,9 +146,41 @@ enum Kind {
         bias: Option<TRef>,
         transposed: bool,
     },
+    /// 2-D convolution, ONNX's weight layout `[O, C / group, kh, kw]`.
+    Conv {
+        weight: TRef,
+        bias: Option<TRef>,
+        window: Window,
+        group: usize,
+    },
+    BatchNorm {
+        scale: TRef,
+        bias: TRef,
+        mean: TRef,
+        var: TRef,
+        epsilon: f32,
+    },
     Add,
+    /// A constant of its ONNX shape, which broadcasts onto the input.
     AddConst(TRef),
+    /// As `AddConst`.
+    MulConst(TRef),
     Relu,
+    MaxPool {
+        kernel: [usize; 2],
+        window: Window,
+    },
+    AveragePool {
+        kernel: [usize; 2],
+        window: Window,
+        count_include_pad: bool,
+    },
+    GlobalAveragePool,
+    /// ONNX's pads, `[begin of each axis..., end of each axis...]`.
+    Pad {
+        pads: Vec<i64>,
+        value: f32,
+    },
     Clip {
         min: Option<f32>,
         max: Option<f32>,
@@ -462,6 +517,32 @@ impl<'m> Importer<'m> {
         }
     }
 
+    /// A constant 1-D integer input (pads, axes).
+    fn const_i64(&mut self, node: &NodeProto, i: usize, what: &str) -> Result<Vec<i64>, Error> {
+        match self.input(node, i, what)? {
+            Val::Const(c) => match &c.data {
+                KData::I64(v) if c.shape.len() == 1 => {
+                    self.charge(v.len().saturating_mul(8), &c.value)?;
+                    Ok(v.as_ref().clone())
+                }
+                data => bail!(
+                    "its {what} `{}` must be a 1-D integer tensor; it is {} of shape {}",
+                    c.value,
+                    if matches!(data, KData::I64(_)) {
+                        "an integer tensor"
+                    } else {
+                        "a float tensor"
+                    },
+                    shape_str(&c.shape)
+                ),
+            },
+            Val::Act { name, .. } => bail!(
+                "its {what} `{name}` is computed at run time; qbake imports {} with constant {what}",
+                node.op()
+            ),
+        }
+    }
+
     fn define(&mut self, node: &NodeProto, val: Val) -> Result<(), Error> {
         let out = match node.output.first().map(String::as_str) {
             None | Some("") => bail!("it has no output"),
@@ -557,7 +638,7 @@ impl<'m> Importer<'m> {
         if node.output.first().is_none_or(|o| o.is_empty()) {
             bail!("it has no output");
         }
-        if SUPPORTED_OPS.contains(&op) && op != "Dropout" && node.output.len() != 1 {
+        if SUPPORTED_OPS.contains(&op) && !EXTRA_OUTPUTS.contains(&op) && node.output.len() != 1 {
             bail!("it has {} outputs; qbake reads {op} with one", node.output.len());
         }
         match op {
@@ -646,7 +727,27 @@ impl<'m> Importer<'m> {
                 )?;
                 Ok(())
             }
-            "Add" => self.add(node, name, out),
+            "Add" => self.binary(node, name, out, false),
+            "Mul" => self.binary(node, name, out, true),
+            "Conv" => self.conv(node, name, out),
+            "BatchNormalization" => self.batch_norm(node, name, out),
+            "MaxPool" => self.pool(node, name, out, true),
+            "AveragePool" => self.pool(node, name, out, false),
+            "GlobalAveragePool" => {
+                self.attributes(node, &[])?;
+                let (x, shape) = self.activation(node, 0, "X")?;
+                let &[n, c, _, _] = shape.as_slice() else {
+                    bail!(
+                        "X has shape {}; qbake imports 2-D pools (a 4-D X)",
+                        shape_str(&shape)
+                    );
+                };
+                self.emit(name, Kind::GlobalAveragePool, vec![x], out, vec![n, c, 1, 1])?;
+                Ok(())
+            }
+            "Pad" => self.pad(node, name, out),
+            "Squeeze" => self.squeeze(node, name, out, false),
+            "Unsqueeze" => self.squeeze(node, name, out, true),
             "Relu" => {
                 self.attributes(node, &[])?;
                 let (x, shape) = self.activation(node, 0, "X")?;
@@ -846,15 +947,21 @@ impl<'m> Importer<'m> {
         Ok(())
     }
 
-    fn add(&mut self, node: &NodeProto, name: String, out: String) -> Result<(), Error> {
+    /// Add or Mul: of two computed values of equal shape (Add only), or of a
+    /// computed value and a constant that broadcasts onto it, written with
+    /// its ONNX shape.
+    fn binary(&mut self, node: &NodeProto, name: String, out: String, mul: bool) -> Result<(), Error> {
         self.attributes(node, &[])?;
         let a = self.input(node, 0, "A")?;
         let b = self.input(node, 1, "B")?;
         match (a, b) {
+            (Val::Act { name: a, .. }, Val::Act { name: b, .. }) if mul => bail!(
+                "it multiplies two computed values (`{a}` and `{b}`); Mul of two activations is not supported (qbake multiplies by a constant)"
+            ),
             (Val::Act { name: a, shape: sa }, Val::Act { name: b, shape: sb }) => {
                 if sa != sb {
                     bail!(
-                        "it adds shapes {} and {}; qbake adds two computed values of equal shape (or a constant that broadcasts over the leading dimensions)",
+                        "it adds shapes {} and {}; qbake adds two computed values of equal shape (or a constant that broadcasts onto one)",
                         shape_str(&sa),
                         shape_str(&sb)
                     );
@@ -865,18 +972,422 @@ impl<'m> Importer<'m> {
             (Val::Act { name: x, shape }, Val::Const(c)) | (Val::Const(c), Val::Act { name: x, shape }) => {
                 if !matches!(c.data, KData::F32(_)) {
                     bail!(
-                        "constant `{}` is an integer tensor; qbake adds float values",
-                        c.value
+                        "constant `{}` is an integer tensor; qbake {} float values",
+                        c.value,
+                        if mul { "multiplies" } else { "adds" }
                     );
                 }
-                let constant = broadcast_suffix(&c, &shape, &name, |bytes| self.charge(bytes, &name))?;
-                self.emit(name, Kind::AddConst(constant), vec![x], out, shape)?;
+                if !broadcasts_onto(&c.shape, &shape) {
+                    bail!(
+                        "constant `{}` of shape {} does not broadcast onto {} without changing its shape",
+                        c.value,
+                        shape_str(&c.shape),
+                        shape_str(&shape)
+                    );
+                }
+                let constant = tref(&c, None);
+                let kind = if mul {
+                    Kind::MulConst(constant)
+                } else {
+                    Kind::AddConst(constant)
+                };
+                self.emit(name, kind, vec![x], out, shape)?;
                 Ok(())
             }
             (Val::Const(a), Val::Const(_)) => bail!(
                 "both inputs are constants (`{}`, ...); qbake does not evaluate constant sub-graphs at import (fold them when exporting)",
                 a.value
             ),
+        }
+    }
+
+    /// Refuses a node whose outputs after the first are read.
+    fn extra_outputs_unused(&self, node: &NodeProto, max: usize, what: &str) -> Result<(), Error> {
+        if node.output.len() > max {
+            bail!(
+                "it has {} outputs; {} has at most {max}",
+                node.output.len(),
+                node.op()
+            );
+        }
+        if let Some(o) = node
+            .output
+            .iter()
+            .skip(1)
+            .find(|o| !o.is_empty() && self.read.contains(o.as_str()))
+        {
+            bail!("its output `{o}` is used; {what}");
+        }
+        Ok(())
+    }
+
+    /// The window of Conv or a pool over `input` (`[height, width]`): from
+    /// `strides`, `dilations` (`[1, 1]` unless `dilations`), `pads` and `auto_pad`.
+    fn window(
+        &self,
+        node: &NodeProto,
+        input: [usize; 2],
+        kernel: [usize; 2],
+        dilations: bool,
+    ) -> Result<Window, Error> {
+        let strides = pair(node, "strides")?;
+        let dil = pair(node, "dilations")?;
+        if !dilations && dil != [1, 1] {
+            bail!(
+                "dilations {dil:?} are not supported (qbake imports {} with dilations [1, 1])",
+                node.op()
+            );
+        }
+        let auto_pad = match node.attr_string("auto_pad")? {
+            None => AutoPad::NotSet,
+            Some(s) => AutoPad::parse(&s)?,
+        };
+        let pads = match node.attr_ints("pads")? {
+            None => [0; 4],
+            Some(p) if p.iter().any(|&v| v < 0) => {
+                bail!("pads {p:?} have a negative value; qbake imports non-negative pads")
+            }
+            Some(&[t, l, b, r]) => [t, l, b, r].map(|v| v as usize),
+            Some(p) => bail!(
+                "pads {p:?} are not 4 values; qbake imports 2-D windows with pads [top, left, bottom, right]"
+            ),
+        };
+        if auto_pad != AutoPad::NotSet && pads != [0; 4] {
+            bail!("it has both auto_pad and explicit pads {pads:?}; ONNX allows one or the other");
+        }
+        window(input, kernel, strides, dil, pads, auto_pad)
+    }
+
+    fn conv(&mut self, node: &NodeProto, name: String, out: String) -> Result<(), Error> {
+        self.attributes(
+            node,
+            &[
+                "auto_pad",
+                "dilations",
+                "group",
+                "kernel_shape",
+                "pads",
+                "strides",
+            ],
+        )?;
+        let (x, shape) = self.activation(node, 0, "X")?;
+        let w = self.const_f32(node, 1, "W")?;
+        let (&[n, c, h, wd], &[o, cg, kh, kw]) = (shape.as_slice(), w.shape.as_slice()) else {
+            bail!(
+                "X has shape {} and W `{}` has shape {}; qbake imports 2-D convolutions (4-D X and W)",
+                shape_str(&shape),
+                w.value,
+                shape_str(&w.shape)
+            );
+        };
+        if let Some(ks) = node.attr_ints("kernel_shape")?
+            && ks != [kh as i64, kw as i64]
+        {
+            bail!(
+                "kernel_shape {ks:?} disagrees with W `{}` of shape {}, whose kernel is [{kh}, {kw}]",
+                w.value,
+                shape_str(&w.shape)
+            );
+        }
+        if kh == 0 || kw == 0 {
+            bail!(
+                "W `{}` has shape {}: an empty kernel",
+                w.value,
+                shape_str(&w.shape)
+            );
+        }
+        let group = node.attr_int("group")?.unwrap_or(1);
+        let g = usize::try_from(group)
+            .ok()
+            .filter(|&g| g > 0)
+            .ok_or_else(|| Error::new(format!("group = {group}; it must be positive")))?;
+        if cg.checked_mul(g) != Some(c) || !o.is_multiple_of(g) {
+            bail!(
+                "X has shape {} and W `{}` has shape {}: with group = {group}, X's {c} channels must be W's dimension 1 times the group ({cg} x {group}) and the group must divide W's {o} outputs",
+                shape_str(&shape),
+                w.value,
+                shape_str(&w.shape)
+            );
+        }
+        let window = self.window(node, [h, wd], [kh, kw], true)?;
+        let bias = match self.optional_input(node, 2)? {
+            None => None,
+            Some(_) => {
+                let b = self.const_f32(node, 2, "B")?;
+                if b.shape != [o] {
+                    bail!(
+                        "B `{}` has shape {}; Conv's bias has one value per output channel ([{o}])",
+                        b.value,
+                        shape_str(&b.shape)
+                    );
+                }
+                Some(tref(&b, None))
+            }
+        };
+        let y = vec![n, o, window.out[0], window.out[1]];
+        let weight = tref(&w, None);
+        self.emit(
+            name,
+            Kind::Conv {
+                weight,
+                bias,
+                window,
+                group: g,
+            },
+            vec![x],
+            out,
+            y,
+        )?;
+        Ok(())
+    }
+
+    fn batch_norm(&mut self, node: &NodeProto, name: String, out: String) -> Result<(), Error> {
+        self.attributes(node, &["epsilon", "momentum", "training_mode", "spatial"])?;
+        let training = node.attr_int("training_mode")?.unwrap_or(0);
+        if training != 0 {
+            bail!(
+                "training_mode = {training} is not supported (qbake imports BatchNormalization in inference mode, training_mode = 0)"
+            );
+        }
+        let spatial = node.attr_int("spatial")?.unwrap_or(1);
+        if spatial != 1 {
+            bail!(
+                "spatial = {spatial} is not supported (qbake imports BatchNormalization with one statistic per channel, spatial = 1)"
+            );
+        }
+        self.extra_outputs_unused(
+            node,
+            5,
+            "qbake imports BatchNormalization in inference mode, without running statistics",
+        )?;
+        let epsilon = node.attr_float("epsilon")?.unwrap_or(1e-5);
+        if !(epsilon.is_finite() && epsilon >= 0.0) {
+            bail!("epsilon = {epsilon}; it must be a non-negative number");
+        }
+        let (x, shape) = self.activation(node, 0, "X")?;
+        let Some(&c) = shape.get(1) else {
+            bail!(
+                "X has shape {}; BatchNormalization needs [N, C, ...]",
+                shape_str(&shape)
+            );
+        };
+        let mut per_channel = |i: usize, what: &str| -> Result<TRef, Error> {
+            let t = self.const_f32(node, i, what)?;
+            if t.shape != [c] {
+                bail!(
+                    "its {what} `{}` has shape {}; BatchNormalization takes one value per channel of X {} ([{c}])",
+                    t.value,
+                    shape_str(&t.shape),
+                    shape_str(&shape)
+                );
+            }
+            Ok(tref(&t, None))
+        };
+        let scale = per_channel(1, "scale")?;
+        let bias = per_channel(2, "B")?;
+        let mean = per_channel(3, "input_mean")?;
+        let var = per_channel(4, "input_var")?;
+        self.emit(
+            name,
+            Kind::BatchNorm {
+                scale,
+                bias,
+                mean,
+                var,
+                epsilon,
+            },
+            vec![x],
+            out,
+            shape,
+        )?;
+        Ok(())
+    }
+
+    /// MaxPool (`max`) or AveragePool.
+    fn pool(&mut self, node: &NodeProto, name: String, out: String, max: bool) -> Result<(), Error> {
+        let op = node.op();
+        if max {
+            self.attributes(
+                node,
+                &[
+                    "auto_pad",
+                    "ceil_mode",
+                    "dilations",
+                    "kernel_shape",
+                    "pads",
+                    "storage_order",
+                    "strides",
+                ],
+            )?;
+            let order = node.attr_int("storage_order")?.unwrap_or(0);
+            if order != 0 {
+                bail!("storage_order = {order} is not supported (qbake's MaxPool has no Indices output)");
+            }
+            self.extra_outputs_unused(
+                node,
+                2,
+                "qbake's MaxPool computes the values only, not their Indices",
+            )?;
+        } else {
+            self.attributes(
+                node,
+                &[
+                    "auto_pad",
+                    "ceil_mode",
+                    "count_include_pad",
+                    "dilations",
+                    "kernel_shape",
+                    "pads",
+                    "strides",
+                ],
+            )?;
+        }
+        let ceil = node.attr_int("ceil_mode")?.unwrap_or(0);
+        if ceil != 0 {
+            bail!("ceil_mode = {ceil} is not supported (qbake imports {op} with ceil_mode = 0)");
+        }
+        let (x, shape) = self.activation(node, 0, "X")?;
+        let &[n, c, h, w] = shape.as_slice() else {
+            bail!(
+                "X has shape {}; qbake imports 2-D pools (a 4-D X)",
+                shape_str(&shape)
+            );
+        };
+        if node.attr("kernel_shape").is_none() {
+            bail!("it has no kernel_shape");
+        }
+        let kernel = pair(node, "kernel_shape")?;
+        let window = self.window(node, [h, w], kernel, max)?;
+        // A window lying wholly in the padding would have no value to take.
+        for i in 0..2 {
+            let extent = window.extent(kernel, i);
+            if window.pads[i] >= extent || window.pads[i + 2] >= extent {
+                bail!(
+                    "pads {:?} reach as far as the window ({extent} along axis {}): a window could lie wholly in the padding",
+                    window.pads,
+                    i + 2
+                );
+            }
+        }
+        let y = vec![n, c, window.out[0], window.out[1]];
+        let kind = if max {
+            Kind::MaxPool { kernel, window }
+        } else {
+            Kind::AveragePool {
+                kernel,
+                window,
+                count_include_pad: node.attr_int("count_include_pad")?.unwrap_or(0) != 0,
+            }
+        };
+        self.emit(name, kind, vec![x], out, y)?;
+        Ok(())
+    }
+
+    fn pad(&mut self, node: &NodeProto, name: String, out: String) -> Result<(), Error> {
+        let (mode, pads, value) = if self.opset < 11 {
+            self.attributes(node, &["mode", "pads", "value"])?;
+            let pads = node
+                .attr_ints("pads")?
+                .ok_or_else(|| Error::new("it has no `pads` attribute"))?
+                .to_vec();
+            (
+                node.attr_string("mode")?,
+                pads,
+                node.attr_float("value")?.unwrap_or(0.0),
+            )
+        } else {
+            self.attributes(node, &["mode"])?;
+            if self.optional_input(node, 3)?.is_some() {
+                bail!("its axes input is not supported (qbake imports Pad with pads for every axis)");
+            }
+            let pads = self.const_i64(node, 1, "pads")?;
+            let value = match self.optional_input(node, 2)? {
+                None => 0.0,
+                Some(_) => {
+                    let c = self.const_f32(node, 2, "constant_value")?;
+                    match &c.data {
+                        KData::F32(v) if v.len() == 1 => v[0],
+                        _ => bail!(
+                            "its constant_value `{}` has shape {}; it must be one value",
+                            c.value,
+                            shape_str(&c.shape)
+                        ),
+                    }
+                }
+            };
+            (node.attr_string("mode")?, pads, value)
+        };
+        let mode = mode.unwrap_or_else(|| "constant".to_string());
+        if mode != "constant" {
+            bail!("mode `{mode}` is not supported (qbake imports Pad in constant mode)");
+        }
+        if !value.is_finite() {
+            bail!("its value {value} is not finite");
+        }
+        let (x, shape) = self.activation(node, 0, "data")?;
+        let rank = shape.len();
+        if pads.len() != 2 * rank {
+            bail!(
+                "pads {pads:?} are not 2 x {rank} values for data of shape {}",
+                shape_str(&shape)
+            );
+        }
+        if pads.iter().any(|&p| p < 0) {
+            bail!("pads {pads:?} have a negative value (cropping); qbake imports non-negative pads");
+        }
+        let y = shape
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                usize::try_from(pads[i])
+                    .ok()
+                    .and_then(|b| d.checked_add(b))
+                    .zip(usize::try_from(pads[i + rank]).ok())
+                    .and_then(|(v, e)| v.checked_add(e))
+                    .ok_or_else(|| Error::new(format!("pads {pads:?} overflow")))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.emit(name, Kind::Pad { pads, value }, vec![x], out, y)?;
+        Ok(())
+    }
+
+    /// Squeeze, or Unsqueeze (`unsqueeze`): a Reshape to the resulting shape,
+    /// or, on a constant, the constant reshaped.
+    fn squeeze(&mut self, node: &NodeProto, name: String, out: String, unsqueeze: bool) -> Result<(), Error> {
+        let axes: Option<Vec<i64>> = if self.opset < 13 {
+            self.attributes(node, &["axes"])?;
+            node.attr_ints("axes")?.map(<[i64]>::to_vec)
+        } else {
+            self.attributes(node, &[])?;
+            match self.optional_input(node, 1)? {
+                None => None,
+                Some(_) => Some(self.const_i64(node, 1, "axes")?),
+            }
+        };
+        let v = self.input(node, 0, "data")?;
+        let shape = match &v {
+            Val::Act { shape, .. } => shape,
+            Val::Const(c) => &c.shape,
+        };
+        let y = if unsqueeze {
+            let axes = axes.ok_or_else(|| Error::new("it has no axes"))?;
+            unsqueezed(shape, &axes)?
+        } else {
+            squeezed(shape, axes.as_deref())?
+        };
+        match v {
+            Val::Act { name: x, shape } => {
+                if y.is_empty() {
+                    bail!(
+                        "it squeezes {} to a scalar; qbake values have at least one dimension",
+                        shape_str(&shape)
+                    );
+                }
+                let target = y.iter().map(|&d| d as i64).collect();
+                self.emit(name, Kind::Reshape { shape: target }, vec![x], out, y)?;
+                Ok(())
+            }
+            Val::Const(c) => self.define(node, reshaped_const(&c, out, y)),
         }
     }
 
@@ -916,6 +1427,15 @@ impl<'m> Importer<'m> {
     }
 }
 
+/// A 2-value attribute of positive values (`[height, width]`), `[1, 1]` when absent.
+fn pair(node: &NodeProto, name: &str) -> Result<[usize; 2], Error> {
+    match node.attr_ints(name)? {
+        None => Ok([1, 1]),
+        Some(&[a, b]) if a > 0 && b > 0 => Ok([a as usize, b as usize]),
+        Some(v) => bail!("{name} {v:?} are not two positive values [height, width]"),
+    }
+}
+
 /// A tensor reference to constant `c`, optionally scaled by `alpha` (then a
 /// derived tensor under the given name).
 fn tref(c: &Konst, scale: Option<(f32, String)>) -> TRef {
@@ -948,91 +1468,6 @@ fn broadcast_values(c: &Konst, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Constant `c` broadcast onto `x` the way qbake's Add takes it: as a tensor
-/// whose shape is a suffix of `x`'s. ONNX broadcasting is checked, and the
-/// values are repeated out where the constant had 1s.
-fn broadcast_suffix(
-    c: &Konst,
-    x: &[usize],
-    node: &str,
-    charge: impl FnOnce(usize) -> Result<(), Error>,
-) -> Result<TRef, Error> {
-    let KData::F32(values) = &c.data else {
-        unreachable!("callers check for f32");
-    };
-    let fits = c.shape.len() <= x.len()
-        && c.shape
-            .iter()
-            .rev()
-            .zip(x.iter().rev())
-            .all(|(&d, &xd)| d == 1 || d == xd);
-    if !fits {
-        bail!(
-            "constant `{}` of shape {} does not broadcast onto {} without changing its shape",
-            c.value,
-            shape_str(&c.shape),
-            shape_str(x)
-        );
-    }
-    // Left-pad to x's rank; the suffix starts at the first dimension not 1.
-    let pad = x.len() - c.shape.len();
-    let padded: Vec<usize> = std::iter::repeat_n(1, pad)
-        .chain(c.shape.iter().copied())
-        .collect();
-    let start = padded.iter().position(|&d| d != 1).unwrap_or(x.len() - 1);
-    let suffix = x[start..].to_vec();
-    let cshape = &padded[start..];
-    if cshape == suffix.as_slice() {
-        return Ok(TRef {
-            initializer: if c.shape == suffix {
-                c.initializer.clone()
-            } else {
-                None
-            },
-            wanted: c.value.clone(),
-            shape: suffix,
-            data: Rc::clone(values),
-        });
-    }
-    let total = prod(&suffix)?;
-    if total > MAX_BROADCAST_CONSTANT {
-        bail!(
-            "constant `{}` of shape {} broadcast onto {} would be a tensor of {total} values; qbake writes at most {MAX_BROADCAST_CONSTANT}",
-            c.value,
-            shape_str(&c.shape),
-            shape_str(x)
-        );
-    }
-    charge(total * 4)?;
-    // Row-major strides of the constant, 0 along its broadcast dimensions.
-    let mut strides = vec![0usize; cshape.len()];
-    let mut s = 1;
-    for i in (0..cshape.len()).rev() {
-        if cshape[i] != 1 {
-            strides[i] = s;
-        }
-        s *= cshape[i];
-    }
-    let mut out = Vec::with_capacity(total);
-    let mut idx = vec![0usize; suffix.len()];
-    for _ in 0..total {
-        out.push(values[idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>()]);
-        for d in (0..suffix.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < suffix[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    Ok(TRef {
-        initializer: None,
-        wanted: format!("{node}.constant"),
-        shape: suffix,
-        data: Rc::new(out),
-    })
-}
-
 /// The product of `dims`, checked.
 fn prod(dims: &[usize]) -> Result<usize, Error> {
     dims.iter()
@@ -1050,7 +1485,8 @@ fn reshaped_const(c: &Konst, value: String, shape: Vec<usize>) -> Val {
 }
 
 /// A MatMul or Gemm with no bias whose only reader is the Add of a constant
-/// with one value per output becomes one node with that bias.
+/// with one value per output (shape `[N]`, or 1s then `N`, as `[1, N]`)
+/// becomes one node with that bias, a `[N]` tensor.
 fn fold_biases(nodes: Vec<QNode>, graph_output: &str) -> Vec<QNode> {
     let mut readers: HashMap<String, usize> = HashMap::new();
     for input in nodes.iter().flat_map(|n| &n.inputs) {
@@ -1075,18 +1511,31 @@ fn fold_biases(nodes: Vec<QNode>, graph_output: &str) -> Vec<QNode> {
         let Some(&p) = producer.get(src) else {
             continue;
         };
+        let Some((&n, ones)) = c.shape.split_last() else {
+            continue;
+        };
         let foldable = readers.get(src) == Some(&1)
             && src != graph_output
-            && c.shape.len() == 1
+            && ones.iter().all(|&d| d == 1)
             && matches!(&nodes[p], Some(QNode { kind: Kind::Dense { bias: None, .. }, shape, .. })
-                if shape.last() == Some(&c.shape[0]));
+                if shape.last() == Some(&n));
         if !foldable {
             continue;
         }
         let add = nodes[i].take().expect("matched above");
         let dense = nodes[p].as_mut().expect("matched above");
         if let (Kind::Dense { bias, .. }, Kind::AddConst(c)) = (&mut dense.kind, add.kind) {
-            *bias = Some(c);
+            // The same values as a [N] tensor: an initializer of another
+            // shape is written anew, under its name if that is free.
+            *bias = Some(if c.shape.len() == 1 {
+                c
+            } else {
+                TRef {
+                    initializer: None,
+                    shape: vec![n],
+                    ..c
+                }
+            });
         }
         dense.output = add.output;
         dense.name = format!("{}+{}", dense.name, add.name);
@@ -1128,8 +1577,17 @@ fn finish(
     let refs: Vec<&TRef> = nodes
         .iter()
         .flat_map(|n| match &n.kind {
-            Kind::Dense { weight, bias, .. } => vec![Some(weight), bias.as_ref()],
-            Kind::AddConst(c) => vec![Some(c)],
+            Kind::Dense { weight, bias, .. } | Kind::Conv { weight, bias, .. } => {
+                vec![Some(weight), bias.as_ref()]
+            }
+            Kind::BatchNorm {
+                scale,
+                bias,
+                mean,
+                var,
+                ..
+            } => vec![Some(scale), Some(bias), Some(mean), Some(var)],
+            Kind::AddConst(c) | Kind::MulConst(c) => vec![Some(c)],
             _ => vec![],
         })
         .flatten()
@@ -1183,6 +1641,59 @@ fn finish(
                 doc.op = "Add".into();
                 doc.constant = Some(name_of(c, &mut tensors)?);
             }
+            Kind::MulConst(c) => {
+                doc.op = "Mul".into();
+                doc.constant = Some(name_of(c, &mut tensors)?);
+            }
+            Kind::Conv {
+                weight,
+                bias,
+                window,
+                group,
+            } => {
+                doc.op = "Conv".into();
+                doc.weight = Some(name_of(weight, &mut tensors)?);
+                doc.bias = bias.as_ref().map(|b| name_of(b, &mut tensors)).transpose()?;
+                write_window(&mut doc, window);
+                doc.group = Some(*group as i64);
+            }
+            Kind::BatchNorm {
+                scale,
+                bias,
+                mean,
+                var,
+                epsilon,
+            } => {
+                doc.op = "BatchNormalization".into();
+                doc.scale = Some(name_of(scale, &mut tensors)?);
+                doc.bias = Some(name_of(bias, &mut tensors)?);
+                doc.mean = Some(name_of(mean, &mut tensors)?);
+                doc.var = Some(name_of(var, &mut tensors)?);
+                doc.epsilon = Some(*epsilon);
+            }
+            Kind::MaxPool { kernel, window } => {
+                doc.op = "MaxPool".into();
+                doc.kernel_shape = Some(ints(kernel));
+                write_window(&mut doc, window);
+            }
+            Kind::AveragePool {
+                kernel,
+                window,
+                count_include_pad,
+            } => {
+                doc.op = "AveragePool".into();
+                doc.kernel_shape = Some(ints(kernel));
+                write_window(&mut doc, window);
+                // The format's AveragePool has no dilations (they are [1, 1]).
+                doc.dilations = None;
+                doc.count_include_pad = Some(*count_include_pad);
+            }
+            Kind::GlobalAveragePool => doc.op = "GlobalAveragePool".into(),
+            Kind::Pad { pads, value } => {
+                doc.op = "Pad".into();
+                doc.pads = Some(pads.clone());
+                doc.value = Some(*value);
+            }
             Kind::Relu => doc.op = "Relu".into(),
             Kind::Clip { min, max } => {
                 doc.op = "Clip".into();
@@ -1215,6 +1726,17 @@ fn finish(
     let graph_json =
         serde_json::to_string(&doc).map_err(|e| Error::new(format!("cannot write the graph: {e}")))?;
     Ok(Imported { tensors, graph_json })
+}
+
+fn ints(v: &[usize]) -> Vec<i64> {
+    v.iter().map(|&d| d as i64).collect()
+}
+
+/// A window's strides, dilations and pads, explicit (`auto_pad` resolved).
+fn write_window(doc: &mut NodeDef, window: &Window) {
+    doc.strides = Some(ints(&window.strides));
+    doc.dilations = Some(ints(&window.dilations));
+    doc.pads = Some(ints(&window.pads));
 }
 
 fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {

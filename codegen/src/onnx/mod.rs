@@ -5,6 +5,8 @@
 //! - [`model`]: a decoded file with typed accessors (tensors as f32 or i64,
 //!   attributes by name, Constant values, input and output shapes);
 //! - [`import`]: the ONNX graph mapped onto qbake's ops, with its tensors;
+//! - [`shapes`]: the ops' shape rules (windows with `auto_pad` resolved,
+//!   broadcasting, Squeeze and Unsqueeze);
 //! - [`write_safetensors`]: the result as a file the macro bakes.
 //!
 //! No Python, no `protoc`. Any bytes give a model or an [`Error`]: decoding
@@ -17,6 +19,7 @@
 pub mod import;
 pub mod model;
 pub mod proto;
+pub mod shapes;
 mod wire;
 
 pub use import::{ImportOptions, Imported, Tensor};
