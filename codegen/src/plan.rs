@@ -493,7 +493,7 @@ impl<'f> Planner<'f> {
         let mut t = Vec::with_capacity(c);
         for i in 0..c {
             let v = f64::from(var[i]) + eps;
-            if !(v > 0.0) {
+            if v.is_nan() || v <= 0.0 {
                 bail!("channel {i} has var + epsilon = {v}; it must be positive");
             }
             let si = f64::from(gamma[i]) / v.sqrt();

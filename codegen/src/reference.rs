@@ -2,9 +2,9 @@
 //! one graph step at a time. It is what quantized results are measured
 //! against (tests, examples, `cargo xtask eval`), never what users ship.
 
+use crate::Options;
 use crate::error::Error;
 use crate::graph::{self, Act, ConvGeom, Op, Plan, PoolKind};
-use crate::read::ModelFile;
 use std::path::Path;
 
 /// A model loaded for float evaluation.
@@ -13,8 +13,14 @@ pub struct Reference {
 }
 
 impl Reference {
+    /// The model file at `path` (safetensors, or `.onnx`, imported first).
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let file = ModelFile::open(path)?;
+        Self::load_with(path, &Options::default())
+    }
+
+    /// [`load`](Self::load) with options: for an ONNX file, its `output` and `batch`.
+    pub fn load_with(path: &Path, options: &Options) -> Result<Self, Error> {
+        let file = crate::open_model(path, options)?;
         Ok(Reference {
             plan: graph::plan(&file)?,
         })

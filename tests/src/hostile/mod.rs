@@ -47,6 +47,7 @@ fn option_sets() -> [Options; 2] {
         Options {
             per_channel: false,
             keep_float_below: 0,
+            ..Options::default()
         },
     ]
 }

