@@ -18,14 +18,17 @@ const SIDE: u32 = 224;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = std::env::args_os()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("models/photos/chelsea.png"));
-    let image = image::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (path, shown) = match std::env::args_os().nth(1) {
+        Some(arg) => (PathBuf::from(&arg), arg.to_string_lossy().into_owned()),
+        None => (
+            root.join("models/photos/chelsea.png"),
+            "models/photos/chelsea.png".into(),
+        ),
+    };
+    let image = image::open(&path).map_err(|e| format!("cannot read {shown}: {e}"))?;
     let input = preprocess(&image.to_rgb8());
     let labels: Vec<&str> = LABELS.lines().collect();
-    println!("{}, EfficientNet-Lite0", path.display());
+    println!("{shown}, EfficientNet-Lite0 (ImageNet), baked from models/efficientnet_lite0.onnx");
 
     let reference = qbake_codegen::reference::Reference::load(&root.join("models/efficientnet_lite0.onnx"))?;
     let float: Vec<f32> = reference

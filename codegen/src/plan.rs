@@ -929,7 +929,7 @@ impl<'f> Planner<'f> {
     /// A file tensor's shape and values (read once), checked to have no zero dimension.
     fn file_tensor(&mut self, name: &str) -> Result<(Vec<usize>, Arc<[f32]>), Error> {
         let Some(info) = self.file.tensor(name) else {
-            bail!("it names tensor `{name}`, which the file does not have");
+            bail!("the file has no tensor `{name}`");
         };
         // An empty weight would give zero-sized values downstream, which no op computes.
         if info.shape.contains(&0) {

@@ -469,6 +469,22 @@ fn onnx_files(dir: &Path, rng: &mut Rng) -> Result<()> {
         vec![onnx::value("y", &["N", "2", "2"])],
     );
     std::fs::write(dir.join("opset10.onnx"), opset10)?;
+    // A valid model with an op qbake does not import: the macro's error
+    // must name the node and the op, at its argument.
+    let unsupported = onnx::model(
+        13,
+        vec![onnx::node(
+            "ConvTranspose",
+            "upsample",
+            &["x", "w"],
+            &["y"],
+            vec![],
+        )],
+        vec![onnx::f32_tensor("w", &[2, 2, 3, 3], &[0.5; 36])],
+        vec![onnx::value("x", &["1", "2", "4", "4"])],
+        vec![onnx::value("y", &["1", "2", "6", "6"])],
+    );
+    std::fs::write(dir.join("unsupported_op.onnx"), unsupported)?;
     Ok(())
 }
 
