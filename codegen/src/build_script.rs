@@ -340,4 +340,33 @@ mod tests {
         assert!(expand(quote::quote!("tinny"), Some(&dir)).contains("cannot read OUT_DIR/tinny.rs"));
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    /// An `.onnx` file bakes from `build.rs` too, to the same items the macro
+    /// gives it, and its import options are the builder's.
+    #[test]
+    fn onnx_models_bake_like_the_macro() {
+        let dir = scratch("onnx");
+        let path = fixture("mlp.onnx");
+        let model = Model::new("mlp.onnx").batch(3);
+        model.emit_into(&path, &dir, "mlp").unwrap();
+        let source = std::fs::read_to_string(dir.join("mlp.rs")).unwrap();
+        assert!(
+            source.contains("pub const INPUT_SHAPE : [usize ; 2usize] = [3usize , 32usize]"),
+            "{source}"
+        );
+        let inline = crate::generate(&path, "mlp.onnx", model.options())
+            .unwrap()
+            .to_string();
+        assert!(inline.contains("pub const INPUT_SHAPE : [usize ; 2usize] = [3usize , 32usize]"));
+        let wrong = Model::new("mlp.onnx")
+            .output("nope")
+            .emit_into(&path, &dir, "mlp2");
+        assert!(
+            wrong
+                .unwrap_err()
+                .to_string()
+                .contains("the ONNX graph has no output `nope`")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
