@@ -779,11 +779,12 @@ impl<'f> Planner<'f> {
         let rank = value.shape.len();
         let mut padded = vec![1; rank - cshape.len()];
         padded.extend_from_slice(cshape);
-        let (storage, cstore, data) = if value.layout == Layout::Nhwc {
+        let (storage, cstore, data, permuted) = if value.layout == Layout::Nhwc {
             let nhwc = |s: &[usize]| vec![s[0], s[2], s[3], s[1]];
             let [a, b, c, d] = [padded[0], padded[1], padded[2], padded[3]];
             // Only a constant varying along both channels and pixels changes order.
-            let data: Arc<[f32]> = if b > 1 && c * d > 1 {
+            let permuted = b > 1 && c * d > 1;
+            let data: Arc<[f32]> = if permuted {
                 let mut out = Vec::with_capacity(data.len());
                 for n in 0..a {
                     for p in 0..c * d {
@@ -794,18 +795,15 @@ impl<'f> Planner<'f> {
             } else {
                 data
             };
-            (nhwc(&value.shape), nhwc(&padded), data)
+            (nhwc(&value.shape), nhwc(&padded), data, permuted)
         } else {
-            (value.shape.clone(), padded, data)
+            (value.shape.clone(), padded, data, false)
         };
         let start = cstore.iter().position(|&d| d != 1).unwrap_or(rank - 1);
         let suffix = storage[start..].to_vec();
         if cstore[start..] == suffix[..] {
-            let wanted = if cshape == suffix.as_slice() {
-                name
-            } else {
-                derived
-            };
+            // The file's values in the file's order keep the file's name.
+            let wanted = if permuted { derived } else { name };
             return Ok(self.add_tensor(wanted, suffix, data));
         }
         let total = checked_product(&suffix).filter(|&t| t <= MAX_BROADCAST_CONSTANT);

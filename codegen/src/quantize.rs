@@ -76,6 +76,24 @@ pub struct BakedWeight {
     pub sqnr_db: f64,
 }
 
+impl BakedWeight {
+    /// The values the model computes with: the u8 bytes dequantized exactly
+    /// as the runtime does, or the kept f32 values; `[rows, cols]` row-major.
+    pub fn dequantized(&self) -> Vec<f32> {
+        match &self.storage {
+            Storage::F32(v) => v.clone(),
+            Storage::U8 { data, params } => data
+                .chunks_exact(self.cols)
+                .enumerate()
+                .flat_map(|(n, row)| {
+                    let p = params[if params.len() > 1 { n } else { 0 }];
+                    row.iter().map(move |&q| p.dequantize(q))
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Storage {
     /// Row-major u8, with one `QParams` per tensor or per row.

@@ -4,7 +4,7 @@
 
 use qbake::Kernels;
 use qbake_codegen::Options;
-use qbake_codegen::quantize::{self, Storage};
+use qbake_codegen::quantize;
 use qbake_codegen::reference::Reference;
 use std::path::{Path, PathBuf};
 
@@ -33,18 +33,7 @@ fn baked_reference(options: &Options) -> Reference {
     let mut reference = Reference::load(&path()).unwrap();
     let baked = quantize::bake(reference.plan(), options).unwrap();
     for w in &baked.weights {
-        let values = match &w.storage {
-            Storage::F32(v) => v.clone(),
-            Storage::U8 { data, params } => data
-                .chunks_exact(w.cols)
-                .enumerate()
-                .flat_map(|(n, row)| {
-                    let p = params[if params.len() > 1 { n } else { 0 }];
-                    row.iter().map(move |&q| p.dequantize(q))
-                })
-                .collect(),
-        };
-        reference.set_tensor(&w.name, values).unwrap();
+        reference.set_tensor(&w.name, w.dequantized()).unwrap();
     }
     reference
 }

