@@ -7,6 +7,7 @@
 use crate::Options;
 use crate::graph::{Act, ConvGeom, Op, Plan, PoolKind, Value};
 use crate::quantize::{Baked, BakedWeight, QParams, Storage};
+use crate::scratch::{Place, Scratch};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::{HashMap, HashSet};
@@ -47,7 +48,9 @@ pub fn model(
     let output = &plan.values[plan.output];
     let (input_ty, output_ty) = (array_type(&input.shape), array_type(&output.shape));
     let (input_shape, output_shape) = (shape_const(&input.shape), shape_const(&output.shape));
-    let forward_body = forward_body(plan, &names);
+    let scratch = crate::scratch::assign(plan);
+    let forward_body = forward_body(plan, &names, &scratch);
+    let scratch_items = scratch_items(&scratch);
     let model_doc = model_doc(display_path, plan, baked);
     // Naming the file in `include_bytes!` makes the compiler record it as an
     // input of this crate, so editing the model rebuilds it. The bytes are
@@ -74,6 +77,8 @@ pub fn model(
         pub type Output = #output_ty;
 
         #rebuild_trigger
+
+        #scratch_items
 
         #[doc = #model_doc]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -525,6 +530,29 @@ fn f32_tokens(v: f32) -> TokenStream {
     }
 }
 
+/// The per-thread scratch the forward pass works in, sized here.
+fn scratch_items(scratch: &Scratch) -> TokenStream {
+    if scratch.slots.is_empty() {
+        return TokenStream::new();
+    }
+    let n = scratch.slots.len();
+    let lens = scratch.slots.iter().map(|&l| Literal::usize_unsuffixed(l));
+    let bytes = scratch.slots.iter().sum::<usize>() * 4;
+    let doc = format!(
+        "The lengths (f32s) of the scratch buffers `forward` computes in: {bytes} bytes, allocated once \
+         per thread that runs the model, on its first call. Values whose lifetimes do not overlap share a buffer."
+    );
+    quote! {
+        #[doc = #doc]
+        const SCRATCH_SLOTS: [usize; #n] = [#(#lens),*];
+
+        ::std::thread_local! {
+            static SCRATCH: ::std::cell::RefCell<::std::vec::Vec<::std::vec::Vec<f32>>> =
+                const { ::std::cell::RefCell::new(::std::vec::Vec::new()) };
+        }
+    }
+}
+
 /// A `qbake::conv::Conv2d` literal.
 fn geom_tokens(g: &ConvGeom) -> TokenStream {
     let n = |v: usize| Literal::usize_unsuffixed(v);
@@ -568,7 +596,7 @@ fn flatten_calls(rank: usize, method: &str) -> TokenStream {
 }
 
 /// The body of `forward_into`: one buffer per computed value, one op call per step.
-fn forward_body(plan: &Plan, names: &StaticNames) -> TokenStream {
+fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStream {
     let mut idents: HashMap<usize, Ident> = HashMap::new();
     let mut taken: HashSet<String> = ["input", "output", "out", "self"].map(String::from).into();
     let mut ident_for = |v: usize, value: &Value| -> Ident {
@@ -594,6 +622,7 @@ fn forward_body(plan: &Plan, names: &StaticNames) -> TokenStream {
     let input_ident = ident_for(0, input);
     let flat_in = flatten_calls(input.shape.len(), "as_flattened");
     let flat_out = flatten_calls(plan.values[plan.output].shape.len(), "as_flattened_mut");
+    let slot_ident = |s: usize| format_ident!("s{}", s);
     let mut body = quote! {
         let #input_ident: &[f32] = input #flat_in;
         let out: &mut [f32] = output #flat_out;
@@ -611,16 +640,20 @@ fn forward_body(plan: &Plan, names: &StaticNames) -> TokenStream {
             body.extend(if is_output {
                 quote!(out.copy_from_slice(&#src);)
             } else {
-                quote!(let #out_ident: &[f32] = &#src;)
+                quote!(let #out_ident: &[f32] = &*#src;)
             });
             continue;
         }
-        let dst = if is_output {
-            quote!(out)
-        } else {
-            let len = plan.values[step.output].len;
-            body.extend(quote!(let mut #out_ident = ::std::vec![0.0f32; #len];));
-            quote!(&mut #out_ident)
+        let dst = match scratch.place[step.output] {
+            Some(Place::Slot(slot)) => {
+                let (slot, len) = (
+                    slot_ident(slot),
+                    Literal::usize_unsuffixed(plan.values[step.output].len),
+                );
+                body.extend(quote!(let #out_ident = &mut #slot[..#len];));
+                quote!(#out_ident)
+            }
+            _ => quote!(out),
         };
         let x = &ins[0];
         let bias_tokens = |bias: &Option<String>| match bias {
@@ -732,5 +765,19 @@ fn forward_body(plan: &Plan, names: &StaticNames) -> TokenStream {
             Op::Alias => unreachable!("handled above"),
         });
     }
-    body
+    if scratch.slots.is_empty() {
+        return body;
+    }
+    let slots: Vec<Ident> = (0..scratch.slots.len()).map(slot_ident).collect();
+    quote! {
+        SCRATCH.with_borrow_mut(|scratch| {
+            if scratch.is_empty() {
+                *scratch = SCRATCH_SLOTS.iter().map(|&len| ::std::vec![0.0f32; len]).collect();
+            }
+            let [#(#slots),*] = scratch.as_mut_slice() else {
+                unreachable!("the scratch has one buffer per slot")
+            };
+            #body
+        })
+    }
 }

@@ -24,6 +24,7 @@ mod plan;
 pub mod quantize;
 pub mod read;
 pub mod reference;
+mod scratch;
 
 pub use build_script::{Model, include_model};
 pub use error::Error;

@@ -26,6 +26,7 @@ pub mod gemm_f32;
 pub mod hybrid;
 pub mod ops;
 pub mod parallel;
+mod scratch;
 #[cfg(test)]
 mod test_values;
 mod weights;

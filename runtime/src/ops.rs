@@ -4,8 +4,8 @@
 //! code generator bug, not user input.
 
 use crate::conv::{self, Conv2d, Pool};
-use crate::hybrid::{self, QuantizedRows};
-use crate::{DepthwiseWeight, Exec, Kernels, Weight, gemm_f32};
+use crate::hybrid;
+use crate::{DepthwiseWeight, Exec, Kernels, Weight, gemm_f32, scratch};
 
 /// An activation fused into the op that produces its input.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,10 +50,10 @@ pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Acti
         assert_eq!(b.len(), n, "bias length differs from the output channels");
     }
     match (exec.kernels, w) {
-        (Kernels::Hybrid, Weight::U8(qw)) => {
-            let qx = QuantizedRows::quantize(x, k);
-            hybrid::gemm_threads(hybrid::Kernel::detect(), exec.threads, &qx, qw, bias, act, y);
-        }
+        (Kernels::Hybrid, Weight::U8(qw)) => scratch::with_rows(|qx| {
+            qx.quantize_into(hybrid::Kernel::detect(), x, k);
+            hybrid::gemm_threads(hybrid::Kernel::detect(), exec.threads, qx, qw, bias, act, y);
+        }),
         // Float weights (kept small) run in float in both families.
         _ => gemm_f32::gemm_threads(
             gemm_f32::Kernel::detect(),
@@ -89,10 +89,10 @@ pub fn conv2d(
     if g.is_pointwise() {
         dense(exec, x, w, bias, act, y);
     } else {
-        // Scratch per call for now; sizing it at compile time is issue 7's.
-        let mut cols = vec![0.0f32; g.out_pixels() * g.patch_len()];
-        conv::im2col(x, g, &mut cols);
-        dense(exec, &cols, w, bias, act, y);
+        scratch::with_f32(&scratch::COLS, g.out_pixels() * g.patch_len(), |cols| {
+            conv::im2col(x, g, cols);
+            dense(exec, cols, w, bias, act, y);
+        });
     }
 }
 
@@ -123,17 +123,18 @@ pub fn grouped_conv2d(
     if let Some(b) = bias {
         assert_eq!(b.len(), g.out_c, "bias length differs from the output channels");
     }
-    // Scratch per call for now, reused across the groups.
-    let mut cols = vec![0.0f32; pixels * g.patch_len()];
-    let mut yg = vec![0.0f32; pixels * og];
-    for (group, wg) in w.iter().enumerate() {
-        conv::im2col_channels(x, g, group * cg..(group + 1) * cg, &mut cols);
-        let bias = bias.map(|b| &b[group * og..(group + 1) * og]);
-        dense(exec, &cols, wg, bias, act, &mut yg);
-        for (dst, src) in y.chunks_exact_mut(g.out_c).zip(yg.chunks_exact(og)) {
-            dst[group * og..(group + 1) * og].copy_from_slice(src);
-        }
-    }
+    scratch::with_f32(&scratch::COLS, pixels * g.patch_len(), |cols| {
+        scratch::with_f32(&scratch::GROUP_OUT, pixels * og, |yg| {
+            for (group, wg) in w.iter().enumerate() {
+                conv::im2col_channels(x, g, group * cg..(group + 1) * cg, cols);
+                let bias = bias.map(|b| &b[group * og..(group + 1) * og]);
+                dense(exec, cols, wg, bias, act, yg);
+                for (dst, src) in y.chunks_exact_mut(g.out_c).zip(yg.chunks_exact(og)) {
+                    dst[group * og..(group + 1) * og].copy_from_slice(src);
+                }
+            }
+        })
+    });
 }
 
 /// Depthwise convolution, NHWC, on the f32 taps cached from the baked

@@ -203,22 +203,18 @@ pub fn depthwise_with(
     assert_eq!(x.len(), g.batch * g.in_h * g.in_w * g.in_c);
     assert_eq!(taps.len(), g.kh * g.kw * g.in_c);
     assert_eq!(y.len(), g.out_pixels() * g.out_c);
-    let zeros;
-    let bias = match bias {
-        Some(b) => {
-            assert_eq!(b.len(), g.out_c);
-            b
-        }
-        None => {
-            zeros = vec![0.0; g.out_c];
-            &zeros
-        }
-    };
-    match kernel {
+    let run = |bias: &[f32], y: &mut [f32]| match kernel {
         Kernel::Scalar => scalar::depthwise(x, g, taps, bias, act, y),
         // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma => unsafe { avx2::depthwise(x, g, taps, bias, act, y) },
+    };
+    match bias {
+        Some(b) => {
+            assert_eq!(b.len(), g.out_c);
+            run(b, y)
+        }
+        None => crate::scratch::with_zeros(g.out_c, |zeros| run(zeros, y)),
     }
 }
 

@@ -1,0 +1,84 @@
+//! Where each value of a forward pass lives: the input and output are the
+//! caller's; every other computed value gets a slot of the model's scratch,
+//! and values whose lifetimes do not overlap share one. Slot sizes are
+//! known here, at compile time, so a forward pass allocates nothing once a
+//! thread has its scratch.
+
+use crate::graph::{Op, Plan};
+
+/// Where a value is read from or written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Input,
+    Output,
+    Slot(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scratch {
+    /// Per value of the plan (`None` for values no step computes).
+    pub place: Vec<Option<Place>>,
+    /// The length of each slot, in f32s.
+    pub slots: Vec<usize>,
+}
+
+/// Assigns places: aliases share their source's; a step's output takes the
+/// smallest free slot that fits, else the largest free one (grown), else a
+/// new one; a slot is free again after the last step that reads it.
+pub fn assign(plan: &Plan) -> Scratch {
+    let n = plan.values.len();
+    // The value whose buffer each value is (aliases resolve to their source).
+    let mut root: Vec<usize> = (0..n).collect();
+    for step in &plan.steps {
+        if step.op == Op::Alias {
+            root[step.output] = root[step.inputs[0]];
+        }
+    }
+    let mut last_read = vec![0usize; n];
+    for (i, step) in plan.steps.iter().enumerate() {
+        for &v in &step.inputs {
+            last_read[root[v]] = i;
+        }
+    }
+    let mut place: Vec<Option<Place>> = vec![None; n];
+    place[0] = Some(Place::Input);
+    let mut slots: Vec<usize> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    // Slots to free after each step.
+    let mut release: Vec<Vec<usize>> = vec![Vec::new(); plan.steps.len()];
+    for (i, step) in plan.steps.iter().enumerate() {
+        let out = step.output;
+        if step.op == Op::Alias && out != plan.output {
+            place[out] = place[step.inputs[0]];
+        } else if out == plan.output {
+            place[out] = Some(Place::Output);
+        } else {
+            let len = plan.values[out].len;
+            let fit = free
+                .iter()
+                .enumerate()
+                .filter(|&(_, &s)| slots[s] >= len)
+                .min_by_key(|&(_, &s)| slots[s])
+                .or_else(|| free.iter().enumerate().max_by_key(|&(_, &s)| slots[s]))
+                .map(|(at, _)| at);
+            let slot = match fit {
+                Some(at) => free.swap_remove(at),
+                None => {
+                    slots.push(0);
+                    slots.len() - 1
+                }
+            };
+            slots[slot] = slots[slot].max(len);
+            place[out] = Some(Place::Slot(slot));
+            // A value nothing reads is the output's alias source or dead; keep it to the end.
+            let until = if last_read[out] > i {
+                last_read[out]
+            } else {
+                plan.steps.len() - 1
+            };
+            release[until].push(slot);
+        }
+        free.append(&mut release[i]);
+    }
+    Scratch { place, slots }
+}

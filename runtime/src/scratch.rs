@@ -1,0 +1,53 @@
+//! Per-thread buffers the ops reuse from call to call (im2col rows,
+//! quantized activations), so that once each has grown to the largest size
+//! a model needs, a forward pass on one thread allocates nothing.
+
+use crate::hybrid::QuantizedRows;
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+thread_local! {
+    /// im2col rows of a convolution.
+    pub(crate) static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One group's outputs of a grouped convolution.
+    pub(crate) static GROUP_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Zeros, for a missing bias.
+    pub(crate) static ZEROS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The activations of a hybrid GEMM, quantized.
+    pub(crate) static ROWS: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::default());
+}
+
+/// Runs `f` on `len` values of the thread's buffer `key` (their contents
+/// are whatever was left there). A buffer already in use on this thread
+/// (no op nests itself, so this is a fallback, not a path) gives a fresh one.
+pub(crate) fn with_f32<R>(
+    key: &'static LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// `len` zeros.
+pub(crate) fn with_zeros<R>(len: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    with_f32(&ZEROS, len, |z| {
+        z.fill(0.0);
+        f(z)
+    })
+}
+
+/// Runs `f` on the thread's quantized-rows buffer (or a fresh one, as above).
+pub(crate) fn with_rows<R>(f: impl FnOnce(&mut QuantizedRows) -> R) -> R {
+    ROWS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut rows) => f(&mut rows),
+        Err(_) => f(&mut QuantizedRows::default()),
+    })
+}
