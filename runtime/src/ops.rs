@@ -143,7 +143,7 @@ pub fn grouped_conv2d(
 /// quantizing the activations on each call to pay. The [`Exec`] is taken
 /// for uniformity with the other convolutions (threads may come later).
 pub fn depthwise_conv2d(
-    _exec: &Exec,
+    exec: &Exec,
     x: &[f32],
     g: &Conv2d,
     w: &DepthwiseWeight,
@@ -156,7 +156,7 @@ pub fn depthwise_conv2d(
         (g.out_c, g.kh * g.kw),
         "depthwise weights do not match the geometry"
     );
-    conv::depthwise(x, g, w.taps(), bias, act, y);
+    conv::depthwise_threads(conv::Kernel::detect(), exec.threads, x, g, w.taps(), bias, act, y);
 }
 
 /// Max pooling, NHWC; the padding never wins.

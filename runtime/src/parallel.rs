@@ -1,4 +1,5 @@
-//! Intra-op threads for the GEMMs: `Model::with_threads(n)`.
+//! Intra-op threads for the GEMMs and depthwise convolutions:
+//! `Model::with_threads(n)`.
 //!
 //! A GEMM is split into disjoint parts, each run on its own scoped thread
 //! (`std::thread::scope`) by the same single-threaded driver:
@@ -74,6 +75,31 @@ where
     } else {
         drive(0..m, 0..panels, y, n);
     }
+}
+
+/// Runs `run(rows, y_part)` over `rows` rows of `row_len` outputs each,
+/// split by rows across up to `threads` threads (the caller's among them)
+/// when `macs` is large enough: for ops other than GEMMs (depthwise
+/// convolutions).
+pub fn split_rows<F>(threads: usize, rows: usize, row_len: usize, macs: usize, y: &mut [f32], run: F)
+where
+    F: Fn(Range<usize>, &mut [f32]) + Sync,
+{
+    assert_eq!(y.len(), rows * row_len);
+    let threads = threads.max(1).min(rows.max(1));
+    if threads == 1 || macs < MIN_PARALLEL_MACS {
+        return run(0..rows, y);
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        let mut parts = y.chunks_mut(per * row_len).enumerate();
+        let (_, first) = parts.next().expect("at least one row");
+        for (i, part) in parts {
+            let run = &run;
+            s.spawn(move || run(i * per..(i * per + per).min(rows), part));
+        }
+        run(0..per.min(rows), first);
+    });
 }
 
 #[cfg(test)]

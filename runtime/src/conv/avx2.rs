@@ -4,12 +4,22 @@ use super::Conv2d;
 use crate::gemm_f32::avx2::activate;
 use crate::ops::Activation;
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 /// # Safety
 /// The CPU must have AVX2 and FMA; the slices have the sizes
-/// `super::depthwise_with` checks.
+/// `super::depthwise_with` checks, `y` holding the output rows `rows`
+/// (`batch * out_h` in all).
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn depthwise(x: &[f32], g: &Conv2d, taps: &[f32], bias: &[f32], act: Activation, y: &mut [f32]) {
+pub unsafe fn depthwise(
+    x: &[f32],
+    g: &Conv2d,
+    taps: &[f32],
+    bias: &[f32],
+    act: Activation,
+    rows: Range<usize>,
+    y: &mut [f32],
+) {
     let c = g.in_c;
     let (oh_n, ow_n) = (g.out_h(), g.out_w());
     let kk = g.kh * g.kw;
@@ -28,9 +38,10 @@ pub unsafe fn depthwise(x: &[f32], g: &Conv2d, taps: &[f32], bias: &[f32], act: 
     let span_h = g.dilation[0] * (g.kh - 1) + 1;
     let span_w = g.dilation[1] * (g.kw - 1) + 1;
     let mut outs = y.chunks_exact_mut(c);
-    for b in 0..g.batch {
+    for row in rows {
+        let (b, oh) = (row / oh_n, row % oh_n);
         let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
-        for oh in 0..oh_n {
+        {
             for ow in 0..ow_n {
                 let out = outs.next().expect("sized by the caller");
                 let top = (oh * g.stride[0]).checked_sub(g.pads[0]);

@@ -198,23 +198,48 @@ pub fn depthwise_with(
     act: Activation,
     y: &mut [f32],
 ) {
+    depthwise_threads(kernel, 1, x, g, taps, bias, act, y);
+}
+
+/// [`depthwise_with`], its output rows split across up to `threads` threads
+/// when the work is large enough ([`crate::parallel::MIN_PARALLEL_MACS`]);
+/// each output is computed the same way whatever the split.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_threads(
+    kernel: Kernel,
+    threads: usize,
+    x: &[f32],
+    g: &Conv2d,
+    taps: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
     g.check().expect("a valid geometry");
     assert!(g.is_depthwise(), "not a depthwise geometry: {g:?}");
     assert_eq!(x.len(), g.batch * g.in_h * g.in_w * g.in_c);
     assert_eq!(taps.len(), g.kh * g.kw * g.in_c);
     assert_eq!(y.len(), g.out_pixels() * g.out_c);
-    let run = |bias: &[f32], y: &mut [f32]| match kernel {
-        Kernel::Scalar => scalar::depthwise(x, g, taps, bias, act, y),
-        // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
+    let run = |bias: &[f32], rows: std::ops::Range<usize>, y: &mut [f32]| match kernel {
+        Kernel::Scalar => scalar::depthwise(x, g, taps, bias, act, rows, y),
+        // SAFETY: AVX2 and FMA were detected; the sizes were checked above
+        // and `split_rows` gives `y` exactly the rows of `rows`.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => unsafe { avx2::depthwise(x, g, taps, bias, act, y) },
+        Kernel::Avx2Fma => unsafe { avx2::depthwise(x, g, taps, bias, act, rows, y) },
+    };
+    let rows = g.batch * g.out_h();
+    let macs = g.out_pixels() * g.out_c * g.kh * g.kw;
+    let split = |bias: &[f32], y: &mut [f32]| {
+        crate::parallel::split_rows(threads, rows, g.out_w() * g.out_c, macs, y, |r, y| {
+            run(bias, r, y)
+        })
     };
     match bias {
         Some(b) => {
             assert_eq!(b.len(), g.out_c);
-            run(b, y)
+            split(b, y)
         }
-        None => crate::scratch::with_zeros(g.out_c, |zeros| run(zeros, y)),
+        None => crate::scratch::with_zeros(g.out_c, |zeros| split(zeros, y)),
     }
 }
 

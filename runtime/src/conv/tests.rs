@@ -207,3 +207,34 @@ fn pools_by_hand() {
     global_average_pool(&[1.0, 10.0, 3.0, 30.0], 1, 2, 2, &mut gap);
     assert_eq!(gap, [2.0, 20.0]);
 }
+
+#[test]
+fn depthwise_threads_split_rows_not_results() {
+    // 64x64 pixels, 64 channels, 3x3 with stride 1: past the threshold.
+    let g = with(geometry(64, 64, [64, 64], [3, 3], 64), 1, 1, [1, 1, 1, 1]);
+    assert!(g.out_pixels() * 64 * 9 >= crate::parallel::MIN_PARALLEL_MACS);
+    let x = values(7, 64 * 64 * 64);
+    let taps = values(8, 9 * 64);
+    let bias = values(9, 64);
+    for kernel in kernels() {
+        let mut one = vec![0.0; x.len()];
+        depthwise_threads(kernel, 1, &x, &g, &taps, Some(&bias), Activation::Relu, &mut one);
+        for threads in [2, 3, 7] {
+            let mut many = vec![f32::NAN; x.len()];
+            depthwise_threads(
+                kernel,
+                threads,
+                &x,
+                &g,
+                &taps,
+                Some(&bias),
+                Activation::Relu,
+                &mut many,
+            );
+            assert!(
+                one.iter().zip(&many).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{kernel:?} x{threads}"
+            );
+        }
+    }
+}
