@@ -1,0 +1,227 @@
+//! A planned model run step by step through the runtime's ops, from weights
+//! baked in memory: what the generated `forward` computes, with every
+//! intermediate value kept.
+
+use qbake::conv::Conv2d;
+use qbake::{
+    Activation, DepthwiseWeight, DequantCache, Exec, FloatWeight, Kernels, QuantParams, QuantWeight,
+    TapsCache, Weight, ops,
+};
+use qbake_codegen::graph::{Act, ConvGeom, Op, Plan, PoolKind};
+use qbake_codegen::quantize::{Baked, Storage};
+use std::collections::HashMap;
+
+/// A model ready to run: its plan and its baked tensors as runtime statics.
+///
+/// The runtime's weights borrow `'static` data (baked models hold
+/// constants); here they are leaked, once per model loaded, which suits a
+/// measuring tool that loads a model and exits.
+pub struct Executor {
+    plan: Plan,
+    weights: HashMap<String, &'static Weight>,
+    depthwise: HashMap<String, &'static DepthwiseWeight>,
+    floats: HashMap<String, Vec<f32>>,
+}
+
+fn leak<T: ?Sized>(b: Box<T>) -> &'static T {
+    Box::leak(b)
+}
+
+fn weight(w: &qbake_codegen::quantize::BakedWeight) -> Weight {
+    let name: &'static str = leak(w.name.clone().into_boxed_str());
+    match &w.storage {
+        Storage::U8 { data, params } => {
+            let field = |f: fn(&qbake_codegen::quantize::QParams) -> f32| -> &'static [f32] {
+                leak(params.iter().map(f).collect::<Vec<_>>().into_boxed_slice())
+            };
+            Weight::U8(QuantWeight {
+                name,
+                rows: w.rows,
+                cols: w.cols,
+                packed: leak(qbake::format::pack_b_s8(data, w.rows, w.cols).into_boxed_slice()),
+                params: QuantParams {
+                    min: field(|p| p.min),
+                    max: field(|p| p.max),
+                    scale: field(|p| p.scale),
+                    zero_point: leak(
+                        params
+                            .iter()
+                            .map(|p| p.zero_point)
+                            .collect::<Vec<_>>()
+                            .into_boxed_slice(),
+                    ),
+                },
+                cache: DequantCache::new(),
+            })
+        }
+        Storage::F32(values) => Weight::F32(FloatWeight {
+            name,
+            rows: w.rows,
+            cols: w.cols,
+            data: leak(values.clone().into_boxed_slice()),
+            cache: DequantCache::new(),
+        }),
+    }
+}
+
+fn geom(g: &ConvGeom) -> Conv2d {
+    Conv2d {
+        batch: g.batch,
+        in_h: g.in_h,
+        in_w: g.in_w,
+        in_c: g.in_c,
+        out_c: g.out_c,
+        kh: g.kh,
+        kw: g.kw,
+        stride: g.stride,
+        dilation: g.dilation,
+        pads: g.pads,
+        groups: g.groups,
+    }
+}
+
+fn act(a: Act) -> Activation {
+    match a {
+        Act::None => Activation::None,
+        Act::Relu => Activation::Relu,
+        Act::Clip { min, max } => Activation::Clip { min, max },
+    }
+}
+
+impl Executor {
+    pub fn new(plan: Plan, baked: &Baked) -> Self {
+        let depthwise_names: Vec<&str> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match &s.op {
+                Op::Depthwise { weight, .. } => Some(weight.as_str()),
+                _ => None,
+            })
+            .collect();
+        let (mut weights, mut depthwise) = (HashMap::new(), HashMap::new());
+        for w in &baked.weights {
+            if depthwise_names.contains(&w.name.as_str()) {
+                let dw = DepthwiseWeight {
+                    weight: weight(w),
+                    taps: TapsCache::new(),
+                };
+                depthwise.insert(w.name.clone(), leak(Box::new(dw)));
+            } else {
+                weights.insert(w.name.clone(), leak(Box::new(weight(w))));
+            }
+        }
+        let floats = baked
+            .floats
+            .iter()
+            .map(|f| (f.name.clone(), f.values.clone()))
+            .collect();
+        Executor {
+            plan,
+            weights,
+            depthwise,
+            floats,
+        }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Every value for `input`, indexed like `plan().values`, in its storage
+    /// layout (empty for values no step computes), as `kernels` computes them.
+    pub fn run_all(&self, kernels: Kernels, input: &[f32]) -> Vec<Vec<f32>> {
+        let plan = &self.plan;
+        assert_eq!(input.len(), plan.input().len, "input has the wrong size");
+        let exec = Exec::new(kernels);
+        let mut values: Vec<Vec<f32>> = vec![Vec::new(); plan.values.len()];
+        values[0] = input.to_vec();
+        let float = |name: &Option<String>| name.as_ref().map(|b| self.floats[b].as_slice());
+        for step in &plan.steps {
+            let mut y = vec![0.0f32; plan.values[step.output].len];
+            let x = &values[step.inputs[0]];
+            match &step.op {
+                Op::Dense { weight, bias, act: a } => {
+                    ops::dense(&exec, x, self.weights[weight], float(bias), act(*a), &mut y)
+                }
+                Op::Conv {
+                    geom: g,
+                    weight,
+                    bias,
+                    act: a,
+                } => ops::conv2d(
+                    &exec,
+                    x,
+                    &geom(g),
+                    self.weights[weight],
+                    float(bias),
+                    act(*a),
+                    &mut y,
+                ),
+                Op::GroupedConv {
+                    geom: g,
+                    weights,
+                    bias,
+                    act: a,
+                } => {
+                    let ws: Vec<&Weight> = weights.iter().map(|w| self.weights[w]).collect();
+                    ops::grouped_conv2d(&exec, x, &geom(g), &ws, float(bias), act(*a), &mut y)
+                }
+                Op::Depthwise {
+                    geom: g,
+                    weight,
+                    bias,
+                    act: a,
+                } => ops::depthwise_conv2d(
+                    &exec,
+                    x,
+                    &geom(g),
+                    self.depthwise[weight],
+                    float(bias),
+                    act(*a),
+                    &mut y,
+                ),
+                Op::Pool { geom: g, kind } => match kind {
+                    PoolKind::Max => ops::max_pool(x, &geom(g), &mut y),
+                    PoolKind::Average { count_include_pad } => {
+                        ops::average_pool(x, &geom(g), *count_include_pad, &mut y)
+                    }
+                },
+                Op::GlobalAveragePool {
+                    batch,
+                    pixels,
+                    channels,
+                } => ops::global_average_pool(x, *batch, *pixels, *channels, &mut y),
+                Op::Pad {
+                    batch,
+                    h,
+                    w,
+                    c,
+                    pads,
+                    value,
+                } => ops::pad_nhwc(x, *batch, *h, *w, *c, *pads, *value, &mut y),
+                Op::Add { act: a } => ops::add(x, &values[step.inputs[1]], act(*a), &mut y),
+                Op::AddConstant { constant, act: a } => {
+                    ops::add_constant(x, &self.floats[constant], act(*a), &mut y)
+                }
+                Op::MulConstant { constant, act: a } => {
+                    ops::mul_constant(x, &self.floats[constant], act(*a), &mut y)
+                }
+                Op::Activation(a) => ops::activate(x, act(*a), &mut y),
+                Op::Softmax { outer, len, inner } => ops::softmax(x, *outer, *len, *inner, &mut y),
+                Op::Alias => y.copy_from_slice(x),
+                Op::ToNhwc {
+                    batch,
+                    channels,
+                    pixels,
+                } => ops::nchw_to_nhwc(x, *batch, *channels, *pixels, &mut y),
+                Op::ToNchw {
+                    batch,
+                    pixels,
+                    channels,
+                } => ops::nhwc_to_nchw(x, *batch, *pixels, *channels, &mut y),
+            }
+            values[step.output] = y;
+        }
+        values
+    }
+}
