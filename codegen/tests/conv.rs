@@ -54,8 +54,22 @@ fn stride_two_with_asymmetric_pads() {
     // summed over 2x2 windows at stride 2.
     let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
     let conv = serde_json::json!({"op": "Conv", "weight": "w", "strides": [2, 2], "pads": [0, 0, 1, 1]});
-    let y = run_one(&[1, 1, 3, 3], conv, &[("w", &[1, 1, 2, 2], vec![1.0; 4])], &x);
+    let y = run_one(
+        &[1, 1, 3, 3],
+        conv.clone(),
+        &[("w", &[1, 1, 2, 2], vec![1.0; 4])],
+        &x,
+    );
     assert_eq!(y, [12.0, 9.0, 15.0, 9.0]);
+    // A batch of two: the second image is the first doubled.
+    let x2: Vec<f32> = x
+        .iter()
+        .chain(&x)
+        .enumerate()
+        .map(|(i, v)| if i < 9 { *v } else { 2.0 * v })
+        .collect();
+    let y = run_one(&[2, 1, 3, 3], conv, &[("w", &[1, 1, 2, 2], vec![1.0; 4])], &x2);
+    assert_eq!(y, [12.0, 9.0, 15.0, 9.0, 24.0, 18.0, 30.0, 18.0]);
     // The same through a Pad node folded into the convolution.
     let graph = serde_json::json!({
         "version": 1, "inputs": [{"name": "x", "shape": [1, 1, 3, 3]}], "outputs": ["y"],
