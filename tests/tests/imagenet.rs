@@ -12,6 +12,7 @@ use image::imageops::{self, FilterType};
 use qbake::Kernels;
 use qbake_codegen::Options;
 use qbake_codegen::reference::Reference;
+use qbake_eval::photos::nchw;
 use std::path::{Path, PathBuf};
 
 mod efficientnet {
@@ -29,18 +30,6 @@ fn repo(rel: &str) -> PathBuf {
 
 fn open(rel: &str) -> RgbImage {
     image::open(repo(rel)).unwrap().to_rgb8()
-}
-
-/// NCHW floats `(x - mean) / scale` of an RGB image.
-fn nchw(img: &RgbImage, mean: f32, scale: f32) -> Vec<f32> {
-    let (w, h) = img.dimensions();
-    let mut out = vec![0.0; 3 * (w * h) as usize];
-    for (x, y, p) in img.enumerate_pixels() {
-        for c in 0..3 {
-            out[(c * h as usize + y as usize) * w as usize + x as usize] = (f32::from(p[c]) - mean) / scale;
-        }
-    }
-    out
 }
 
 /// A photo's variants: itself, mirrored, four corner crops and a centre
