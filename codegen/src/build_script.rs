@@ -55,6 +55,12 @@ impl Model {
         self
     }
 
+    /// Data-free bias correction (default `true`; see `Options`).
+    pub fn bias_correction(mut self, on: bool) -> Self {
+        self.options.bias_correction = on;
+        self
+    }
+
     /// ONNX models: the graph output to compute, when there are several.
     pub fn output(mut self, name: &str) -> Self {
         self.options.output = Some(name.to_string());

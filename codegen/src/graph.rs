@@ -317,6 +317,17 @@ pub struct Step {
     pub op: Op,
     pub inputs: Vec<usize>,
     pub output: usize,
+    /// For a layer with a batch normalization folded in last: the
+    /// distribution of its output before the activation, per channel, as
+    /// that normalization describes it (bias correction uses it).
+    pub bn: Option<Normal>,
+}
+
+/// Per channel, a normal distribution: `mean` and `std`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normal {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -62,6 +62,7 @@ impl Parse for MacroArgs {
             match key.as_str() {
                 "per_channel" => options.per_channel = bool_value(&key, &value)?,
                 "keep_float_below" => options.keep_float_below = usize_value(&key, &value)?,
+                "bias_correction" => options.bias_correction = bool_value(&key, &value)?,
                 "output" => options.output = Some(str_value(&key, &value)?),
                 "batch" => {
                     let batch = usize_value(&key, &value)?;

@@ -13,6 +13,7 @@
 //! Every failure is an [`Error`] naming what is wrong; the macro turns it into
 //! one `compile_error!` at its argument. Nothing here panics on bad input.
 
+mod bias_correction;
 mod build_script;
 mod emit;
 mod error;

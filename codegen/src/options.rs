@@ -7,6 +7,10 @@ pub struct Options {
     /// Weight matrices with fewer elements stay f32, as TFLite does: the
     /// bytes saved are few and the accuracy cost is not.
     pub keep_float_below: usize,
+    /// Take the mean shift that rounding the weights causes out of each
+    /// bias, where batch normalization statistics say what a layer's input
+    /// averages (`bias_correction.rs`).
+    pub bias_correction: bool,
     /// ONNX models only: the graph output to compute, when there are several.
     pub output: Option<String>,
     /// ONNX models only: the size of a dynamic batch dimension (default 1).
@@ -18,6 +22,7 @@ impl Default for Options {
         Options {
             per_channel: true,
             keep_float_below: 1024,
+            bias_correction: true,
             output: None,
             batch: None,
         }
@@ -26,7 +31,13 @@ impl Default for Options {
 
 impl Options {
     /// Names of the options, as the macro spells them.
-    pub const NAMES: &'static [&'static str] = &["per_channel", "keep_float_below", "output", "batch"];
+    pub const NAMES: &'static [&'static str] = &[
+        "per_channel",
+        "keep_float_below",
+        "bias_correction",
+        "output",
+        "batch",
+    ];
 
     /// How an ONNX model is imported under these options.
     pub fn import_options(&self) -> crate::onnx::ImportOptions {

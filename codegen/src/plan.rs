@@ -16,8 +16,8 @@
 
 use crate::error::{Error, bail};
 use crate::graph::{
-    Act, ConvGeom, Layout, NodeDef, Op, Plan, PoolKind, Step, Tensor, Value, checked_product, normalize_axis,
-    reshape,
+    Act, ConvGeom, Layout, NodeDef, Normal, Op, Plan, PoolKind, Step, Tensor, Value, checked_product,
+    normalize_axis, reshape,
 };
 use crate::read::ModelFile;
 use std::collections::HashMap;
@@ -503,7 +503,13 @@ impl<'f> Planner<'f> {
         let mut cshape = vec![1; shape.len() - 1];
         cshape[0] = c;
         let (s, t): (Arc<[f32]>, Arc<[f32]>) = (s.into(), t.into());
-        if self.fold_affine(node, x, Some(&s), Some(&t), &cshape) {
+        // Over the data it was fitted on, the normalization's output is
+        // beta on average, spread |gamma|.
+        let normal = Normal {
+            mean: beta.to_vec(),
+            std: gamma.iter().map(|g| g.abs()).collect(),
+        };
+        if self.fold_affine(node, x, Some(&s), Some(&t), &cshape, Some(normal)) {
             return Ok(());
         }
         let layout = self.values[x].layout;
@@ -653,12 +659,13 @@ impl<'f> Planner<'f> {
         } else {
             (None, Some(data))
         };
-        Ok(activation_attr(node)? == Act::None && self.fold_affine(node, x, s, t, cshape))
+        Ok(activation_attr(node)? == Act::None && self.fold_affine(node, x, s, t, cshape, None))
     }
 
     /// Folds `x * s + t` (per output channel, `s` and `t` in the graph's
     /// shape `cshape`) into the convolution or GEMM that computes `x`:
-    /// `w' = w s`, `b' = b s + t`. False when it cannot.
+    /// `w' = w s`, `b' = b s + t`. `bn` is what a batch normalization says
+    /// of the result. False when it cannot.
     fn fold_affine(
         &mut self,
         node: &NodeDef,
@@ -666,6 +673,7 @@ impl<'f> Planner<'f> {
         s: Option<&Arc<[f32]>>,
         t: Option<&Arc<[f32]>>,
         cshape: &[usize],
+        bn: Option<Normal>,
     ) -> bool {
         let Some(p) = self.foldable_producer(&node.inputs[0], x) else {
             return false;
@@ -758,6 +766,9 @@ impl<'f> Planner<'f> {
             *self.uses.entry(name.to_string()).or_insert(0) += 1;
         }
         step.name = format!("{}+{}", step.name, node.name.as_deref().unwrap_or(&node.op));
+        // A normalization folded last describes the output; anything
+        // folded after it changes the output it described.
+        step.bn = bn;
         self.steps[p] = step;
         self.value_of.insert(node.output.clone(), x);
         true
@@ -921,6 +932,7 @@ impl<'f> Planner<'f> {
             op,
             inputs,
             output,
+            bn: None,
         });
     }
 

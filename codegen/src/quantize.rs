@@ -125,6 +125,14 @@ impl Baked {
 /// Quantizes every weight matrix the plan uses and collects its float
 /// tensors (biases, constants), each once, in first-use order.
 pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
+    let mut baked = bake_tensors(plan, options)?;
+    if options.bias_correction {
+        crate::bias_correction::correct(plan, &mut baked);
+    }
+    Ok(baked)
+}
+
+fn bake_tensors(plan: &Plan, options: &Options) -> Result<Baked, Error> {
     let mut baked = Baked::default();
     // Names already baked: a set, so that a graph of many tensors bakes in linear time.
     let mut seen = HashSet::new();

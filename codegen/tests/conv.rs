@@ -514,3 +514,84 @@ mod nchw {
         }
     }
 }
+
+/// Bias correction: a layer whose input a batch normalization describes
+/// loses the mean shift its rounded weights cause. Inputs are drawn from
+/// the distribution the normalization states, so the corrected layer's
+/// error averages to (nearly) zero, and the uncorrected one's does not.
+#[test]
+fn bias_correction_removes_the_mean_shift() {
+    use qbake_codegen::Options;
+    use qbake_codegen::quantize;
+    let c = 8;
+    // conv1 is the identity; bn makes channel i ~ N(beta_i, gamma_i^2) from N(0, 1) inputs.
+    let identity: Vec<f32> = (0..c * c)
+        .map(|i| if i / c == i % c { 1.0 } else { 0.0 })
+        .collect();
+    let gamma: Vec<f32> = (0..c).map(|i| 0.5 + 0.3 * i as f32).collect();
+    let beta: Vec<f32> = (0..c).map(|i| 1.5 - 0.4 * i as f32).collect();
+    let w2: Vec<f32> = (0..16 * c)
+        .map(|i| ((i * 37 % 29) as f32 / 29.0 - 0.45) * 0.7)
+        .collect();
+    let graph = serde_json::json!({
+        "version": 1, "inputs": [{"name": "x", "shape": [1, c, 32, 32]}], "outputs": ["y"],
+        "nodes": [
+            {"name": "conv1", "op": "Conv", "inputs": ["x"], "output": "c1", "weight": "w1"},
+            {"name": "bn", "op": "BatchNormalization", "inputs": ["c1"], "output": "b", "epsilon": 0.0,
+             "scale": "g", "bias": "beta", "mean": "m", "var": "v"},
+            {"name": "relu", "op": "Relu", "inputs": ["b"], "output": "r"},
+            {"name": "conv2", "op": "Conv", "inputs": ["r"], "output": "y", "weight": "w2", "bias": "b2"}
+        ]
+    });
+    let tensors: &[(&str, &[usize], Vec<f32>)] = &[
+        ("w1", &[c, c, 1, 1], identity),
+        ("g", &[c], gamma),
+        ("beta", &[c], beta),
+        ("m", &[c], vec![0.0; c]),
+        ("v", &[c], vec![1.0; c]),
+        ("w2", &[16, c, 1, 1], w2),
+        ("b2", &[16], vec![0.1; 16]),
+    ];
+    let (_dir, path) = model(graph, tensors);
+    let float = Reference::load(&path).unwrap();
+    // Standard normal inputs (Box-Muller over a fixed xorshift stream).
+    let mut s = 0x5eed_u64;
+    let mut uniform = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let input: Vec<f32> = (0..c * 32 * 32)
+        .map(|_| ((-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos()) as f32)
+        .collect();
+    let want = float.run(&input);
+    let mean_error = |bias_correction: bool| {
+        let options = Options {
+            keep_float_below: 0,
+            bias_correction,
+            ..Options::default()
+        };
+        let baked = quantize::bake(float.plan(), &options).unwrap();
+        let mut r = Reference::load(&path).unwrap();
+        for w in &baked.weights {
+            r.set_tensor(&w.name, w.dequantized()).unwrap();
+        }
+        for f in &baked.floats {
+            r.set_tensor(&f.name, f.values.clone()).unwrap();
+        }
+        let got = r.run(&input);
+        // Per output channel (NCHW: 16 planes of 32 x 32), the mean error.
+        let per_channel: Vec<f64> = got
+            .chunks_exact(1024)
+            .zip(want.chunks_exact(1024))
+            .map(|(g, w)| g.iter().zip(w).map(|(g, w)| g - w).sum::<f64>() / 1024.0)
+            .collect();
+        per_channel.iter().map(|e| e.abs()).sum::<f64>() / 16.0
+    };
+    let (plain, corrected) = (mean_error(false), mean_error(true));
+    assert!(
+        corrected * 4.0 < plain,
+        "mean |error| {corrected} corrected vs {plain} plain"
+    );
+}

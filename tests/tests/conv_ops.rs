@@ -35,6 +35,10 @@ fn baked_reference(options: &Options) -> Reference {
     for w in &baked.weights {
         reference.set_tensor(&w.name, w.dequantized()).unwrap();
     }
+    // Biases as baked: bias correction changes them.
+    for f in &baked.floats {
+        reference.set_tensor(&f.name, f.values.clone()).unwrap();
+    }
     reference
 }
 
