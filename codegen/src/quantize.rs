@@ -143,6 +143,11 @@ fn bake_tensors(plan: &Plan, options: &Options) -> Result<Baked, Error> {
                 continue;
             }
             let t = plan.tensor(name);
+            if let Some((i, v)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                bail!(
+                    "tensor `{name}` holds {v} at index {i} once BatchNormalization, Mul and Add are folded; baked values must be finite"
+                );
+            }
             if weights.contains(&name) {
                 let &[rows, cols] = t.shape.as_slice() else {
                     unreachable!("the planner makes weights matrices");
@@ -322,6 +327,50 @@ mod tests {
         };
         assert_eq!(params.len(), 2);
         assert!(pc.sqnr_db > pt.sqnr_db);
+    }
+
+    /// Found by the hostile-input harness: a BatchNormalization whose scale
+    /// overflows f32 (gamma 1e30 over the root of a subnormal variance) gave
+    /// infinite constants, or infinite weights once folded into a
+    /// convolution, and the emitter panicked on the infinite literal (or a
+    /// quantized weight silently became all zeros). Refused now.
+    #[test]
+    fn values_that_overflow_when_folded_are_refused() {
+        use safetensors::tensor::{Dtype, TensorView};
+        let bytes = |v: &[f32]| v.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let tensors = [
+            ("w", vec![2, 1, 1, 1], bytes(&[0.5, -2.0])),
+            ("gamma", vec![2], bytes(&[1e30, 1.0])),
+            ("zero", vec![2], bytes(&[0.0, 0.0])),
+            ("var", vec![2], bytes(&[f32::from_bits(1), 1.0])),
+        ];
+        let conv = r#"{"name":"c","op":"Conv","inputs":["x"],"output":"y","weight":"w"},"#;
+        let bn = r#"{"name":"bn","op":"BatchNormalization","inputs":["IN"],"output":"z","scale":"gamma","bias":"zero","mean":"zero","var":"var","epsilon":0}"#;
+        for (nodes, input, bad) in [
+            (format!("{conv}{}", bn.replace("IN", "y")), 1, "w"),
+            (bn.replace("IN", "x"), 2, "bn.scale"),
+        ] {
+            let graph = format!(
+                r#"{{"version":1,"inputs":[{{"name":"x","shape":[1,{input},2,2]}}],"outputs":["z"],"nodes":[{nodes}]}}"#
+            );
+            let views = tensors
+                .iter()
+                .map(|(n, s, b)| (n.to_string(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()));
+            let metadata = std::collections::HashMap::from([(crate::read::GRAPH_KEY.to_string(), graph)]);
+            let file = safetensors::serialize(views, Some(metadata)).unwrap();
+            for keep_float_below in [0, 1024] {
+                let options = Options {
+                    keep_float_below,
+                    ..Options::default()
+                };
+                let err = crate::generate_from_bytes(&file, "m.safetensors", &options).unwrap_err();
+                assert!(
+                    err.message()
+                        .starts_with(&format!("tensor `{bad}` holds inf at index 0 once")),
+                    "{err}"
+                );
+            }
+        }
     }
 
     #[test]
