@@ -81,10 +81,11 @@ fn mutated_model_files_give_errors_not_panics() {
         "tiny.safetensors",
         "mlp.safetensors",
         "all_ops.safetensors",
+        "conv_ops.safetensors",
         "offsets_past_end.safetensors",
     ] {
         let valid = fixture(name);
-        for i in 0..150 {
+        for i in 0..120 {
             run(
                 hostile::safetensors_model,
                 &format!("{name}, mutation {i}"),
@@ -98,7 +99,13 @@ fn mutated_model_files_give_errors_not_panics() {
 fn mutated_graphs_give_errors_not_panics() {
     let mut rng = Rng::new(2);
     let seeds = files(&root().join("fuzz/corpus/graph_json"));
-    for name in ["fixed_tensors.json", "quantized.json", "all_ops.json"] {
+    for name in [
+        "fixed_tensors.json",
+        "quantized.json",
+        "conv.json",
+        "conv_quantized.json",
+        "all_ops.json",
+    ] {
         let (_, valid) = seeds
             .iter()
             .find(|(p, _)| p.ends_with(name))
@@ -108,7 +115,7 @@ fn mutated_graphs_give_errors_not_panics() {
             let file = hostile::file_with_graph(std::str::from_utf8(valid).unwrap());
             qbake_codegen::generate_from_bytes(&file, "seed.safetensors", &Default::default()).unwrap();
         }
-        for i in 0..200 {
+        for i in 0..150 {
             run(
                 hostile::graph_json,
                 &format!("{name}, mutation {i}"),
@@ -121,11 +128,13 @@ fn mutated_graphs_give_errors_not_panics() {
 #[test]
 fn mutated_onnx_files_give_errors_not_panics() {
     let mut rng = Rng::new(3);
-    for name in ["mlp.onnx", "opset10.onnx"] {
+    for name in ["mlp.onnx", "opset10.onnx", "conv.onnx", "conv_opset10.onnx"] {
         let valid = fixture(name);
         // The fixture itself imports and bakes.
-        qbake_codegen::onnx::import(&valid, &Default::default()).unwrap();
-        for i in 0..300 {
+        let imported = qbake_codegen::onnx::import(&valid, &Default::default()).unwrap();
+        let file = qbake_codegen::onnx::to_safetensors(&imported).unwrap();
+        qbake_codegen::generate_from_bytes(&file, name, &Default::default()).unwrap();
+        for i in 0..150 {
             run(
                 hostile::onnx_import,
                 &format!("{name}, mutation {i}"),
@@ -142,6 +151,19 @@ fn kernels_agree_with_their_definitions_on_seeded_inputs() {
         let len = [4, 16, 64, 256, 1024][i % 5];
         let data = rng.bytes(len);
         run(hostile::kernels, &format!("kernel input {i}"), &data);
+    }
+}
+
+#[test]
+fn convolutions_agree_with_their_definitions_on_seeded_inputs() {
+    // A first byte of 0x80 to 0xfd selects the convolution section.
+    let count: usize = std::env::var("QBAKE_CONV_INPUTS").map_or(200, |v| v.parse().unwrap());
+    let mut rng = Rng::new(5);
+    for i in 0..count {
+        let len = [8, 24, 64, 256, 1024][i % 5];
+        let mut data = rng.bytes(len);
+        data[0] = 0x80 + (data[0] % 0x7e);
+        run(hostile::kernels, &format!("conv input {i}"), &data);
     }
 }
 
@@ -240,4 +262,93 @@ fn quantizer_keeps_subnormal_rows_within_127() {
         }
     }
     assert!(faults.is_empty(), "{}", faults.join("; "));
+}
+
+/// A graph over the fixed tensors of `hostile::graph_json`: input `x` of
+/// `shape`, then `nodes` (JSON objects), the last one's output the graph's.
+fn conv_graph(shape: &str, nodes: &[&str]) -> String {
+    let last = nodes.last().unwrap();
+    let out = last
+        .split(r#""output":""#)
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    format!(
+        r#"{{"version":1,"inputs":[{{"name":"x","shape":{shape}}}],"outputs":["{out}"],"nodes":[{}]}}"#,
+        nodes.join(",")
+    )
+}
+
+/// Conv, BatchNormalization, Pad and pool nodes with odd attributes over the
+/// fixed tensors: each gives its error (docs/robustness.md lists them), or
+/// bakes (an empty message), and the harness's checks pass (no panic,
+/// tokens parse, within budget). Four of them, whose folded values overflow
+/// f32, panicked the code generator before (bug 4).
+#[test]
+fn conv_graphs_with_odd_attributes_give_errors() {
+    let conv = |attrs: &str| {
+        format!(r#"{{"name":"c","op":"Conv","inputs":["x"],"output":"y","weight":"k3"{attrs}}}"#)
+    };
+    let cases: Vec<(&str, String, Vec<String>, &str)> = vec![
+        ("weight of rank 3", "[1,4,6,6]".into(), vec![r#"{"name":"c","op":"Conv","inputs":["x"],"output":"y","weight":"r3"}"#.into()], "node `c`: weight `r3` has shape [2, 4, 8]; Conv needs [out_channels, in_channels / group, kh, kw]"),
+        ("weight of rank 5", "[1,4,6,6]".into(), vec![r#"{"name":"c","op":"Conv","inputs":["x"],"output":"y","weight":"r5"}"#.into()], "node `c`: weight `r5` has shape [1, 4, 2, 3, 3]; Conv needs [out_channels, in_channels / group, kh, kw]"),
+        ("channels that do not match", "[1,3,6,6]".into(), vec![conv("")], "node `c`: weight `k3` of shape [4, 2, 3, 3] with group 1 does not fit an input of 3 channels: in_channels / group must be 3, and group must divide 4 outputs"),
+        ("group that does not divide the outputs", "[1,6,6,6]".into(), vec![conv(r#","group":3"#)], "node `c`: weight `k3` of shape [4, 2, 3, 3] with group 3 does not fit an input of 6 channels: in_channels / group must be 2, and group must divide 4 outputs"),
+        ("group 0", "[1,2,6,6]".into(), vec![conv(r#","group":0"#)], "node `c`: `group` must be positive, got 0"),
+        ("group -1", "[1,2,6,6]".into(), vec![conv(r#","group":-1"#)], "node `c`: `group` must be positive, got -1"),
+        ("stride 0", "[1,2,6,6]".into(), vec![conv(r#","strides":[0,1]"#)], "node `c`: `strides` must be positive, got 0"),
+        ("3 strides", "[1,2,6,6]".into(), vec![conv(r#","strides":[1,1,1]"#)], "node `c`: `strides` has 3 values; it takes 2 ([h, w])"),
+        ("dilation 0", "[1,2,6,6]".into(), vec![conv(r#","dilations":[1,0]"#)], "node `c`: `dilations` must be positive, got 0"),
+        ("huge dilation", "[1,2,6,6]".into(), vec![conv(r#","dilations":[4611686018427387904,1]"#)], "node `c`: a 3x3 window (dilation [4611686018427387904, 1]) does not fit the 6x6 input padded by [0, 0, 0, 0]"),
+        ("negative pads", "[1,2,6,6]".into(), vec![conv(r#","pads":[0,-1,0,0]"#)], "node `c`: `pads` [0, -1, 0, 0] must be non-negative"),
+        ("pads whose sum overflows", "[1,2,6,6]".into(), vec![conv(r#","pads":[9223372036854775807,0,9223372036854775807,0]"#)], "node `c`: a 3x3 window (dilation [1, 1]) does not fit the 6x6 input padded by [9223372036854775807, 0, 9223372036854775807, 0]"),
+        ("pads giving an output too large", "[1,2,6,6]".into(), vec![conv(r#","pads":[4611686018427387904,0,4611686018427387904,0]"#)], "node `c`: its output shape [1, 4, 9223372036854775812, 4] overflows"),
+        ("kernel larger than the input", "[1,2,3,3]".into(), vec![r#"{"name":"c","op":"Conv","inputs":["x"],"output":"y","weight":"k5"}"#.into()], "node `c`: a 5x5 window (dilation [1, 1]) does not fit the 3x3 input padded by [0, 0, 0, 0]"),
+        ("input of rank 2", "[2,2]".into(), vec![conv("")], "node `c`: Conv takes a 4-D input [N, C, H, W], got [2, 2]"),
+        ("bias of the wrong size", "[1,2,6,6]".into(), vec![conv(r#","bias":"b8""#)], "node `c`: bias `b8` has shape [8]; expected [4]"),
+        ("BN negative var", "[1,4,6,6]".into(), vec![r#"{"name":"bn","op":"BatchNormalization","inputs":["x"],"output":"y","scale":"b","bias":"b","mean":"b","var":"negvar"}"#.into()], "node `bn`: channel 2 has var + epsilon = -0.9999900000002526; it must be positive"),
+        ("BN negative epsilon", "[1,4,6,6]".into(), vec![r#"{"name":"bn","op":"BatchNormalization","inputs":["x"],"output":"y","scale":"b","bias":"b","mean":"b","var":"var","epsilon":-10}"#.into()], "node `bn`: channel 0 has var + epsilon = -9.5; it must be positive"),
+        ("BN wrong channels", "[1,8,6,6]".into(), vec![r#"{"name":"bn","op":"BatchNormalization","inputs":["x"],"output":"y","scale":"b","bias":"b","mean":"b","var":"var"}"#.into()], "node `bn`: `scale` tensor `b` has shape [4]; expected [8], one value per channel"),
+        ("BN overflowing scale folded", "[1,2,6,6]".into(), vec![conv(""), r#"{"name":"bn","op":"BatchNormalization","inputs":["y"],"output":"z","scale":"bigscale","bias":"b","mean":"b","var":"tinyvar","epsilon":0}"#.into()], "tensor `k3` holds -inf at index 0 once BatchNormalization, Mul and Add are folded; baked values must be finite"),
+        ("BN overflowing scale alone", "[1,4,6,6]".into(), vec![r#"{"name":"bn","op":"BatchNormalization","inputs":["x"],"output":"y","scale":"bigscale","bias":"b","mean":"b","var":"tinyvar","epsilon":0}"#.into()], "tensor `bn.scale` holds inf at index 0 once BatchNormalization, Mul and Add are folded; baked values must be finite"),
+        ("huge weights times BN", "[1,2,6,6]".into(), vec![r#"{"name":"c","op":"Conv","inputs":["x"],"output":"y","weight":"khuge"}"#.into(), r#"{"name":"bn","op":"BatchNormalization","inputs":["y"],"output":"z","scale":"bigscale","bias":"b","mean":"b","var":"var"}"#.into()], "tensor `khuge` holds inf at index 0 once BatchNormalization, Mul and Add are folded; baked values must be finite"),
+        ("huge weights times Mul", "[1,2,6,6]".into(), vec![r#"{"name":"c","op":"Conv","inputs":["x"],"output":"y","weight":"khuge"}"#.into(), r#"{"op":"Mul","inputs":["y"],"output":"z","constant":"c411"}"#.into(), r#"{"op":"Mul","inputs":["z"],"output":"z2","constant":"bigscale"}"#.into()], "tensor `khuge` holds -inf at index 0 once BatchNormalization, Mul and Add are folded; baked values must be finite"),
+        ("Pad of 6 values", "[1,2,6,6]".into(), vec![r#"{"op":"Pad","inputs":["x"],"output":"y","pads":[0,0,1,0,0,1]}"#.into()], "node `Pad#0`: pads [0, 0, 1, 0, 0, 1] must be 8 non-negative values for a 4-D input"),
+        ("Pad of the channel axis", "[1,2,6,6]".into(), vec![r#"{"op":"Pad","inputs":["x"],"output":"y","pads":[0,1,0,0,0,0,0,0]}"#.into()], "node `Pad#0`: pads [0, 1, 0, 0, 0, 0, 0, 0] pad the batch or channel axis; qbake pads the two spatial axes"),
+        ("Pad negative", "[1,2,6,6]".into(), vec![r#"{"op":"Pad","inputs":["x"],"output":"y","pads":[0,0,-1,0,0,0,0,0]}"#.into()], "node `Pad#0`: pads [0, 0, -1, 0, 0, 0, 0, 0] must be 8 non-negative values for a 4-D input"),
+        ("Pad overflowing", "[1,2,6,6]".into(), vec![r#"{"op":"Pad","inputs":["x"],"output":"y","pads":[0,0,9223372036854775807,0,0,0,9223372036854775807,0]}"#.into()], "node `Pad#0`: pads [0, 0, 9223372036854775807, 0, 0, 0, 9223372036854775807, 0] overflow"),
+        ("Pad huge output", "[1,2,6,6]".into(), vec![r#"{"op":"Pad","inputs":["x"],"output":"y","pads":[0,0,4294967296,0,0,0,0,4294967296]}"#.into()], "node `Pad#0`: its output shape [1, 2, 4294967302, 4294967302] overflows"),
+        ("Pad infinite value", "[1,2,6,6]".into(), vec![r#"{"op":"Pad","inputs":["x"],"output":"y","pads":[0,0,1,1,0,0,1,1],"value":1e39}"#.into()], "node `Pad#0`: Pad's value must be finite, got inf"),
+        ("Pad then Conv, larger than the input", "[1,2,2,2]".into(), vec![r#"{"op":"Pad","inputs":["x"],"output":"p","pads":[0,0,9,9,0,0,9,9]}"#.into(), r#"{"name":"c","op":"Conv","inputs":["p"],"output":"y","weight":"k3","strides":[7,7]}"#.into()], ""),
+        ("MaxPool without kernel_shape", "[1,2,6,6]".into(), vec![r#"{"op":"MaxPool","inputs":["x"],"output":"y"}"#.into()], "node `MaxPool#0`: MaxPool needs `kernel_shape`"),
+        ("MaxPool kernel 0", "[1,2,6,6]".into(), vec![r#"{"op":"MaxPool","inputs":["x"],"output":"y","kernel_shape":[0,2]}"#.into()], "node `MaxPool#0`: `kernel_shape` must be positive, got 0"),
+        ("MaxPool window in the padding", "[1,2,6,6]".into(), vec![r#"{"op":"MaxPool","inputs":["x"],"output":"y","kernel_shape":[2,2],"pads":[2,0,0,0]}"#.into()], "node `MaxPool#0`: pads [2, 0, 0, 0] reach as far as the 2x2 window: a window could lie wholly in the padding"),
+        ("AveragePool larger than the input", "[1,2,3,3]".into(), vec![r#"{"op":"AveragePool","inputs":["x"],"output":"y","kernel_shape":[4,4]}"#.into()], "node `AveragePool#0`: a 4x4 window (dilation [1, 1]) does not fit the 3x3 input padded by [0, 0, 0, 0]"),
+        ("AveragePool huge stride", "[1,2,6,6]".into(), vec![r#"{"op":"AveragePool","inputs":["x"],"output":"y","kernel_shape":[2,2],"strides":[9223372036854775807,9223372036854775807]}"#.into()], ""),
+        ("GlobalAveragePool of rank 2", "[2,4]".into(), vec![r#"{"op":"GlobalAveragePool","inputs":["x"],"output":"y"}"#.into()], "node `GlobalAveragePool#0`: GlobalAveragePool takes a 4-D input [N, C, H, W], got [2, 4]"),
+        ("Squeeze of a non-1 axis", "[1,2,6,6]".into(), vec![r#"{"op":"Squeeze","inputs":["x"],"output":"y","axes":[1]}"#.into()], "node `Squeeze#0`: cannot squeeze axis 1 of shape [1, 2, 6, 6] (it must have size 1, once)"),
+        ("Unsqueeze out of range", "[1,2,6,6]".into(), vec![r#"{"op":"Unsqueeze","inputs":["x"],"output":"y","axes":[9]}"#.into()], "node `Unsqueeze#0`: axis 9 is out of range for rank 5"),
+    ];
+    for (what, shape, nodes, want) in cases {
+        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        let graph = conv_graph(&shape, &nodes);
+        run(hostile::graph_json, what, graph.as_bytes());
+        let file = hostile::file_with_graph(&graph);
+        for options in [
+            qbake_codegen::Options::default(),
+            qbake_codegen::Options {
+                keep_float_below: 0,
+                ..Default::default()
+            },
+        ] {
+            let got = qbake_codegen::generate_from_bytes(&file, "m.safetensors", &options);
+            match (got, want) {
+                (Ok(_), "") => {}
+                (Err(e), want) => assert_eq!(e.message(), want, "{what}"),
+                (Ok(_), want) => panic!("{what}: baked, expected `{want}`"),
+            }
+        }
+    }
 }

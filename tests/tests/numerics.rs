@@ -325,3 +325,203 @@ fn first_use_of_the_dequant_cache_from_many_threads() {
     }
     assert!(same(model.forward(&x).as_flattened(), first.as_flattened()));
 }
+
+// ---- Convolutions ----
+//
+// `conv_edges`: two images [3, 6, 5] -> a zero Pad of one pixel (folded into
+// the convolution) -> Conv 3x3 to 8 channels (one weight exactly 0) ->
+// depthwise Conv 3x3 padded by one -> [2, 8, 6, 5], no activation. An output
+// pixel sees the input pixels within 2 rows and columns, nothing else.
+// `_q` quantizes both weights, so that Hybrid runs the first convolution in
+// 8 bits; by default its 216 weights stay f32 and both families run it in
+// float. The depthwise convolution runs on f32 taps in both families.
+
+mod conv_edges {
+    qbake::quantized_model!("../models/conv_edges.safetensors");
+}
+mod conv_edges_q {
+    qbake::quantized_model!("../models/conv_edges.safetensors", keep_float_below = 0);
+}
+mod conv_ops {
+    qbake::quantized_model!("../models/conv_ops.safetensors");
+}
+mod conv_ops_q {
+    qbake::quantized_model!("../models/conv_ops.safetensors", keep_float_below = 0);
+}
+
+type Image = [[[[f32; 5]; 6]; 3]; 2];
+type EdgesOut = [[[[f32; 5]; 6]; 8]; 2];
+
+fn image(seed: u32) -> Box<Image> {
+    let rows: [[f32; 30]; 6] = input(seed);
+    let mut x = qbake::boxed_zeroed::<Image>();
+    for (v, r) in x
+        .as_flattened_mut()
+        .as_flattened_mut()
+        .as_flattened_mut()
+        .iter_mut()
+        .zip(rows.as_flattened())
+    {
+        *v = *r;
+    }
+    x
+}
+
+/// `conv_edges` (quantized or not) in one family.
+fn edges(quantized: bool, kernels: Kernels, x: &Image) -> Box<EdgesOut> {
+    if quantized {
+        conv_edges_q::Model::new(kernels).forward(x)
+    } else {
+        conv_edges::Model::new(kernels).forward(x)
+    }
+}
+
+/// Input pixel `(b, h, w)` is within reach of output pixel `(ob, oh, ow)`.
+fn reaches(b: usize, h: usize, w: usize, ob: usize, oh: usize, ow: usize) -> bool {
+    b == ob && h.abs_diff(oh) <= 2 && w.abs_diff(ow) <= 2
+}
+
+/// A special value at one pixel (a corner, an edge, the middle; in one
+/// channel or all three) changes only the outputs that pixel reaches, in
+/// either family: the padding adds exact zeros, and the other image is
+/// untouched. Within reach, each family gives what docs/robustness.md says.
+#[test]
+fn conv_special_values_stay_within_reach() {
+    let x = image(21);
+    for quantized in [false, true] {
+        for kernels in FAMILIES {
+            let clean = edges(quantized, kernels, &x);
+            for (b, h, w) in [(0, 0, 0), (1, 5, 4), (0, 3, 2), (1, 0, 3)] {
+                for s in SPECIALS {
+                    for channels in [0..1, 0..3] {
+                        let mut bad = x.clone();
+                        let mut zero = x.clone();
+                        for c in channels.clone() {
+                            bad[b][c][h][w] = s;
+                            zero[b][c][h][w] = 0.0;
+                        }
+                        let y = edges(quantized, kernels, &bad);
+                        let what = format!(
+                            "quantized {quantized} {kernels:?} {s} at ({b}, {h}, {w}) channels {channels:?}"
+                        );
+                        for ob in 0..2 {
+                            for o in 0..8 {
+                                for oh in 0..6 {
+                                    for ow in 0..5 {
+                                        let (v, c) = (y[ob][o][oh][ow], clean[ob][o][oh][ow]);
+                                        if !reaches(b, h, w, ob, oh, ow) {
+                                            assert!(
+                                                same(&[v], &[c]),
+                                                "{what}: ({ob}, {o}, {oh}, {ow}) changed, {c} to {v}"
+                                            );
+                                            continue;
+                                        }
+                                        let hybrid_u8 = quantized && kernels == Kernels::Hybrid;
+                                        if s.is_nan() && !hybrid_u8 {
+                                            // NaN times any weight, plus anything, is NaN.
+                                            assert!(v.is_nan(), "{what}: ({ob}, {o}, {oh}, {ow}) = {v}");
+                                        } else if s.is_infinite() && !hybrid_u8 {
+                                            // ±Inf, or NaN (Inf x 0, +Inf + -Inf): never finite.
+                                            assert!(!v.is_finite(), "{what}: ({ob}, {o}, {oh}, {ow}) = {v}");
+                                        } else if s.is_infinite() || s.is_nan() {
+                                            // Hybrid, 8 bits: NaN reads as 0; a patch row with an
+                                            // Inf quantizes to zeros. Finite either way.
+                                            assert!(v.is_finite(), "{what}: ({ob}, {o}, {oh}, {ow}) = {v}");
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        if quantized && kernels == Kernels::Hybrid && s.is_nan() {
+                            // A NaN counts as 0, bit for bit.
+                            let z = edges(quantized, kernels, &zero);
+                            assert!(
+                                same(
+                                    y.as_flattened().as_flattened().as_flattened(),
+                                    z.as_flattened().as_flattened().as_flattened()
+                                ),
+                                "{what}: not the run with 0"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// All zeros: the first convolution gives exactly its bias in both
+/// families (Hybrid's zero rows, Dequant's sums of exact zeros), so the
+/// outputs are the same bits in both; the padded edges included.
+#[test]
+fn conv_zeros_give_the_same_bits_in_both_families() {
+    let zeros = qbake::boxed_zeroed::<Image>();
+    for quantized in [false, true] {
+        let h = edges(quantized, Kernels::Hybrid, &zeros);
+        let d = edges(quantized, Kernels::Dequant, &zeros);
+        let flat = |y: &EdgesOut| y.as_flattened().as_flattened().as_flattened().to_vec();
+        assert!(same(&flat(&h), &flat(&d)), "quantized {quantized}");
+        // The two images are the same, and an interior pixel equals the
+        // others of its channel (the bias through 9 taps); edges see fewer taps.
+        assert!(same(
+            h[0].as_flattened().as_flattened(),
+            h[1].as_flattened().as_flattened()
+        ));
+        for c in 0..8 {
+            assert!(
+                h[0][c][1..5].iter().all(|r| same(&r[1..4], &[h[0][c][1][1]; 3])),
+                "channel {c}"
+            );
+        }
+    }
+}
+
+/// The whole convolutional fixture (ReLU6 after its first convolution,
+/// softmax last): any special value, anywhere or everywhere, gives finite
+/// probabilities in both families, quantized or not.
+#[test]
+fn conv_ops_gives_probabilities_for_any_value() {
+    type In = [[[[f32; 10]; 11]; 3]; 1];
+    let run = |quantized: bool, kernels: Kernels, x: &In| -> Vec<f32> {
+        let y = if quantized {
+            conv_ops_q::Model::new(kernels).forward(x)
+        } else {
+            conv_ops::Model::new(kernels).forward(x)
+        };
+        y.as_flattened().to_vec()
+    };
+    let rows: [[f32; 30]; 11] = input(23);
+    let mut x = qbake::boxed_zeroed::<In>();
+    for (v, r) in x
+        .as_flattened_mut()
+        .as_flattened_mut()
+        .as_flattened_mut()
+        .iter_mut()
+        .zip(rows.as_flattened())
+    {
+        *v = *r;
+    }
+    for quantized in [false, true] {
+        for kernels in FAMILIES {
+            for s in SPECIALS.into_iter().chain([1e30, -1e30]) {
+                for at in [Some((0, 0, 0)), Some((2, 5, 9)), Some((1, 10, 4)), None] {
+                    let mut bad = x.clone();
+                    match at {
+                        Some((c, h, w)) => bad[0][c][h][w] = s,
+                        None => bad
+                            .as_flattened_mut()
+                            .as_flattened_mut()
+                            .as_flattened_mut()
+                            .fill(s),
+                    }
+                    let p = run(quantized, kernels, &bad);
+                    let sum: f32 = p.iter().sum();
+                    assert!(
+                        p.iter().all(|v| (0.0..=1.0).contains(v)) && (sum - 1.0).abs() < 1e-5,
+                        "quantized {quantized} {kernels:?} {s} at {at:?}: {p:?}"
+                    );
+                }
+            }
+        }
+    }
+}

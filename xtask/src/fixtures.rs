@@ -152,6 +152,104 @@ fn conv_ops(dir: &Path) -> Result<()> {
     write(dir, "conv_ops.safetensors", tensors, Some(graph))
 }
 
+/// A one-Conv graph on an input of `input`, its weight `conv.weight`.
+fn conv_graph(input: &[usize], attrs: Value) -> Value {
+    let mut node =
+        json!({"name": "conv", "op": "Conv", "inputs": ["image"], "output": "y", "weight": "conv.weight"});
+    for (k, v) in attrs.as_object().expect("an object") {
+        node[k] = v.clone();
+    }
+    json!({
+        "version": 1,
+        "inputs": [{"name": "image", "shape": input}],
+        "outputs": ["y"],
+        "nodes": [node]
+    })
+}
+
+/// Convolutional models with one fault each, for the trybuild cases: a
+/// weight of the wrong rank, input channels the weight does not take, a
+/// kernel larger than the padded input, and a BatchNormalization whose
+/// scale overflows f32 once folded into the convolution.
+fn conv_faults(dir: &Path, rng: &mut Rng) -> Result<()> {
+    // The [8, 3, 3, 3] weight flattened to [8, 27], as a Dense would hold it.
+    let flat = rng.matrix(8, 27);
+    write(
+        dir,
+        "conv_wrong_rank.safetensors",
+        vec![("conv.weight", f32s(&[8, 27], &flat))],
+        Some(conv_graph(&[1, 3, 8, 8], json!({"pads": [1, 1, 1, 1]}))),
+    )?;
+    let w = || f32s(&[8, 3, 3, 3], &flat);
+    write(
+        dir,
+        "conv_channels.safetensors",
+        vec![("conv.weight", w())],
+        Some(conv_graph(&[1, 4, 8, 8], json!({"pads": [1, 1, 1, 1]}))),
+    )?;
+    write(
+        dir,
+        "conv_kernel_too_large.safetensors",
+        vec![("conv.weight", w())],
+        Some(conv_graph(
+            &[1, 3, 2, 2],
+            json!({"dilations": [1, 2], "pads": [0, 1, 0, 0]}),
+        )),
+    )?;
+    // gamma 1e30 over the root of a subnormal variance: a scale of 2.7e52.
+    let mut graph = conv_graph(&[1, 3, 8, 8], json!({}));
+    graph["outputs"] = json!(["z"]);
+    graph["nodes"].as_array_mut().expect("nodes").push(json!({
+        "name": "bn", "op": "BatchNormalization", "inputs": ["y"], "output": "z",
+        "scale": "bn.scale", "bias": "bn.bias", "mean": "bn.mean", "var": "bn.var", "epsilon": 0.0
+    }));
+    let mut var = vec![1.0; 8];
+    var[3] = f32::from_bits(1);
+    let mut scale = vec![1.0; 8];
+    scale[3] = 1e30;
+    write(
+        dir,
+        "conv_bn_overflow.safetensors",
+        vec![
+            ("conv.weight", w()),
+            ("bn.scale", f32s(&[8], &scale)),
+            ("bn.bias", f32s(&[8], &[0.0; 8])),
+            ("bn.mean", f32s(&[8], &[0.0; 8])),
+            ("bn.var", f32s(&[8], &var)),
+        ],
+        Some(graph),
+    )
+}
+
+/// `conv_edges.safetensors`: two images [3, 6, 5] -> a zero Pad of one
+/// pixel (folded into the convolution's padding) -> Conv 3x3, 8 channels,
+/// with a bias and one exactly zero weight -> depthwise Conv 3x3, padded by
+/// one -> NCHW out, with no activation: an output pixel sees the input
+/// pixels within 2 rows and columns of it, and nothing else, so the
+/// numerics tests can tell where a special value goes and that the padding
+/// adds exact zeros.
+fn conv_edges(dir: &Path) -> Result<()> {
+    let mut rng = Rng(0x2f6b_8a3c_1d4e_5f70);
+    let graph = json!({
+        "version": 1,
+        "inputs": [{"name": "image", "shape": [2, 3, 6, 5]}],
+        "outputs": ["y"],
+        "nodes": [
+            {"name": "pad", "op": "Pad", "inputs": ["image"], "output": "p", "pads": [0, 0, 1, 1, 0, 0, 1, 1]},
+            {"name": "conv", "op": "Conv", "inputs": ["p"], "output": "c", "weight": "conv.weight", "bias": "conv.bias"},
+            {"name": "dw", "op": "Conv", "inputs": ["c"], "output": "y", "weight": "dw.weight", "group": 8, "pads": [1, 1, 1, 1]}
+        ]
+    });
+    let mut conv = rng.matrix(8, 27);
+    conv[0] = 0.0;
+    let tensors = vec![
+        ("conv.weight", f32s(&[8, 3, 3, 3], &conv)),
+        ("conv.bias", f32s(&[8], &rng.vector(8, 0.5))),
+        ("dw.weight", f32s(&[8, 1, 3, 3], &rng.matrix(8, 9))),
+    ];
+    write(dir, "conv_edges.safetensors", tensors, Some(graph))
+}
+
 /// The weights of `tiny.safetensors`, a [3, 4] Dense.
 const TINY: [f32; 12] = [0.5, -1.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.75, 1.5, -2.0, 0.0, 0.125];
 
@@ -205,6 +303,7 @@ pub fn write_all(dir: &Path) -> Result<()> {
     ];
     write(dir, "all_ops.safetensors", tensors, Some(all_ops))?;
     conv_ops(dir)?;
+    conv_edges(dir)?;
 
     let tiny = || vec![("fc.weight", f32s(&[3, 4], &TINY))];
     write(
@@ -271,6 +370,8 @@ pub fn write_all(dir: &Path) -> Result<()> {
         ]
     });
     write(dir, "cycle.safetensors", tiny(), Some(cycle))?;
+    // Its own generator, so that the fixtures after it keep their values.
+    conv_faults(dir, &mut Rng(0x5851_f42d_4c95_7f2d))?;
     hostile_files(dir, &mut rng)?;
     onnx_files(dir, &mut rng)?;
     println!("wrote fixtures to {}", dir.display());
@@ -486,6 +587,201 @@ fn onnx_files(dir: &Path, rng: &mut Rng) -> Result<()> {
         vec![onnx::value("y", &["1", "2", "6", "6"])],
     );
     std::fs::write(dir.join("unsupported_op.onnx"), unsupported)?;
+    conv_onnx(dir, rng)
+}
+
+/// Small convolutional ONNX models, every conv op the importer maps, in
+/// opset 13 (Pad's pads and Squeeze's axes as inputs) and opset 10
+/// (attributes): seeds for the fuzzer and the importer's hostile harness.
+fn conv_onnx(dir: &Path, rng: &mut Rng) -> Result<()> {
+    use qbake_codegen::onnx::proto::data_type as dt;
+    let int64s = |name: &str, values: &[i64]| {
+        let mut t = onnx::f32_tensor(name, &[values.len() as i64], &[]);
+        t.data_type = Some(dt::INT64);
+        t.raw_data = None;
+        t.int64_data = values.to_vec();
+        t
+    };
+    let bn = |rng: &mut Rng, name: &str, c: usize| {
+        let var: Vec<f32> = rng.vector(c, 0.5).iter().map(|v| v + 0.6).collect();
+        vec![
+            onnx::f32_tensor(&format!("{name}.scale"), &[c as i64], &rng.vector(c, 1.5)),
+            onnx::f32_tensor(&format!("{name}.bias"), &[c as i64], &rng.vector(c, 0.5)),
+            onnx::f32_tensor(&format!("{name}.mean"), &[c as i64], &rng.vector(c, 0.3)),
+            onnx::f32_tensor(&format!("{name}.var"), &[c as i64], &var),
+        ]
+    };
+    let bn_node = |name: &str, x: &str, y: &str| {
+        onnx::node(
+            "BatchNormalization",
+            name,
+            &[
+                x,
+                &format!("{name}.scale"),
+                &format!("{name}.bias"),
+                &format!("{name}.mean"),
+                &format!("{name}.var"),
+            ],
+            &[y],
+            vec![onnx::attr_f("epsilon", 1e-3)],
+        )
+    };
+    // x [N, 3, 9, 8] -> Pad -> Conv 8 (stride 2, pads) -> BN -> Clip (ReLU6)
+    // -> depthwise Conv (SAME_UPPER) -> Mul, Add [1, 8, 1, 1] -> Relu
+    // -> grouped Conv (group 2) -> MaxPool -> AveragePool -> GlobalAveragePool
+    // -> Squeeze -> Gemm 10 -> Softmax.
+    let mut initializers = vec![
+        int64s("pads", &[0, 0, 0, 1, 0, 0, 1, 0]),
+        onnx::f32_tensor("pad_value", &[], &[0.0]),
+        onnx::f32_tensor("conv1.weight", &[8, 3, 3, 3], &rng.matrix(8, 27)),
+        onnx::f32_tensor("conv1.bias", &[8], &rng.vector(8, 0.2)),
+        onnx::f32_tensor("lo", &[], &[0.0]),
+        onnx::f32_tensor("hi", &[], &[6.0]),
+        onnx::f32_tensor("dw.weight", &[8, 1, 3, 3], &rng.matrix(8, 9)),
+        onnx::f32_tensor("dw.scale", &[1, 8, 1, 1], &rng.vector(8, 2.0)),
+        onnx::f32_tensor("dw.shift", &[1, 8, 1, 1], &rng.vector(8, 0.5)),
+        onnx::f32_tensor("grouped.weight", &[12, 4, 1, 1], &rng.matrix(12, 4)),
+        int64s("axes", &[2, 3]),
+        onnx::f32_tensor("fc.weight", &[10, 12], &rng.matrix(10, 12)),
+        onnx::f32_tensor("fc.bias", &[10], &rng.vector(10, 0.1)),
+    ];
+    initializers.extend(bn(rng, "bn1", 8));
+    let conv13 = onnx::model(
+        13,
+        vec![
+            onnx::node("Pad", "pad", &["x", "pads", "pad_value"], &["p"], vec![]),
+            onnx::node(
+                "Conv",
+                "conv1",
+                &["p", "conv1.weight", "conv1.bias"],
+                &["c1"],
+                vec![
+                    onnx::attr_ints("strides", &[2, 2]),
+                    onnx::attr_ints("pads", &[1, 0, 0, 1]),
+                    onnx::attr_ints("kernel_shape", &[3, 3]),
+                ],
+            ),
+            bn_node("bn1", "c1", "b1"),
+            onnx::node("Clip", "relu6", &["b1", "lo", "hi"], &["a1"], vec![]),
+            onnx::node(
+                "Conv",
+                "dw",
+                &["a1", "dw.weight"],
+                &["d"],
+                vec![onnx::attr_i("group", 8), onnx::attr_s("auto_pad", "SAME_UPPER")],
+            ),
+            onnx::node("Mul", "dw_scale", &["d", "dw.scale"], &["ds"], vec![]),
+            onnx::node("Add", "dw_shift", &["ds", "dw.shift"], &["dd"], vec![]),
+            onnx::node("Relu", "relu", &["dd"], &["r"], vec![]),
+            onnx::node(
+                "Conv",
+                "grouped",
+                &["r", "grouped.weight"],
+                &["g"],
+                vec![onnx::attr_i("group", 2)],
+            ),
+            onnx::node(
+                "MaxPool",
+                "maxpool",
+                &["g"],
+                &["m"],
+                vec![
+                    onnx::attr_ints("kernel_shape", &[3, 3]),
+                    onnx::attr_ints("strides", &[2, 2]),
+                    onnx::attr_ints("pads", &[1, 1, 1, 1]),
+                ],
+            ),
+            onnx::node(
+                "AveragePool",
+                "avgpool",
+                &["m"],
+                &["v"],
+                vec![
+                    onnx::attr_ints("kernel_shape", &[2, 2]),
+                    onnx::attr_ints("pads", &[0, 0, 1, 1]),
+                    onnx::attr_i("count_include_pad", 1),
+                ],
+            ),
+            onnx::node("GlobalAveragePool", "gap", &["v"], &["gp"], vec![]),
+            onnx::node("Squeeze", "squeeze", &["gp", "axes"], &["s"], vec![]),
+            onnx::node(
+                "Gemm",
+                "fc",
+                &["s", "fc.weight", "fc.bias"],
+                &["z"],
+                vec![onnx::attr_i("transB", 1)],
+            ),
+            onnx::node(
+                "Softmax",
+                "softmax",
+                &["z"],
+                &["y"],
+                vec![onnx::attr_i("axis", 1)],
+            ),
+        ],
+        initializers,
+        vec![onnx::value("x", &["N", "3", "9", "8"])],
+        vec![onnx::value("y", &["N", "10"])],
+    );
+    std::fs::write(dir.join("conv.onnx"), conv13)?;
+
+    // Opset 10: Pad and Squeeze by attributes, a BN folded into a Conv with
+    // dilations and SAME_LOWER, a pool with VALID, Flatten, MatMul + Add.
+    let mut initializers = vec![
+        onnx::f32_tensor("conv.weight", &[6, 2, 3, 3], &rng.matrix(6, 18)),
+        onnx::f32_tensor("fc.weight", &[6, 5], &rng.matrix(5, 6)),
+        onnx::f32_tensor("fc.bias", &[5], &rng.vector(5, 0.1)),
+    ];
+    initializers.extend(bn(rng, "bn", 6));
+    let conv10 = onnx::model(
+        10,
+        vec![
+            onnx::node(
+                "Pad",
+                "pad",
+                &["x"],
+                &["p"],
+                vec![onnx::attr_ints("pads", &[0, 0, 1, 2, 0, 0, 2, 1])],
+            ),
+            onnx::node(
+                "Conv",
+                "conv",
+                &["p", "conv.weight"],
+                &["c"],
+                vec![
+                    onnx::attr_ints("dilations", &[2, 1]),
+                    onnx::attr_s("auto_pad", "SAME_LOWER"),
+                    onnx::attr_ints("strides", &[1, 2]),
+                ],
+            ),
+            bn_node("bn", "c", "b"),
+            onnx::node("Relu", "relu", &["b"], &["r"], vec![]),
+            onnx::node(
+                "MaxPool",
+                "pool",
+                &["r"],
+                &["m"],
+                vec![
+                    onnx::attr_ints("kernel_shape", &[2, 2]),
+                    onnx::attr_s("auto_pad", "VALID"),
+                ],
+            ),
+            onnx::node("GlobalAveragePool", "gap", &["m"], &["gp"], vec![]),
+            onnx::node(
+                "Squeeze",
+                "squeeze",
+                &["gp"],
+                &["s"],
+                vec![onnx::attr_ints("axes", &[3, 2])],
+            ),
+            onnx::node("MatMul", "fc", &["s", "fc.weight"], &["z"], vec![]),
+            onnx::node("Add", "fc_bias", &["z", "fc.bias"], &["y"], vec![]),
+        ],
+        initializers,
+        vec![onnx::value("x", &["1", "2", "7", "9"])],
+        vec![onnx::value("y", &["1", "5"])],
+    );
+    std::fs::write(dir.join("conv_opset10.onnx"), conv10)?;
     Ok(())
 }
 
@@ -521,6 +817,24 @@ mod onnx {
             name: Some(name.into()),
             r#type: Some(attribute_type::INT),
             i: Some(i),
+            ..Default::default()
+        }
+    }
+
+    pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(attribute_type::INTS),
+            ints: ints.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    pub fn attr_s(name: &str, s: &str) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(attribute_type::STRING),
+            s: Some(s.as_bytes().to_vec()),
             ..Default::default()
         }
     }

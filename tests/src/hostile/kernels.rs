@@ -9,7 +9,9 @@
 //!   exact product (computed in f64), with non-finite values where the
 //!   inputs force them, whatever the summation order;
 //! - the dequant cache's panels: `(q - zero_point) * scale` exactly;
-//! - softmax: probabilities, or NaN where docs/robustness.md says.
+//! - softmax: probabilities, or NaN where docs/robustness.md says;
+//! - convolutions, pools and the layout ops ([`conv`]), when the first byte
+//!   is 0x80 to 0xfd.
 //!
 //! Values include NaN, ±Inf, ±f32::MAX, subnormals and raw bit patterns.
 //! When the input runs out, a generator seeded by its hash continues, so a
@@ -18,6 +20,8 @@
 use qbake::format::pack_b_s8;
 use qbake::hybrid::{self, QuantizedRows};
 use qbake::{Activation, DequantCache, QuantParams, QuantWeight, gemm_f32};
+
+mod conv;
 
 /// Reads shapes and values from the input, then from a generator.
 struct Source<'a> {
@@ -189,6 +193,10 @@ impl<T> Drop for StaticSlice<T> {
 pub fn kernels(data: &[u8]) {
     let mut src = Source::new(data);
     let shape = src.byte();
+    if (0x80..=0xfd).contains(&shape) {
+        conv::conv(&mut src);
+        return;
+    }
     let (m, n, k) = match shape {
         0xff => {
             // The largest K whose sums are exact, on few rows.

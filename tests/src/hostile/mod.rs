@@ -143,6 +143,31 @@ fn graph_tensors() -> &'static [FixedTensor] {
             t("s", Dtype::F32, &[], f32s(&[], &wave)),
             t("one", Dtype::F32, &[1, 1], f32s(&[1, 1], &wave)),
             t("r3", Dtype::F32, &[2, 4, 8], f32s(&[2, 4, 8], &wave)),
+            // Convolutions: [out, in / group, kh, kw] weights for 2 or 4
+            // input channels, one large enough to quantize, one of huge
+            // values, a 5x5 kernel, and a rank-5 tensor.
+            t("k3", Dtype::F32, &[4, 2, 3, 3], f32s(&[4, 2, 3, 3], &wave)),
+            t("k1", Dtype::F32, &[8, 4, 1, 1], f32s(&[8, 4, 1, 1], &wave)),
+            t("kg", Dtype::F32, &[4, 1, 2, 2], f32s(&[4, 1, 2, 2], &wave)),
+            t("dw", Dtype::F32, &[4, 1, 3, 3], f32s(&[4, 1, 3, 3], &wave)),
+            t("k5", Dtype::F32, &[2, 2, 5, 5], f32s(&[2, 2, 5, 5], &wave)),
+            t("kbig", Dtype::F32, &[40, 4, 3, 3], f32s(&[40, 4, 3, 3], &wave)),
+            t(
+                "khuge",
+                Dtype::F32,
+                &[4, 2, 3, 3],
+                f32s(&[4, 2, 3, 3], &|i| if i % 2 == 0 { f32::MAX } else { -f32::MAX }),
+            ),
+            t("r5", Dtype::F32, &[1, 4, 2, 3, 3], f32s(&[1, 4, 2, 3, 3], &wave)),
+            // BatchNormalization and per-channel constants for 4 channels:
+            // a variance that is negative somewhere, one of a subnormal, and
+            // scales large enough to overflow what they fold into.
+            t("var", Dtype::F32, &[4], f32s(&[4], &|i| 0.5 + i as f32)),
+            t("negvar", Dtype::F32, &[4], f32s(&[4], &|i| 1.0 - i as f32)),
+            t("tinyvar", Dtype::F32, &[4], f32s(&[4], &|_| f32::from_bits(1))),
+            t("bigscale", Dtype::F32, &[4], f32s(&[4], &|_| 1e30)),
+            t("c411", Dtype::F32, &[4, 1, 1], f32s(&[4, 1, 1], &wave)),
+            t("c1411", Dtype::F32, &[1, 4, 1, 1], f32s(&[1, 4, 1, 1], &wave)),
         ]
     })
 }

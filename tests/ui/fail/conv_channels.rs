@@ -1,0 +1,5 @@
+mod model {
+    qbake::quantized_model!("../../models/conv_channels.safetensors");
+}
+
+fn main() {}
