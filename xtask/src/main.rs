@@ -1,6 +1,7 @@
 //! qbake's developer tasks, run as `cargo xtask <task>`.
 
 mod bench_compile;
+mod bench_latency;
 mod fixtures;
 mod import;
 
@@ -11,6 +12,10 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   fixtures   rewrite the small model files the tests use (tests/models/)
+  bench [--runs N] [--quick] [--peers] [--json]
+             latency of the real models in both kernel families, at 1 thread
+             and all cores, with --peers beside ONNX Runtime (docs/bench.md;
+             target/qbake-bench/latency.json and latency.svg)
   bench --compile [--runs N]
              compile time and rustc memory of baking an 18 MB model, by the
              macro and by a build script (target/qbake-bench/compile.json)
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
             runs.map_err(Into::into)
                 .and_then(|runs| bench_compile::run(&workspace_root(), runs.unwrap_or(3).max(1)))
         }
+        Some("bench") => bench_latency::main(&workspace_root(), &args[1..]),
         Some("import") => import::run(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
