@@ -104,6 +104,10 @@ fn erf(x: f64) -> f64 {
     if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }
 }
 
+/// For weight column `k` of output `o` (in a weight whose first output is
+/// `first`), the input channel it reads.
+type ChannelOf = Box<dyn Fn(usize, usize, usize) -> usize>;
+
 /// Takes `(W_q - W) E[x]` out of the bias of every layer whose weights were
 /// quantized and whose input's channel means are known. Only biases that
 /// one step alone reads are changed.
@@ -121,31 +125,28 @@ pub fn correct(plan: &Plan, baked: &mut Baked) {
         };
         // For each weight: its name, the first output channel it computes,
         // and the input channel of column `k` of row `o`.
-        let (weights, bias, channel): (Vec<(&str, usize)>, _, Box<dyn Fn(usize, usize, usize) -> usize>) =
-            match &step.op {
-                Op::Conv {
-                    geom, weight, bias, ..
-                } => {
-                    let c = geom.in_c;
-                    (vec![(weight.as_str(), 0)], bias, Box::new(move |_, _, k| k % c))
-                }
-                Op::GroupedConv {
-                    geom, weights, bias, ..
-                } => {
-                    let (og, cg) = (geom.out_c / geom.groups, geom.in_c / geom.groups);
-                    let ws = weights
-                        .iter()
-                        .enumerate()
-                        .map(|(g, w)| (w.as_str(), g * og))
-                        .collect();
-                    (ws, bias, Box::new(move |first, _, k| first / og * cg + k % cg))
-                }
-                Op::Depthwise { weight, bias, .. } => {
-                    (vec![(weight.as_str(), 0)], bias, Box::new(|_, o, _| o))
-                }
-                Op::Dense { weight, bias, .. } => (vec![(weight.as_str(), 0)], bias, Box::new(|_, _, k| k)),
-                _ => continue,
-            };
+        let (weights, bias, channel): (Vec<(&str, usize)>, _, ChannelOf) = match &step.op {
+            Op::Conv {
+                geom, weight, bias, ..
+            } => {
+                let c = geom.in_c;
+                (vec![(weight.as_str(), 0)], bias, Box::new(move |_, _, k| k % c))
+            }
+            Op::GroupedConv {
+                geom, weights, bias, ..
+            } => {
+                let (og, cg) = (geom.out_c / geom.groups, geom.in_c / geom.groups);
+                let ws = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(g, w)| (w.as_str(), g * og))
+                    .collect();
+                (ws, bias, Box::new(move |first, _, k| first / og * cg + k % cg))
+            }
+            Op::Depthwise { weight, bias, .. } => (vec![(weight.as_str(), 0)], bias, Box::new(|_, o, _| o)),
+            Op::Dense { weight, bias, .. } => (vec![(weight.as_str(), 0)], bias, Box::new(|_, _, k| k)),
+            _ => continue,
+        };
         let Some(bias) = bias.as_deref().filter(|b| bias_readers.get(b) == Some(&1)) else {
             continue;
         };

@@ -61,6 +61,12 @@ impl Model {
         self
     }
 
+    /// MSE-optimal weight ranges (default `false`; see `Options`).
+    pub fn mse_ranges(mut self, on: bool) -> Self {
+        self.options.mse_ranges = on;
+        self
+    }
+
     /// ONNX models: the graph output to compute, when there are several.
     pub fn output(mut self, name: &str) -> Self {
         self.options.output = Some(name.to_string());

@@ -11,6 +11,10 @@ pub struct Options {
     /// bias, where batch normalization statistics say what a layer's input
     /// averages (`bias_correction.rs`).
     pub bias_correction: bool,
+    /// Clip each range where that lowers the weights' squared quantization
+    /// error (a search over ranges shrunk by up to 30 %); the result is still
+    /// a min and a max.
+    pub mse_ranges: bool,
     /// ONNX models only: the graph output to compute, when there are several.
     pub output: Option<String>,
     /// ONNX models only: the size of a dynamic batch dimension (default 1).
@@ -23,6 +27,7 @@ impl Default for Options {
             per_channel: true,
             keep_float_below: 1024,
             bias_correction: true,
+            mse_ranges: false,
             output: None,
             batch: None,
         }
