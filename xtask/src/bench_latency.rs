@@ -95,18 +95,18 @@ fn parse_args(args: &[String]) -> Result<Args> {
 pub fn main(root: &Path, args: &[String]) -> Result<()> {
     let parsed = parse_args(args)?;
     if cfg!(debug_assertions) {
-        return run_release(root, args, parsed.json);
+        return run_release(root, "bench", args, parsed.json);
     }
     run(root, &parsed)
 }
 
-/// Builds xtask in release and runs the benchmark there: in a dev build the
+/// Builds xtask in release and runs `task` there: in a dev build the
 /// kernels, and everything else, would run unoptimized. Cargo's `[alias]`
 /// cannot pick a profile per task, and a second alias would be one more
 /// thing to remember, so the dev binary hands over to the release one.
-fn run_release(root: &Path, args: &[String], json: bool) -> Result<()> {
-    if !json {
-        eprintln!("bench: building xtask with --release (the kernels are measured optimized)");
+pub(crate) fn run_release(root: &Path, task: &str, args: &[String], quiet: bool) -> Result<()> {
+    if !quiet {
+        eprintln!("{task}: building xtask with --release (models run optimized)");
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
@@ -120,7 +120,7 @@ fn run_release(root: &Path, args: &[String], json: bool) -> Result<()> {
         ])
         .current_dir(root)
         .stderr(Stdio::inherit());
-    if json {
+    if quiet {
         build.arg("--quiet");
     }
     let out = build.output()?;
@@ -134,9 +134,9 @@ fn run_release(root: &Path, args: &[String], json: bool) -> Result<()> {
         .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
         .next_back()
         .ok_or("cargo built no xtask executable")?;
-    let status = Command::new(&exe).arg("bench").args(args).status()?;
+    let status = Command::new(&exe).arg(task).args(args).status()?;
     if !status.success() {
-        return Err(format!("{} bench: {status}", exe.display()).into());
+        return Err(format!("{} {task}: {status}", exe.display()).into());
     }
     Ok(())
 }

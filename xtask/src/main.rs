@@ -2,6 +2,7 @@
 
 mod bench_compile;
 mod bench_latency;
+mod eval;
 mod fixtures;
 mod import;
 
@@ -19,6 +20,9 @@ tasks:
   bench --compile [--runs N]
              compile time and rustc memory of baking an 18 MB model, by the
              macro and by a build script (target/qbake-bench/compile.json)
+  eval --model M (--inputs X.safetensors | --photos DIR --mean M --scale S) [--labels L] [--json]
+             a model's accuracy in both kernel families against float, layer
+             by layer (docs/eval.md)
   import MODEL.onnx OUT.safetensors [--batch N] [--output NAME]
              an ONNX model as a qbake model file (docs/onnx.md); a dynamic
              batch dimension becomes N (default 1)";
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
                 .and_then(|runs| bench_compile::run(&workspace_root(), runs.unwrap_or(3).max(1)))
         }
         Some("bench") => bench_latency::main(&workspace_root(), &args[1..]),
+        Some("eval") => eval::run(&workspace_root(), &args[1..]),
         Some("import") => import::run(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");

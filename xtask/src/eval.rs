@@ -1,0 +1,226 @@
+//! `cargo xtask eval`: a model's accuracy in both kernel families against
+//! its float self (qbake-eval), on given inputs or on photos.
+
+use qbake_codegen::Options;
+use qbake_eval::{Report, photos};
+use std::error::Error;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inputs X.safetensors [--tensor NAME] | --photos DIR --mean M --scale S) [options]
+
+  --inputs FILE      a safetensors file whose tensor (--tensor NAME, or its only one) is [N, input shape...]
+  --photos DIR       every PNG/JPEG in DIR, squared and resized to the model's input, with 22
+                     crops and mirrorings of each; input = (pixel - mean) / scale, NCHW RGB
+  --labels FILE      one class index per line, per input (per photo variant, in order)
+  --output NAME      ONNX models: the graph output to measure
+  --per-channel B    true (default) or false
+  --keep-float-below N
+  --json             the report as JSON on stdout";
+
+pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
+    if cfg!(debug_assertions) {
+        // The f64 reference and the kernels, unoptimized, would take minutes per input.
+        return crate::bench_latency::run_release(root, "eval", args, args.iter().any(|a| a == "--json"));
+    }
+    let mut model = None;
+    let mut inputs_file = None;
+    let mut tensor = None;
+    let mut photos_dir = None;
+    let (mut mean, mut scale) = (None, None);
+    let mut labels_file = None;
+    let mut json = false;
+    let mut options = Options::default();
+    let mut args = args.iter();
+    let value = |args: &mut std::slice::Iter<String>, flag: &str| -> Result<String, Box<dyn Error>> {
+        args.next()
+            .cloned()
+            .ok_or_else(|| format!("{flag} takes a value\n\n{USAGE}").into())
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--model" => model = Some(PathBuf::from(value(&mut args, arg)?)),
+            "--inputs" => inputs_file = Some(PathBuf::from(value(&mut args, arg)?)),
+            "--tensor" => tensor = Some(value(&mut args, arg)?),
+            "--photos" => photos_dir = Some(PathBuf::from(value(&mut args, arg)?)),
+            "--mean" => mean = Some(value(&mut args, arg)?.parse::<f32>()?),
+            "--scale" => scale = Some(value(&mut args, arg)?.parse::<f32>()?),
+            "--labels" => labels_file = Some(PathBuf::from(value(&mut args, arg)?)),
+            "--output" => options.output = Some(value(&mut args, arg)?),
+            "--per-channel" => options.per_channel = value(&mut args, arg)?.parse()?,
+            "--keep-float-below" => options.keep_float_below = value(&mut args, arg)?.parse()?,
+            "--json" => json = true,
+            other => return Err(format!("unknown argument `{other}`\n\n{USAGE}").into()),
+        }
+    }
+    let model = model.ok_or_else(|| format!("--model is required\n\n{USAGE}"))?;
+    let shape = qbake_codegen::reference::Reference::load_with(&model, &options)
+        .map_err(|e| format!("{}: {e}", model.display()))?
+        .plan()
+        .input()
+        .shape
+        .clone();
+    let (names, inputs) = match (inputs_file, photos_dir) {
+        (Some(file), None) => from_tensor(&file, tensor.as_deref(), &shape)?,
+        (None, Some(dir)) => {
+            let (Some(mean), Some(scale)) = (mean, scale) else {
+                return Err(format!("--photos needs --mean and --scale\n\n{USAGE}").into());
+            };
+            from_photos(&dir, &shape, mean, scale)?
+        }
+        _ => return Err(format!("give --inputs or --photos\n\n{USAGE}").into()),
+    };
+    let labels = labels_file.map(|f| read_labels(&f)).transpose()?;
+    let mut stderr = std::io::stderr();
+    let mut shown = usize::MAX;
+    let report = qbake_eval::evaluate(&model, &options, &inputs, labels.as_deref(), |done, total| {
+        // Redrawn when the bar grows, not per input: a log stays short.
+        let filled = 30 * done / total;
+        if filled != shown || done == total {
+            shown = filled;
+            let _ = write!(stderr, "\r  [{:<30}] {done}/{total} inputs", "#".repeat(filled));
+            if done == total {
+                let _ = writeln!(stderr);
+            }
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, &names);
+    }
+    Ok(())
+}
+
+/// The rows of a tensor as inputs of `shape`.
+fn from_tensor(
+    file: &Path,
+    name: Option<&str>,
+    shape: &[usize],
+) -> Result<(Vec<String>, Vec<Vec<f32>>), Box<dyn Error>> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => match st.names().as_slice() {
+            [one] => one.to_string(),
+            names => {
+                return Err(format!(
+                    "{} has tensors {names:?}: choose one with --tensor",
+                    file.display()
+                )
+                .into());
+            }
+        },
+    };
+    let t = st.tensor(&name)?;
+    if t.dtype() != safetensors::Dtype::F32 {
+        return Err(format!("tensor `{name}` is {:?}; inputs are F32", t.dtype()).into());
+    }
+    let values: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let len: usize = shape.iter().product();
+    if values.len() % len != 0 || t.shape().first().is_none() {
+        return Err(format!(
+            "tensor `{name}` of shape {:?} is not a batch of inputs of shape {shape:?}",
+            t.shape()
+        )
+        .into());
+    }
+    let inputs: Vec<Vec<f32>> = values.chunks_exact(len).map(<[f32]>::to_vec).collect();
+    let names = (0..inputs.len()).map(|i| format!("{name}[{i}]")).collect();
+    Ok((names, inputs))
+}
+
+/// Every photo in `dir`, fit to the model's `[1, 3, H, W]` input, with its variants.
+fn from_photos(
+    dir: &Path,
+    shape: &[usize],
+    mean: f32,
+    scale: f32,
+) -> Result<(Vec<String>, Vec<Vec<f32>>), Box<dyn Error>> {
+    let &[1, 3, h, w] = shape else {
+        return Err(format!("--photos needs a model input of shape [1, 3, H, W], not {shape:?}").into());
+    };
+    if h != w {
+        return Err(format!("--photos needs a square input, not {h}x{w}").into());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| {
+                ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().to_str().unwrap_or(""))
+            })
+        })
+        .collect();
+    files.sort();
+    let (mut names, mut inputs) = (Vec::new(), Vec::new());
+    for file in &files {
+        let img = image::open(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+            .to_rgb8();
+        let stem = file
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        for (variant, v) in photos::variants(&photos::square(&img, h as u32)) {
+            names.push(format!("{stem} {variant}"));
+            inputs.push(photos::nchw(&v, mean, scale));
+        }
+    }
+    if inputs.is_empty() {
+        return Err(format!("no PNG or JPEG files in {}", dir.display()).into());
+    }
+    Ok((names, inputs))
+}
+
+fn read_labels(file: &Path) -> Result<Vec<usize>, Box<dyn Error>> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim().parse().map_err(|e| format!("label `{l}`: {e}").into()))
+        .collect()
+}
+
+fn print_report(report: &Report, names: &[String]) {
+    let first = names.first().map_or(String::new(), |n| format!(" ({n}, ...)"));
+    println!("{}: {} inputs{first}", report.model, report.inputs);
+    if let Some(a) = report.float_accuracy {
+        println!("float accuracy: {a:.2}%");
+    }
+    println!(
+        "\n{:<8} {:>8} {:>8} {:>9} {:>11} {:>10}",
+        "family", "top-1", "top-5", "accuracy", "cosine mean", "cosine min"
+    );
+    for f in &report.families {
+        let acc = f.accuracy.map_or("-".to_string(), |a| format!("{a:.2}%"));
+        println!(
+            "{:<8} {:>7.2}% {:>7.2}% {acc:>9} {:>11.5} {:>10.5}",
+            f.kernels, f.top1_agreement, f.top5_agreement, f.cosine_mean, f.cosine_min
+        );
+    }
+    let db = |v: Option<f64>| v.map_or("exact".to_string(), |v| format!("{v:.1} dB"));
+    for f in &report.families {
+        println!(
+            "\n{} per layer, worst first (output SQNR against float; weight SQNR as baked):",
+            f.kernels
+        );
+        println!("  {:<48} {:<20} {:>10} {:>10}", "step", "op", "output", "weight");
+        for l in f.layers.iter().take(12) {
+            println!(
+                "  {:<48} {:<20} {:>10} {:>10}",
+                l.step,
+                l.op,
+                db(l.output_sqnr_db),
+                l.weight_sqnr_db.map_or("-".into(), |v| format!("{v:.1} dB"))
+            );
+        }
+        if f.layers.len() > 12 {
+            println!("  ... {} more (--json lists all)", f.layers.len() - 12);
+        }
+    }
+}
