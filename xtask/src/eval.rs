@@ -18,6 +18,9 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --keep-float-below N
   --json             the report as JSON on stdout";
 
+/// Inputs, flattened, and a name for each.
+type Named = (Vec<String>, Vec<Vec<f32>>);
+
 pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     if cfg!(debug_assertions) {
         // The f64 reference and the kernels, unoptimized, would take minutes per input.
@@ -93,11 +96,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
 }
 
 /// The rows of a tensor as inputs of `shape`.
-fn from_tensor(
-    file: &Path,
-    name: Option<&str>,
-    shape: &[usize],
-) -> Result<(Vec<String>, Vec<Vec<f32>>), Box<dyn Error>> {
+fn from_tensor(file: &Path, name: Option<&str>, shape: &[usize]) -> Result<Named, Box<dyn Error>> {
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;
     let name = match name {
@@ -123,7 +122,7 @@ fn from_tensor(
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     let len: usize = shape.iter().product();
-    if values.len() % len != 0 || t.shape().first().is_none() {
+    if !values.len().is_multiple_of(len) || t.shape().is_empty() {
         return Err(format!(
             "tensor `{name}` of shape {:?} is not a batch of inputs of shape {shape:?}",
             t.shape()
@@ -136,12 +135,7 @@ fn from_tensor(
 }
 
 /// Every photo in `dir`, fit to the model's `[1, 3, H, W]` input, with its variants.
-fn from_photos(
-    dir: &Path,
-    shape: &[usize],
-    mean: f32,
-    scale: f32,
-) -> Result<(Vec<String>, Vec<Vec<f32>>), Box<dyn Error>> {
+fn from_photos(dir: &Path, shape: &[usize], mean: f32, scale: f32) -> Result<Named, Box<dyn Error>> {
     let &[1, 3, h, w] = shape else {
         return Err(format!("--photos needs a model input of shape [1, 3, H, W], not {shape:?}").into());
     };
@@ -222,5 +216,48 @@ fn print_report(report: &Report, names: &[String]) {
         if f.layers.len() > 12 {
             println!("  ... {} more (--json lists all)", f.layers.len() - 12);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::{Dtype, TensorView};
+
+    fn temp(name: &str, bytes: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("qbake-eval-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn inputs_are_the_rows_of_a_tensor_of_the_input_shape() {
+        let data: Vec<u8> = (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F32, vec![3, 1, 4], &data).unwrap();
+        let file = temp(
+            "inputs.safetensors",
+            &safetensors::serialize([("x", view)], None).unwrap(),
+        );
+        let (names, inputs) = from_tensor(&file, None, &[1, 4]).unwrap();
+        assert_eq!(names, ["x[0]", "x[1]", "x[2]"]);
+        assert_eq!(inputs[2], [8.0, 9.0, 10.0, 11.0]);
+        let err = from_tensor(&file, None, &[1, 5]).unwrap_err().to_string();
+        assert!(err.contains("not a batch of inputs of shape [1, 5]"), "{err}");
+        assert!(from_tensor(&file, Some("y"), &[1, 4]).is_err());
+        std::fs::remove_file(file).unwrap();
+    }
+
+    #[test]
+    fn labels_are_one_index_per_line() {
+        let file = temp("labels.txt", b"3\n\n 7 \n0\n");
+        assert_eq!(read_labels(&file).unwrap(), [3, 7, 0]);
+        std::fs::write(&file, "3\ncat\n").unwrap();
+        assert!(
+            read_labels(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("label `cat`")
+        );
+        std::fs::remove_file(file).unwrap();
     }
 }
