@@ -40,6 +40,7 @@ impl Options {
         "per_channel",
         "keep_float_below",
         "bias_correction",
+        "mse_ranges",
         "output",
         "batch",
     ];
