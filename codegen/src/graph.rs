@@ -102,60 +102,9 @@ pub enum Layout {
     Nhwc,
 }
 
-/// The geometry of a 2-D convolution or pool over NHWC data; the runtime's
-/// `qbake::conv::Conv2d`, field for field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvGeom {
-    pub batch: usize,
-    pub in_h: usize,
-    pub in_w: usize,
-    pub in_c: usize,
-    pub out_c: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: [usize; 2],
-    pub dilation: [usize; 2],
-    /// `[top, left, bottom, right]`.
-    pub pads: [usize; 4],
-    pub groups: usize,
-}
-
-impl ConvGeom {
-    /// `floor((in + pads - dilation (k - 1) - 1) / stride) + 1`, or `None` when the kernel does not fit.
-    pub fn out_dims(&self) -> Option<(usize, usize)> {
-        let dim = |input: usize, pad: usize, k: usize, stride: usize, dilation: usize| {
-            let span = dilation.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
-            Some(input.checked_add(pad)?.checked_sub(span)? / stride + 1)
-        };
-        let [t, l, b, r] = self.pads;
-        Some((
-            dim(
-                self.in_h,
-                t.checked_add(b)?,
-                self.kh,
-                self.stride[0],
-                self.dilation[0],
-            )?,
-            dim(
-                self.in_w,
-                l.checked_add(r)?,
-                self.kw,
-                self.stride[1],
-                self.dilation[1],
-            )?,
-        ))
-    }
-
-    pub fn out_pixels(&self) -> usize {
-        let (h, w) = self.out_dims().expect("a checked geometry");
-        self.batch * h * w
-    }
-
-    /// Inputs per output: `kh * kw * in_c / groups`.
-    pub fn patch_len(&self) -> usize {
-        self.kh * self.kw * self.in_c / self.groups
-    }
-}
+/// The geometry of a 2-D convolution or pool over NHWC data: the
+/// runtime's `qbake::conv::Conv2d`, one definition in `qbake-format`.
+pub use qbake_format::Conv2d as ConvGeom;
 
 /// The reduction of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -217,13 +217,6 @@ fn transpose_images(x: &[f64], batch: usize, rows: usize, cols: usize) -> Vec<f6
     y
 }
 
-/// The input pixel `(ih, iw)` that tap `(i, j)` of output `(oh, ow)` reads, if inside.
-fn tap(g: &ConvGeom, oh: usize, ow: usize, i: usize, j: usize) -> Option<(usize, usize)> {
-    let ih = (oh * g.stride[0] + i * g.dilation[0]).checked_sub(g.pads[0])?;
-    let iw = (ow * g.stride[1] + j * g.dilation[1]).checked_sub(g.pads[1])?;
-    (ih < g.in_h && iw < g.in_w).then_some((ih, iw))
-}
-
 /// A convolution over NHWC `x`: `w(o, tap, c)` is output `o`'s weight for
 /// tap `i * kw + j` and channel `c` of its group.
 fn conv(
@@ -244,7 +237,7 @@ fn conv(
                     let mut acc = bias.map_or(0.0, |b| f64::from(b[o]));
                     for i in 0..g.kh {
                         for j in 0..g.kw {
-                            let Some((ih, iw)) = tap(g, oh, ow, i, j) else {
+                            let Some((ih, iw)) = g.tap(oh, ow, i, j) else {
                                 continue;
                             };
                             let pixel = &x[((b * g.in_h + ih) * g.in_w + iw) * g.in_c + first..][..cg];
@@ -277,7 +270,7 @@ fn pool(x: &[f64], g: &ConvGeom, kind: PoolKind) -> Vec<f64> {
                     };
                     for i in 0..g.kh {
                         for j in 0..g.kw {
-                            let Some((ih, iw)) = tap(g, oh, ow, i, j) else {
+                            let Some((ih, iw)) = g.tap(oh, ow, i, j) else {
                                 continue;
                             };
                             inside += 1;

@@ -2,12 +2,11 @@
 //! baked in memory: what the generated `forward` computes, with every
 //! intermediate value kept.
 
-use qbake::conv::Conv2d;
 use qbake::{
     Activation, DepthwiseWeight, DequantCache, Exec, FloatWeight, Kernels, QuantParams, QuantWeight,
     TapsCache, Weight, ops,
 };
-use qbake_codegen::graph::{Act, ConvGeom, Op, Plan, PoolKind};
+use qbake_codegen::graph::{Act, Op, Plan, PoolKind};
 use qbake_codegen::quantize::{Baked, Storage};
 use std::collections::HashMap;
 
@@ -61,22 +60,6 @@ fn weight(w: &qbake_codegen::quantize::BakedWeight) -> Weight {
             data: leak(values.clone().into_boxed_slice()),
             cache: DequantCache::new(),
         }),
-    }
-}
-
-fn geom(g: &ConvGeom) -> Conv2d {
-    Conv2d {
-        batch: g.batch,
-        in_h: g.in_h,
-        in_w: g.in_w,
-        in_c: g.in_c,
-        out_c: g.out_c,
-        kh: g.kh,
-        kw: g.kw,
-        stride: g.stride,
-        dilation: g.dilation,
-        pads: g.pads,
-        groups: g.groups,
     }
 }
 
@@ -148,15 +131,7 @@ impl Executor {
                     weight,
                     bias,
                     act: a,
-                } => ops::conv2d(
-                    &exec,
-                    x,
-                    &geom(g),
-                    self.weights[weight],
-                    float(bias),
-                    act(*a),
-                    &mut y,
-                ),
+                } => ops::conv2d(&exec, x, g, self.weights[weight], float(bias), act(*a), &mut y),
                 Op::GroupedConv {
                     geom: g,
                     weights,
@@ -164,26 +139,18 @@ impl Executor {
                     act: a,
                 } => {
                     let ws: Vec<&Weight> = weights.iter().map(|w| self.weights[w]).collect();
-                    ops::grouped_conv2d(&exec, x, &geom(g), &ws, float(bias), act(*a), &mut y)
+                    ops::grouped_conv2d(&exec, x, g, &ws, float(bias), act(*a), &mut y)
                 }
                 Op::Depthwise {
                     geom: g,
                     weight,
                     bias,
                     act: a,
-                } => ops::depthwise_conv2d(
-                    &exec,
-                    x,
-                    &geom(g),
-                    self.depthwise[weight],
-                    float(bias),
-                    act(*a),
-                    &mut y,
-                ),
+                } => ops::depthwise_conv2d(&exec, x, g, self.depthwise[weight], float(bias), act(*a), &mut y),
                 Op::Pool { geom: g, kind } => match kind {
-                    PoolKind::Max => ops::max_pool(x, &geom(g), &mut y),
+                    PoolKind::Max => ops::max_pool(x, g, &mut y),
                     PoolKind::Average { count_include_pad } => {
-                        ops::average_pool(x, &geom(g), *count_include_pad, &mut y)
+                        ops::average_pool(x, g, *count_include_pad, &mut y)
                     }
                 },
                 Op::GlobalAveragePool {

@@ -5,6 +5,10 @@
 //! the reference kernels). Both sides use these definitions, so the layout
 //! cannot drift between them. Plain code: no SIMD, no syntax, no files.
 
+mod conv;
+
+pub use conv::Conv2d;
+
 /// Output channels per packed panel: one microkernel call covers 16 columns
 /// (two AVX2 registers of eight i32 lanes).
 pub const NR: usize = 16;

@@ -1,0 +1,111 @@
+//! The geometry of a convolution or pool: the planner computes it and the
+//! generated code writes it as a literal; the kernels read it.
+
+/// A 2-D convolution or pool over NHWC data (ONNX semantics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub in_c: usize,
+    pub out_c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// `[top, left, bottom, right]`, ONNX's `[x1_begin, x2_begin, x1_end, x2_end]`.
+    pub pads: [usize; 4],
+    pub groups: usize,
+}
+
+/// `floor((input + pads - dilation (k - 1) - 1) / stride) + 1`, or `None`
+/// when the window does not fit (or a size overflows).
+fn out_dim(
+    input: usize,
+    pad0: usize,
+    pad1: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let span = dilation.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+    let padded = input.checked_add(pad0)?.checked_add(pad1)?;
+    Some(padded.checked_sub(span)?.checked_div(stride)? + 1)
+}
+
+impl Conv2d {
+    /// The output's height and width, or `None` when the window does not fit.
+    pub fn out_dims(&self) -> Option<(usize, usize)> {
+        let [t, l, b, r] = self.pads;
+        Some((
+            out_dim(self.in_h, t, b, self.kh, self.stride[0], self.dilation[0])?,
+            out_dim(self.in_w, l, r, self.kw, self.stride[1], self.dilation[1])?,
+        ))
+    }
+
+    pub fn out_h(&self) -> usize {
+        self.out_dims().expect("a checked geometry").0
+    }
+
+    pub fn out_w(&self) -> usize {
+        self.out_dims().expect("a checked geometry").1
+    }
+
+    /// Why this geometry is not a valid convolution, if it is not.
+    pub fn check(&self) -> Result<(), String> {
+        let sizes = [
+            self.batch,
+            self.in_h,
+            self.in_w,
+            self.in_c,
+            self.out_c,
+            self.kh,
+            self.kw,
+            self.groups,
+        ];
+        if sizes.contains(&0) || self.stride.contains(&0) || self.dilation.contains(&0) {
+            return Err(format!("{self:?}: sizes, strides and dilations must be positive"));
+        }
+        if !self.in_c.is_multiple_of(self.groups) || !self.out_c.is_multiple_of(self.groups) {
+            return Err(format!(
+                "{} groups do not divide {} inputs and {} outputs",
+                self.groups, self.in_c, self.out_c
+            ));
+        }
+        if self.out_dims().is_none() {
+            return Err(format!(
+                "a {}x{} kernel does not fit a padded {}x{} input",
+                self.kh, self.kw, self.in_h, self.in_w
+            ));
+        }
+        Ok(())
+    }
+
+    /// Output pixels: rows of the GEMM.
+    pub fn out_pixels(&self) -> usize {
+        let (h, w) = self.out_dims().expect("a checked geometry");
+        self.batch * h * w
+    }
+
+    /// Inputs per output of one group: `kh * kw * in_c / groups`.
+    pub fn patch_len(&self) -> usize {
+        self.kh * self.kw * self.in_c / self.groups
+    }
+
+    pub fn is_depthwise(&self) -> bool {
+        self.groups == self.in_c && self.out_c == self.in_c
+    }
+
+    /// A 1x1, stride-1, unpadded convolution: the input already is the GEMM's matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pads == [0; 4] && self.groups == 1
+    }
+
+    /// The input pixel `(ih, iw)` that tap `(i, j)` of output `(oh, ow)` reads, if inside.
+    #[inline]
+    pub fn tap(&self, oh: usize, ow: usize, i: usize, j: usize) -> Option<(usize, usize)> {
+        let ih = (oh * self.stride[0] + i * self.dilation[0]).checked_sub(self.pads[0])?;
+        let iw = (ow * self.stride[1] + j * self.dilation[1]).checked_sub(self.pads[1])?;
+        (ih < self.in_h && iw < self.in_w).then_some((ih, iw))
+    }
+}
