@@ -126,3 +126,29 @@ fn both_families_compute_the_baked_model() {
         }
     }
 }
+
+/// Many threads running the same model at once each get their own scratch
+/// and op buffers: every result is the one a lone thread computes.
+#[test]
+fn concurrent_forward_passes_do_not_share_buffers() {
+    let inputs = inputs(8);
+    for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+        let forward = forward!(all_u8);
+        let want: Vec<Vec<f32>> = inputs.iter().map(|x| forward(kernels, 1, x)).collect();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (inputs, want) = (&inputs, &want);
+                s.spawn(move || {
+                    for round in 0..25 {
+                        let i = (t + round) % inputs.len();
+                        assert_eq!(
+                            forward(kernels, 1 + round % 2, &inputs[i]),
+                            want[i],
+                            "thread {t} round {round}"
+                        );
+                    }
+                });
+            }
+        });
+    }
+}
