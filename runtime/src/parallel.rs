@@ -1,19 +1,21 @@
 //! Intra-op threads for the GEMMs and depthwise convolutions:
 //! `Model::with_threads(n)`.
 //!
-//! A GEMM is split into disjoint parts, each run on its own scoped thread
-//! (`std::thread::scope`) by the same single-threaded driver:
+//! A GEMM is split into disjoint parts, each run on rayon's pool by the
+//! same single-threaded driver:
 //! - by rows, when there are many (convolutions, batches): each thread owns
 //!   a contiguous block of output rows, a plain `chunks_mut` of `y`;
 //! - by panels of output channels, when rows are few (a fully connected
 //!   layer on one input): each thread writes its columns into a buffer of
 //!   its own, copied into `y` after the join.
 //!
-//! Threads are spawned per call, which costs tens of microseconds, so work
-//! under [`MIN_PARALLEL_MACS`] stays on the calling thread. Results do not
+//! The pool's threads live for the process (spawning threads per call cost
+//! tens of microseconds per op, more than small layers gain); work under
+//! [`MIN_PARALLEL_MACS`] still stays on the calling thread. Results do not
 //! depend on the thread count: every output is computed by the same code
 //! from the same operands.
 
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Multiply-adds below which a GEMM runs on the calling thread.
@@ -35,12 +37,8 @@ where
     }
     if m >= threads * 8 {
         let per = m.div_ceil(threads);
-        std::thread::scope(|s| {
-            for (i, part) in y.chunks_mut(per * n).enumerate() {
-                let rows = i * per..(i * per + per).min(m);
-                let drive = &drive;
-                s.spawn(move || drive(rows, 0..panels, part, n));
-            }
+        y.par_chunks_mut(per * n).enumerate().for_each(|(i, part)| {
+            drive(i * per..(i * per + per).min(m), 0..panels, part, n);
         });
     } else if panels >= 2 {
         let per = panels.div_ceil(threads.min(panels));
@@ -48,24 +46,15 @@ where
             .step_by(per)
             .map(|p| p..(p + per).min(panels))
             .collect();
-        let parts: Vec<(Range<usize>, Vec<f32>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = ranges
-                .into_iter()
-                .map(|range| {
-                    let drive = &drive;
-                    s.spawn(move || {
-                        let cols = (range.end * nr).min(n) - range.start * nr;
-                        let mut part = vec![0.0f32; m * cols];
-                        drive(0..m, range.clone(), &mut part, cols);
-                        (range, part)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a GEMM thread panicked"))
-                .collect()
-        });
+        let parts: Vec<(Range<usize>, Vec<f32>)> = ranges
+            .into_par_iter()
+            .map(|range| {
+                let cols = (range.end * nr).min(n) - range.start * nr;
+                let mut part = vec![0.0f32; m * cols];
+                drive(0..m, range.clone(), &mut part, cols);
+                (range, part)
+            })
+            .collect();
         for (range, part) in parts {
             let (c0, cols) = (range.start * nr, (range.end * nr).min(n) - range.start * nr);
             for (row, src) in y.chunks_exact_mut(n).zip(part.chunks_exact(cols)) {
@@ -91,14 +80,8 @@ where
         return run(0..rows, y);
     }
     let per = rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        let mut parts = y.chunks_mut(per * row_len).enumerate();
-        let (_, first) = parts.next().expect("at least one row");
-        for (i, part) in parts {
-            let run = &run;
-            s.spawn(move || run(i * per..(i * per + per).min(rows), part));
-        }
-        run(0..per.min(rows), first);
+    y.par_chunks_mut(per * row_len).enumerate().for_each(|(i, part)| {
+        run(i * per..(i * per + per).min(rows), part);
     });
 }
 
