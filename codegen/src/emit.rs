@@ -122,6 +122,31 @@ pub fn model(
     (tokens, blob)
 }
 
+/// With `reference = true`: the float model as `pub mod reference`, the
+/// same items with the file's f32 weights (folded, not quantized), and the
+/// blob of its bytes (empty for [`Bytes::Inline`]).
+pub fn reference_module(
+    path: &Path,
+    display_path: &str,
+    plan: &Plan,
+    options: &Options,
+    bytes: Bytes,
+) -> (TokenStream, Vec<u8>) {
+    let baked = crate::quantize::float(plan);
+    let (items, blob) = model(path, display_path, plan, &baked, options, bytes);
+    let doc = format!(
+        "The float model of `{display_path}`: the same steps with its f32 weights, not quantized, \
+         to measure the 8-bit model against or to fall back on. Both kernel families run it in f32."
+    );
+    let tokens = quote! {
+        #[doc = #doc]
+        pub mod reference {
+            #items
+        }
+    };
+    (tokens, blob)
+}
+
 /// Rust names of the baked statics, unique, derived from the tensor names.
 struct StaticNames(HashMap<String, Ident>);
 
@@ -137,8 +162,8 @@ impl StaticNames {
                 let base = identifier(name).to_uppercase();
                 let mut ident = base.clone();
                 let mut i = 1;
-                // `_S8` suffixes are the weights' byte arrays.
-                while ident.ends_with("_S8") || !taken.insert(ident.clone()) {
+                // `_S8` and `_F32` suffixes are the weights' byte arrays.
+                while ident.ends_with("_S8") || ident.ends_with("_F32") || !taken.insert(ident.clone()) {
                     i += 1;
                     ident = format!("{base}_{i}");
                 }
@@ -244,17 +269,20 @@ fn weight_static(w: &BakedWeight, ident: &Ident, depthwise: bool, sink: &mut Byt
             (weight, byte_array)
         }
         Storage::F32(values) => {
-            let values = values.iter().map(|&v| Literal::f32_unsuffixed(v));
+            // Little-endian bytes: one literal, however many values.
+            let bytes_ident = format_ident!("{}_F32", ident);
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let byte_array = sink.aligned_bytes(&bytes_ident, &bytes);
             let weight = quote! {
                 ::qbake::Weight::F32(::qbake::FloatWeight {
                     name: #name,
                     rows: #rows,
                     cols: #cols,
-                    data: &[#(#values),*],
+                    data: &#bytes_ident.0,
                     cache: ::qbake::DequantCache::new(),
                 })
             };
-            (weight, TokenStream::new())
+            (weight, byte_array)
         }
     };
     let item = if depthwise {
@@ -367,21 +395,33 @@ fn db(v: f64) -> String {
 }
 
 fn weights_doc(display_path: &str, baked: &Baked, options: &Options) -> String {
-    let mut d = format!(
-        "The tensors of `{display_path}`, as baked.\n\n\
+    let quantized = baked
+        .weights
+        .iter()
+        .any(|w| matches!(w.storage, Storage::U8 { .. }));
+    let mut d = if !quantized && !baked.weights.is_empty() {
+        format!(
+            "The tensors of `{display_path}`, in f32: the float model, not quantized. Each `*_F32` \
+             array is a weight's values as little-endian bytes.\n\n\
+             | tensor | shape (out, in) | stored as | bytes | min | max | SQNR |\n|---|---|---|---|---|---|---|\n"
+        )
+    } else {
+        format!(
+            "The tensors of `{display_path}`, as baked.\n\n\
          Weight matrices of {} elements or more are stored as u8 with min/max {} \
          (`x = (q - zero_point) * scale`, 0.0 exact); smaller ones, biases and constants stay f32. \
          SQNR is the signal-to-quantization-noise ratio of the stored weights against the file's floats. \
          The bytes of each `*_S8` array are `q - 128`, packed at compile time in the panel order the int8 \
          kernels read (`qbake::format::packed_index`); `QuantWeight::q(n, k)` reads one weight back.\n\n\
          | tensor | shape (out, in) | stored as | bytes | min | max | SQNR |\n|---|---|---|---|---|---|---|\n",
-        options.keep_float_below,
-        if options.per_channel {
-            "per output channel"
-        } else {
-            "per tensor"
-        },
-    );
+            options.keep_float_below,
+            if options.per_channel {
+                "per output channel"
+            } else {
+                "per tensor"
+            },
+        )
+    };
     for w in &baked.weights {
         let (stored, bytes) = match &w.storage {
             Storage::U8 { data, params } if params.len() > 1 => ("u8, per channel", data.len()),

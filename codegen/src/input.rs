@@ -64,6 +64,7 @@ impl Parse for MacroArgs {
                 "keep_float_below" => options.keep_float_below = usize_value(&key, &value)?,
                 "bias_correction" => options.bias_correction = bool_value(&key, &value)?,
                 "mse_ranges" => options.mse_ranges = bool_value(&key, &value)?,
+                "reference" => options.reference = bool_value(&key, &value)?,
                 "output" => options.output = Some(str_value(&key, &value)?),
                 "batch" => {
                     let batch = usize_value(&key, &value)?;

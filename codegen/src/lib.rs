@@ -80,5 +80,9 @@ fn generate_file(
 ) -> Result<TokenStream, Error> {
     let plan = graph::plan(file)?;
     let baked = quantize::bake(&plan, options)?;
-    Ok(emit::model(path, display_path, &plan, &baked, options, emit::Bytes::Inline).0)
+    let mut tokens = emit::model(path, display_path, &plan, &baked, options, emit::Bytes::Inline).0;
+    if options.reference {
+        tokens.extend(emit::reference_module(path, display_path, &plan, options, emit::Bytes::Inline).0);
+    }
+    Ok(tokens)
 }

@@ -15,6 +15,9 @@ pub struct Options {
     /// error (a search over ranges shrunk by up to 30 %); the result is still
     /// a min and a max.
     pub mse_ranges: bool,
+    /// Also bake the float model (f32 weights, not quantized) as `pub mod
+    /// reference`, to measure against or fall back on.
+    pub reference: bool,
     /// ONNX models only: the graph output to compute, when there are several.
     pub output: Option<String>,
     /// ONNX models only: the size of a dynamic batch dimension (default 1).
@@ -28,6 +31,7 @@ impl Default for Options {
             keep_float_below: 1024,
             bias_correction: true,
             mse_ranges: false,
+            reference: false,
             output: None,
             batch: None,
         }
@@ -41,6 +45,7 @@ impl Options {
         "keep_float_below",
         "bias_correction",
         "mse_ranges",
+        "reference",
         "output",
         "batch",
     ];

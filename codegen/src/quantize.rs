@@ -132,6 +132,40 @@ pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
     Ok(baked)
 }
 
+/// Every tensor the plan uses, in f32 as the plan holds it: the float
+/// model (`reference = true`).
+pub fn float(plan: &Plan) -> Baked {
+    let mut baked = Baked::default();
+    let mut seen = HashSet::new();
+    for step in &plan.steps {
+        let weights = step.op.weights();
+        for name in step.op.tensors() {
+            if !seen.insert(name) {
+                continue;
+            }
+            let t = plan.tensor(name);
+            if weights.contains(&name) {
+                let (min, max) = min_max(&t.data);
+                baked.weights.push(BakedWeight {
+                    name: name.to_string(),
+                    rows: t.shape[0],
+                    cols: t.shape[1],
+                    storage: Storage::F32(t.data.to_vec()),
+                    min,
+                    max,
+                    sqnr_db: f64::INFINITY,
+                });
+            } else {
+                baked.floats.push(FloatTensor {
+                    name: name.to_string(),
+                    values: t.data.to_vec(),
+                });
+            }
+        }
+    }
+    baked
+}
+
 fn bake_tensors(plan: &Plan, options: &Options) -> Result<Baked, Error> {
     let mut baked = Baked::default();
     // Names already baked: a set, so that a graph of many tensors bakes in linear time.

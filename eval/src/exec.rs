@@ -53,13 +53,7 @@ fn weight(w: &qbake_codegen::quantize::BakedWeight) -> Weight {
                 cache: DequantCache::new(),
             })
         }
-        Storage::F32(values) => Weight::F32(FloatWeight {
-            name,
-            rows: w.rows,
-            cols: w.cols,
-            data: leak(values.clone().into_boxed_slice()),
-            cache: DequantCache::new(),
-        }),
+        Storage::F32(values) => Weight::F32(FloatWeight::from_values(name, w.rows, w.cols, values)),
     }
 }
 

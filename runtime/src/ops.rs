@@ -349,13 +349,7 @@ mod tests {
     }
 
     fn float_weight(data: &[f32], rows: usize, cols: usize) -> FloatWeight {
-        FloatWeight {
-            name: "wf",
-            rows,
-            cols,
-            data: Box::leak(data.to_vec().into_boxed_slice()),
-            cache: DequantCache::new(),
-        }
+        FloatWeight::from_values("wf", rows, cols, data)
     }
 
     fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
@@ -496,7 +490,9 @@ mod tests {
         for w in &weights {
             let rows = match &w.weight {
                 Weight::U8(_) => wf.clone(),
-                Weight::F32(f) => f.data.to_vec(),
+                Weight::F32(f) => (0..f.rows * f.cols)
+                    .map(|i| f.get(i / f.cols, i % f.cols))
+                    .collect(),
             };
             // [c, kh * kw] rows are the definition's [c, kh, kw, 1]; taps are [kh, kw, c].
             let taps: Vec<f32> = (0..kk * c).map(|i| rows[(i % c) * kk + i / c]).collect();
@@ -745,13 +741,7 @@ mod tests {
                 }
             }
             // Float weights run in float in both families.
-            let weight = Weight::F32(FloatWeight {
-                name: "wf",
-                rows: 20,
-                cols: g.patch_len(),
-                data: Box::leak(wf.into_boxed_slice()),
-                cache: DequantCache::new(),
-            });
+            let weight = Weight::F32(FloatWeight::from_values("wf", 20, g.patch_len(), &wf));
             let mut y = vec![0.0; want.len()];
             conv2d(
                 &Exec::new(Kernels::Hybrid),

@@ -90,15 +90,41 @@ impl QuantWeight {
     }
 }
 
-/// A weight matrix kept in f32 (too small to gain from 8 bits), row-major `[rows, cols]`.
+/// A weight matrix kept in f32, row-major `[rows, cols]`, as little-endian
+/// bytes: a baked model writes them as one byte string, which rustc reads
+/// far faster than as many float literals.
 #[derive(Debug)]
 pub struct FloatWeight {
     pub name: &'static str,
     pub rows: usize,
     pub cols: usize,
-    pub data: &'static [f32],
+    /// `rows * cols * 4` bytes.
+    pub data: &'static [u8],
     /// Its f32 panels, packed on first use.
     pub cache: DequantCache,
+}
+
+impl FloatWeight {
+    /// A weight built at run time (tools, tests): its bytes are leaked, as a
+    /// baked model's are static.
+    pub fn from_values(name: &'static str, rows: usize, cols: usize, values: &[f32]) -> Self {
+        assert_eq!(values.len(), rows * cols, "values do not fill the matrix");
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        FloatWeight {
+            name,
+            rows,
+            cols,
+            data: Box::leak(bytes.into_boxed_slice()),
+            cache: DequantCache::new(),
+        }
+    }
+
+    /// Weight `(n, k)`.
+    pub fn get(&self, n: usize, k: usize) -> f32 {
+        let at = (n * self.cols + k) * 4;
+        let b = &self.data[at..at + 4];
+        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
 }
 
 /// A weight matrix as baked: 8-bit, or kept in f32.
@@ -130,7 +156,7 @@ impl Weight {
             Weight::U8(w) => w.dequantized(),
             Weight::F32(w) => w
                 .cache
-                .get_or_fill(|| PackedF32::from_rows(w.data, w.rows, w.cols)),
+                .get_or_fill(|| PackedF32::from_fn(w.rows, w.cols, |n, k| w.get(n, k))),
         }
     }
 }
@@ -157,7 +183,7 @@ impl DepthwiseWeight {
                     let (scale, zp) = w.params.of_row(ch);
                     dequantize(w.q(ch, t), scale, zp)
                 }
-                Weight::F32(w) => w.data[ch * kk + t],
+                Weight::F32(w) => w.get(ch, t),
             };
             (0..kk * c).map(|i| value(i % c, i / c)).collect()
         })
@@ -266,17 +292,26 @@ mod tests {
                 assert_eq!(taps[t * c + ch].to_bits(), want.to_bits(), "tap {t} channel {ch}");
             }
         }
-        // As the code generator bakes it: a `static`.
+        // As the code generator bakes it: a `static` over little-endian bytes.
+        static BYTES: [u8; 180] = {
+            let mut b = [0u8; 180];
+            let mut i = 0;
+            while i < 45 {
+                let v = (i as f32).to_le_bytes();
+                b[4 * i] = v[0];
+                b[4 * i + 1] = v[1];
+                b[4 * i + 2] = v[2];
+                b[4 * i + 3] = v[3];
+                i += 1;
+            }
+            b
+        };
         static FLOAT: DepthwiseWeight = DepthwiseWeight {
             weight: Weight::F32(FloatWeight {
                 name: "dwf",
                 rows: 5,
                 cols: 9,
-                data: &[
-                    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
-                    16.0, 17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0, 28.0, 29.0, 30.0,
-                    31.0, 32.0, 33.0, 34.0, 35.0, 36.0, 37.0, 38.0, 39.0, 40.0, 41.0, 42.0, 43.0, 44.0,
-                ],
+                data: &BYTES,
                 cache: DequantCache::new(),
             }),
             taps: TapsCache::new(),

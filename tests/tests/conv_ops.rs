@@ -63,15 +63,15 @@ fn inputs(count: usize) -> Vec<Vec<f32>> {
 type Forward = fn(Kernels, usize, &[f32]) -> Vec<f32>;
 
 macro_rules! forward {
-    ($m:ident) => {
+    ($($m:ident)::+) => {
         |kernels: Kernels, threads: usize, x: &[f32]| -> Vec<f32> {
-            let mut input = qbake::boxed_zeroed::<$m::Input>();
+            let mut input = qbake::boxed_zeroed::<$($m)::+::Input>();
             input
                 .as_flattened_mut()
                 .as_flattened_mut()
                 .as_flattened_mut()
                 .copy_from_slice(x);
-            let model = $m::Model::new(kernels).with_threads(threads);
+            let model = $($m)::+::Model::new(kernels).with_threads(threads);
             model.forward(&input).as_flattened().to_vec()
         }
     };
@@ -151,4 +151,34 @@ fn concurrent_forward_passes_do_not_share_buffers() {
             }
         });
     }
+}
+
+mod with_reference {
+    qbake::quantized_model!("../models/conv_ops.safetensors", reference = true);
+}
+
+/// `reference = true` also bakes the float model: it computes what the f64
+/// reference computes from the file's weights, to f32 rounding, in both
+/// families; the 8-bit model beside it is the usual one.
+#[test]
+fn the_baked_float_model_is_the_float_model() {
+    let float = Reference::load(&path()).unwrap();
+    let reference = forward!(with_reference::reference);
+    let quantized = forward!(with_reference);
+    let plain = forward!(default);
+    for x in inputs(8) {
+        let want = float.run(&x);
+        for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+            let got = reference(kernels, 1, &x);
+            for (&g, &w) in got.iter().zip(&want) {
+                assert!((f64::from(g) - w).abs() <= 1e-5, "{kernels:?}: {g} vs {w}");
+            }
+            assert_eq!(quantized(kernels, 1, &x), plain(kernels, 1, &x));
+        }
+    }
+    // Its weights are f32 bytes, not quantized.
+    assert!(matches!(
+        with_reference::reference::weights::CONV1_WEIGHT,
+        qbake::Weight::F32(_)
+    ));
 }

@@ -255,8 +255,8 @@ fn run(root: &Path, args: &Args) -> Result<()> {
         load_before
     ));
     say(
-        "note: qbake has no baked float-weight path yet; Dequant runs the same f32 kernels on \
-         weights dequantized once, so it stands in for the float path's speed.",
+        "note: the float model (`reference = true`) is not measured yet; Dequant runs the same f32 \
+         kernels on weights dequantized once, so it stands in for the float path's speed.",
     );
 
     let mut inputs = Vec::new();
@@ -386,7 +386,7 @@ fn run(root: &Path, args: &Args) -> Result<()> {
         "rounds": { "warmup": args.warmup, "measured": args.runs, "order": "every configuration once per round, in a new random order each round (fixed seed)" },
         "one_thread_runs_pinned_to_core": pin_core,
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        "note": "no baked float-weight path yet: Dequant (f32 kernels on dequantized weights) stands in for the f32 path",
+        "note": "the float model (reference = true) is not measured yet: Dequant (f32 kernels on dequantized weights) stands in for the f32 path",
         "weight_bytes_source": "qbake_codegen::quantize::bake on the planned model, with the macro's options",
         "peers": peer_report,
         "models": models,

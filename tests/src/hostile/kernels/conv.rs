@@ -292,7 +292,7 @@ impl Quantized {
 
 /// # Safety
 /// The weight must be dropped before `data`.
-unsafe fn float_weight(data: &StaticSlice<f32>, n: usize, k: usize) -> Weight {
+unsafe fn float_weight(data: &StaticSlice<u8>, n: usize, k: usize) -> Weight {
     Weight::F32(FloatWeight {
         name: "fuzz",
         rows: n,
@@ -347,9 +347,9 @@ pub fn conv(src: &mut Source) {
 
     // The ops on f32 weights: both families, the same bits.
     {
-        let data: Vec<StaticSlice<f32>> = w
+        let data: Vec<StaticSlice<u8>> = w
             .chunks_exact(og * k)
-            .map(|c| StaticSlice::new(c.to_vec()))
+            .map(|c| StaticSlice::new(le_bytes(c)))
             .collect();
         // SAFETY: `weights` is dropped before `data` (declared after it).
         let weights: Vec<Weight> = data.iter().map(|d| unsafe { float_weight(d, og, k) }).collect();
@@ -470,7 +470,7 @@ fn depthwise(
     }
 
     let quantized = Quantized::new(src, c, kk);
-    let data = StaticSlice::new(w.clone());
+    let data = StaticSlice::new(le_bytes(&w));
     // SAFETY: the weights are dropped at the end of this function, before
     // `quantized` and `data` (declared before them).
     let weights = unsafe {
@@ -633,4 +633,9 @@ fn layout_ops(src: &mut Source, g: &Conv2d, x: &[f32]) {
     for (i, (&got, &v)) in y.iter().zip(x).enumerate() {
         assert!(same(got, act.apply(v * constant[i % c])), "mul_constant [{i}]");
     }
+}
+
+/// f32 values as the little-endian bytes a `FloatWeight` holds.
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
