@@ -123,7 +123,8 @@ impl Model {
         if self.options.reference {
             let file = format!("{name}.reference.weights");
             let bytes = Bytes::Blob { file: &file };
-            let (float, blob) = emit::reference_module(path, &display, &plan, &self.options, bytes);
+            let (float, blob) =
+                emit::reference_module(path, &display, &plan, &self.options, bytes).map_err(in_file)?;
             tokens.extend(float);
             write(&out_dir.join(&file), &blob)?;
         }

@@ -131,8 +131,8 @@ pub fn reference_module(
     plan: &Plan,
     options: &Options,
     bytes: Bytes,
-) -> (TokenStream, Vec<u8>) {
-    let baked = crate::quantize::float(plan);
+) -> Result<(TokenStream, Vec<u8>), crate::Error> {
+    let baked = crate::quantize::float(plan)?;
     let (items, blob) = model(path, display_path, plan, &baked, options, bytes);
     let doc = format!(
         "The float model of `{display_path}`: the same steps with its f32 weights, not quantized, \
@@ -144,7 +144,7 @@ pub fn reference_module(
             #items
         }
     };
-    (tokens, blob)
+    Ok((tokens, blob))
 }
 
 /// Rust names of the baked statics, unique, derived from the tensor names.

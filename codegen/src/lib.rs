@@ -82,7 +82,7 @@ fn generate_file(
     let baked = quantize::bake(&plan, options)?;
     let mut tokens = emit::model(path, display_path, &plan, &baked, options, emit::Bytes::Inline).0;
     if options.reference {
-        tokens.extend(emit::reference_module(path, display_path, &plan, options, emit::Bytes::Inline).0);
+        tokens.extend(emit::reference_module(path, display_path, &plan, options, emit::Bytes::Inline)?.0);
     }
     Ok(tokens)
 }

@@ -125,7 +125,9 @@ impl Baked {
 /// Quantizes every weight matrix the plan uses and collects its float
 /// tensors (biases, constants), each once, in first-use order.
 pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
-    let mut baked = bake_tensors(plan, options)?;
+    let mut baked = collect(plan, |name, rows, cols, values| {
+        bake_weight(name, rows, cols, values, options)
+    })?;
     if options.bias_correction {
         crate::bias_correction::correct(plan, &mut baked);
     }
@@ -134,39 +136,27 @@ pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
 
 /// Every tensor the plan uses, in f32 as the plan holds it: the float
 /// model (`reference = true`).
-pub fn float(plan: &Plan) -> Baked {
-    let mut baked = Baked::default();
-    let mut seen = HashSet::new();
-    for step in &plan.steps {
-        let weights = step.op.weights();
-        for name in step.op.tensors() {
-            if !seen.insert(name) {
-                continue;
-            }
-            let t = plan.tensor(name);
-            if weights.contains(&name) {
-                let (min, max) = min_max(&t.data);
-                baked.weights.push(BakedWeight {
-                    name: name.to_string(),
-                    rows: t.shape[0],
-                    cols: t.shape[1],
-                    storage: Storage::F32(t.data.to_vec()),
-                    min,
-                    max,
-                    sqnr_db: f64::INFINITY,
-                });
-            } else {
-                baked.floats.push(FloatTensor {
-                    name: name.to_string(),
-                    values: t.data.to_vec(),
-                });
-            }
-        }
-    }
-    baked
+pub fn float(plan: &Plan) -> Result<Baked, Error> {
+    collect(plan, |name, rows, cols, values| {
+        let (min, max) = min_max(&values);
+        Ok(BakedWeight {
+            name: name.to_string(),
+            rows,
+            cols,
+            storage: Storage::F32(values),
+            min,
+            max,
+            sqnr_db: f64::INFINITY,
+        })
+    })
 }
 
-fn bake_tensors(plan: &Plan, options: &Options) -> Result<Baked, Error> {
+/// Each tensor the plan uses, once, in first-use order: weight matrices
+/// through `weight(name, rows, cols, values)`, the rest as they are.
+fn collect(
+    plan: &Plan,
+    mut weight: impl FnMut(&str, usize, usize, Vec<f32>) -> Result<BakedWeight, Error>,
+) -> Result<Baked, Error> {
     let mut baked = Baked::default();
     // Names already baked: a set, so that a graph of many tensors bakes in linear time.
     let mut seen = HashSet::new();
@@ -186,9 +176,7 @@ fn bake_tensors(plan: &Plan, options: &Options) -> Result<Baked, Error> {
                 let &[rows, cols] = t.shape.as_slice() else {
                     unreachable!("the planner makes weights matrices");
                 };
-                baked
-                    .weights
-                    .push(bake_weight(name, rows, cols, t.data.to_vec(), options)?);
+                baked.weights.push(weight(name, rows, cols, t.data.to_vec())?);
             } else {
                 baked.floats.push(FloatTensor {
                     name: name.to_string(),
