@@ -67,6 +67,12 @@ impl Model {
         self
     }
 
+    /// Warn for weights quantized below this SQNR, in dB (default 30; 0: never).
+    pub fn warn_sqnr_below(mut self, db: u32) -> Self {
+        self.options.warn_sqnr_below = db;
+        self
+    }
+
     /// MSE-optimal weight ranges (default `false`; see `Options`).
     pub fn mse_ranges(mut self, on: bool) -> Self {
         self.options.mse_ranges = on;

@@ -51,6 +51,7 @@ pub fn model(
     let scratch = crate::scratch::assign(plan);
     let forward_body = forward_body(plan, &names, &scratch);
     let scratch_items = scratch_items(&scratch);
+    let sqnr_warnings = sqnr_warnings(baked, options);
     let model_doc = model_doc(display_path, plan, baked);
     // Naming the file in `include_bytes!` makes the compiler record it as an
     // input of this crate, so editing the model rebuilds it. The bytes are
@@ -77,6 +78,8 @@ pub fn model(
         pub type Output = #output_ty;
 
         #rebuild_trigger
+
+        #sqnr_warnings
 
         #scratch_items
 
@@ -568,6 +571,36 @@ fn f32_tokens(v: f32) -> TokenStream {
         let lit = Literal::f32_unsuffixed(v);
         quote!(#lit)
     }
+}
+
+/// A compile-time warning for each quantized weight under the SQNR the user
+/// asked for: stable Rust lets a macro warn only through a lint, so each is
+/// the use of a deprecated constant whose note says what is wrong.
+fn sqnr_warnings(baked: &Baked, options: &Options) -> TokenStream {
+    let threshold = f64::from(options.warn_sqnr_below);
+    let hint = if options.per_channel {
+        ""
+    } else {
+        " (`per_channel = true` gives each output channel its own range)"
+    };
+    baked
+        .weights
+        .iter()
+        .filter(|w| matches!(w.storage, Storage::U8 { .. }) && w.sqnr_db < threshold)
+        .map(|w| {
+            let note = format!(
+                "qbake: weight `{}` quantizes at {:.1} dB SQNR, below the {} dB of `warn_sqnr_below`{hint}",
+                w.name, w.sqnr_db, options.warn_sqnr_below
+            );
+            quote! {
+                const _: () = {
+                    #[deprecated(note = #note)]
+                    const LOW_SQNR: () = ();
+                    LOW_SQNR
+                };
+            }
+        })
+        .collect()
 }
 
 /// The per-thread scratch the forward pass works in, sized here.

@@ -65,6 +65,10 @@ impl Parse for MacroArgs {
                 "bias_correction" => options.bias_correction = bool_value(&key, &value)?,
                 "mse_ranges" => options.mse_ranges = bool_value(&key, &value)?,
                 "reference" => options.reference = bool_value(&key, &value)?,
+                "warn_sqnr_below" => {
+                    options.warn_sqnr_below = u32::try_from(usize_value(&key, &value)?)
+                        .map_err(|_| syn::Error::new(value.span(), "qbake: `warn_sqnr_below` is too large"))?
+                }
                 "output" => options.output = Some(str_value(&key, &value)?),
                 "batch" => {
                     let batch = usize_value(&key, &value)?;

@@ -18,6 +18,9 @@ pub struct Options {
     /// Also bake the float model (f32 weights, not quantized) as `pub mod
     /// reference`, to measure against or fall back on.
     pub reference: bool,
+    /// Warn (a compile-time warning at the macro) for each quantized weight
+    /// whose SQNR is below this many dB; 0 never warns.
+    pub warn_sqnr_below: u32,
     /// ONNX models only: the graph output to compute, when there are several.
     pub output: Option<String>,
     /// ONNX models only: the size of a dynamic batch dimension (default 1).
@@ -32,6 +35,7 @@ impl Default for Options {
             bias_correction: true,
             mse_ranges: false,
             reference: false,
+            warn_sqnr_below: 30,
             output: None,
             batch: None,
         }
@@ -46,6 +50,7 @@ impl Options {
         "bias_correction",
         "mse_ranges",
         "reference",
+        "warn_sqnr_below",
         "output",
         "batch",
     ];
