@@ -3,12 +3,18 @@
 //!
 //! A model goes one way through it:
 //!
-//! 1. [`read`]: the safetensors file, memory-mapped, and its `qbake.graph`;
-//! 2. [`graph`]: the graph validated (tensors, shapes, cycles) and planned
-//!    into steps, with activations fused into their producers;
+//! 1. [`read`]: the safetensors file, memory-mapped, and its `qbake.graph`
+//!    (or an ONNX file, imported first by [`onnx`]);
+//! 2. [`graph`] and `plan`: the graph validated (tensors, shapes, cycles)
+//!    and planned into steps of the runtime's ops: NHWC inside convolutional
+//!    networks, batch norms and per-channel constants folded into the layer
+//!    before them, activations fused into their producers;
 //! 3. [`quantize`]: each large weight matrix to u8 with min/max, per tensor
-//!    or per output channel;
-//! 4. [`emit`]: the tokens of the baked model.
+//!    or per output channel, then `bias_correction`;
+//! 4. `emit`: the tokens of the baked model, its activations placed in a
+//!    per-thread scratch sized here (`scratch`).
+//!
+//! [`reference`] runs a plan in f64: what the baked model is measured against.
 //!
 //! Every failure is an [`Error`] naming what is wrong; the macro turns it into
 //! one `compile_error!` at its argument. Nothing here panics on bad input.
