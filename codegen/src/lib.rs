@@ -14,7 +14,7 @@
 //! 4. `emit`: the tokens of the baked model, its activations placed in a
 //!    per-thread scratch sized here (`scratch`).
 //!
-//! [`reference`] runs a plan in f64: what the baked model is measured against.
+//! [`reference`](mod@reference) runs a plan in f64: what the baked model is measured against.
 //!
 //! Every failure is an [`Error`] naming what is wrong; the macro turns it into
 //! one `compile_error!` at its argument. Nothing here panics on bad input.
