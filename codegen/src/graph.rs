@@ -510,6 +510,77 @@ pub(crate) fn normalize_axis(axis: i64, rank: i64, max: i64) -> Result<usize, Er
     Ok(a as usize)
 }
 
+/// Whether a constant of shape `c` broadcasts onto `x` by ONNX's
+/// unidirectional rules: aligned at the end, each of its dimensions 1 or
+/// `x`'s, and no more of them than `x` has (so `x`'s shape is unchanged).
+pub(crate) fn broadcasts_onto(c: &[usize], x: &[usize]) -> bool {
+    c.len() <= x.len()
+        && c.iter()
+            .rev()
+            .zip(x.iter().rev())
+            .all(|(&d, &xd)| d == 1 || d == xd)
+}
+
+/// ONNX axes (negative ones count from the end of a shape of rank `rank`),
+/// normalized and checked for range and repeats.
+fn normalize_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, Error> {
+    let r = rank as i64;
+    let mut out = Vec::with_capacity(axes.len().min(rank));
+    for &a in axes {
+        let n = if a < 0 { a + r } else { a };
+        if !(0..r).contains(&n) {
+            bail!("axis {a} is out of range for rank {rank}");
+        }
+        let n = n as usize;
+        if out.contains(&n) {
+            bail!("axes {axes:?} name axis {n} twice");
+        }
+        out.push(n);
+    }
+    Ok(out)
+}
+
+/// Squeeze's output shape: `x` without the `axes` (each of size 1), or
+/// without every dimension of size 1 when `axes` is `None`.
+pub(crate) fn squeezed(x: &[usize], axes: Option<&[i64]>) -> Result<Vec<usize>, Error> {
+    let Some(axes) = axes else {
+        return Ok(x.iter().copied().filter(|&d| d != 1).collect());
+    };
+    let axes = normalize_axes(axes, x.len())?;
+    if let Some(&a) = axes.iter().find(|&&a| x[a] != 1) {
+        bail!(
+            "it squeezes axis {a} of shape {x:?}, which has size {}, not 1",
+            x[a]
+        );
+    }
+    Ok(x.iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, &d)| d)
+        .collect())
+}
+
+/// Unsqueeze's output shape: `x` with dimensions of size 1 inserted at
+/// `axes`, positions in the output.
+pub(crate) fn unsqueezed(x: &[usize], axes: &[i64]) -> Result<Vec<usize>, Error> {
+    let rank = x
+        .len()
+        .checked_add(axes.len())
+        .filter(|&r| r <= x.len() + 64)
+        .ok_or_else(|| Error::new(format!("axes {axes:?} are too many")))?;
+    let axes = normalize_axes(axes, rank)?;
+    let mut rest = x.iter();
+    Ok((0..rank)
+        .map(|i| {
+            if axes.contains(&i) {
+                1
+            } else {
+                *rest.next().expect("rank is x's plus the axes")
+            }
+        })
+        .collect())
+}
+
 /// ONNX Reshape's output shape: `0` copies the input dimension, one `-1` is inferred.
 pub(crate) fn reshape(x: &[usize], target: &[i64]) -> Result<Vec<usize>, Error> {
     let total = checked_product(x).ok_or_else(|| Error::new(format!("the size of shape {x:?} overflows")))?;
@@ -643,5 +714,21 @@ mod tests {
         assert_eq!(plan.values[plan.steps[2].inputs[0]].name, "h2");
         assert_eq!(plan.values[plan.steps[3].inputs[0]].name, "sc");
         assert_eq!(plan.values[plan.output].name, "out");
+    }
+
+    #[test]
+    fn broadcasting_and_squeezing() {
+        assert!(broadcasts_onto(&[4, 1, 1], &[1, 4, 5, 5]));
+        assert!(broadcasts_onto(&[1, 4, 1, 1], &[1, 4, 5, 5]));
+        assert!(broadcasts_onto(&[], &[1, 4]));
+        assert!(!broadcasts_onto(&[4], &[1, 4, 5, 5]));
+        assert!(!broadcasts_onto(&[1, 1, 4, 5, 5], &[1, 4, 5, 5]));
+        assert_eq!(squeezed(&[1, 8, 1, 1], Some(&[2, -1])).unwrap(), [1, 8]);
+        assert_eq!(squeezed(&[1, 8, 1, 1], None).unwrap(), [8]);
+        assert!(squeezed(&[1, 8], Some(&[1])).is_err());
+        assert!(squeezed(&[1, 1], Some(&[0, -2])).is_err());
+        assert_eq!(unsqueezed(&[8], &[0, -1]).unwrap(), [1, 8, 1]);
+        assert_eq!(unsqueezed(&[2, 3], &[1]).unwrap(), [2, 1, 3]);
+        assert!(unsqueezed(&[2], &[3]).is_err());
     }
 }

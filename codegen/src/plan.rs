@@ -16,8 +16,8 @@
 
 use crate::error::{Error, bail};
 use crate::graph::{
-    Act, ConvGeom, Layout, NodeDef, Normal, Op, Plan, PoolKind, Step, Tensor, Value, checked_product,
-    normalize_axis, reshape,
+    Act, ConvGeom, Layout, NodeDef, Normal, Op, Plan, PoolKind, Step, Tensor, Value, broadcasts_onto,
+    checked_product, normalize_axis, reshape, squeezed, unsqueezed,
 };
 use crate::read::ModelFile;
 use std::collections::HashMap;
@@ -242,25 +242,8 @@ impl<'f> Planner<'f> {
                 self.alias(node, name, x, y)
             }
             "Squeeze" => {
-                let y: Vec<usize> = match &node.axes {
-                    None => shape.iter().copied().filter(|&d| d != 1).collect(),
-                    Some(axes) => {
-                        let mut drop = vec![false; shape.len()];
-                        for &a in axes {
-                            let a = normalize_axis(a, rank, rank - 1)?;
-                            if shape[a] != 1 || std::mem::replace(&mut drop[a], true) {
-                                bail!(
-                                    "cannot squeeze axis {a} of shape {shape:?} (it must have size 1, once)"
-                                );
-                            }
-                        }
-                        shape
-                            .iter()
-                            .zip(&drop)
-                            .filter_map(|(&d, &drop)| (!drop).then_some(d))
-                            .collect()
-                    }
-                };
+                let y = squeezed(&shape, node.axes.as_deref())?;
+                // A qbake value has at least one dimension.
                 let y = if y.is_empty() { vec![1] } else { y };
                 self.alias(node, name, x, y)
             }
@@ -268,19 +251,7 @@ impl<'f> Planner<'f> {
                 let Some(axes) = &node.axes else {
                     bail!("Unsqueeze needs `axes`");
                 };
-                let out_rank = rank + axes.len() as i64;
-                let mut insert = vec![false; out_rank as usize];
-                for &a in axes {
-                    let a = normalize_axis(a, out_rank, out_rank - 1)?;
-                    if std::mem::replace(&mut insert[a], true) {
-                        bail!("axis {a} is given twice");
-                    }
-                }
-                let mut dims = shape.iter();
-                let y = insert
-                    .iter()
-                    .map(|&ins| if ins { 1 } else { *dims.next().expect("counted") })
-                    .collect();
+                let y = unsqueezed(&shape, axes)?;
                 self.alias(node, name, x, y)
             }
             "MaxPool" | "AveragePool" => self.pool(node, name, x),
@@ -1012,12 +983,7 @@ fn activation_attr(node: &NodeDef) -> Result<Act, Error> {
 
 /// ONNX unidirectional broadcasting: `c` stretches onto `x` without changing `x`'s shape.
 fn check_broadcast(name: &str, c: &[usize], x: &[usize]) -> Result<(), Error> {
-    let fits = c.len() <= x.len()
-        && c.iter()
-            .rev()
-            .zip(x.iter().rev())
-            .all(|(&d, &xd)| d == 1 || d == xd);
-    if !fits {
+    if !broadcasts_onto(c, x) {
         bail!("constant `{name}` of shape {c:?} does not broadcast onto {x:?}");
     }
     Ok(())

@@ -328,7 +328,7 @@ fn conv_graphs_with_odd_attributes_give_errors() {
         ("AveragePool larger than the input", "[1,2,3,3]".into(), vec![r#"{"op":"AveragePool","inputs":["x"],"output":"y","kernel_shape":[4,4]}"#.into()], "node `AveragePool#0`: a 4x4 window (dilation [1, 1]) does not fit the 3x3 input padded by [0, 0, 0, 0]"),
         ("AveragePool huge stride", "[1,2,6,6]".into(), vec![r#"{"op":"AveragePool","inputs":["x"],"output":"y","kernel_shape":[2,2],"strides":[9223372036854775807,9223372036854775807]}"#.into()], ""),
         ("GlobalAveragePool of rank 2", "[2,4]".into(), vec![r#"{"op":"GlobalAveragePool","inputs":["x"],"output":"y"}"#.into()], "node `GlobalAveragePool#0`: GlobalAveragePool takes a 4-D input [N, C, H, W], got [2, 4]"),
-        ("Squeeze of a non-1 axis", "[1,2,6,6]".into(), vec![r#"{"op":"Squeeze","inputs":["x"],"output":"y","axes":[1]}"#.into()], "node `Squeeze#0`: cannot squeeze axis 1 of shape [1, 2, 6, 6] (it must have size 1, once)"),
+        ("Squeeze of a non-1 axis", "[1,2,6,6]".into(), vec![r#"{"op":"Squeeze","inputs":["x"],"output":"y","axes":[1]}"#.into()], "node `Squeeze#0`: it squeezes axis 1 of shape [1, 2, 6, 6], which has size 2, not 1"),
         ("Unsqueeze out of range", "[1,2,6,6]".into(), vec![r#"{"op":"Unsqueeze","inputs":["x"],"output":"y","axes":[9]}"#.into()], "node `Unsqueeze#0`: axis 9 is out of range for rank 5"),
     ];
     for (what, shape, nodes, want) in cases {

@@ -14,9 +14,11 @@
 
 use super::model::{Data, Dim, OnnxModel, TensorValue, checked_len, type_name};
 use super::proto::{NodeProto, data_type as dt};
-use super::shapes::{AutoPad, Window, broadcasts_onto, squeezed, unsqueezed, window};
+use super::shapes::{AutoPad, Window, window};
 use crate::error::{Error, bail};
-use crate::graph::{GraphDef, InputDef, NodeDef, normalize_axis, reshape};
+use crate::graph::{
+    GraphDef, InputDef, NodeDef, broadcasts_onto, normalize_axis, reshape, squeezed, unsqueezed,
+};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
