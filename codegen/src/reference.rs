@@ -53,6 +53,20 @@ impl Reference {
         }
     }
 
+    /// Takes the baked tensors in place of the file's: the dequantized
+    /// weights and the baked biases and constants (bias correction changes
+    /// them). The reference then computes what the baked model does,
+    /// rounding aside.
+    pub fn set_baked(&mut self, baked: &crate::quantize::Baked) -> Result<(), Error> {
+        for w in &baked.weights {
+            self.set_tensor(&w.name, w.dequantized())?;
+        }
+        for f in &baked.floats {
+            self.set_tensor(&f.name, f.values.clone())?;
+        }
+        Ok(())
+    }
+
     /// The output for `input` (flattened, in the declared shape).
     pub fn run(&self, input: &[f32]) -> Vec<f64> {
         self.run_all(input).swap_remove(self.plan.output)

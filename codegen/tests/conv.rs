@@ -574,12 +574,7 @@ fn bias_correction_removes_the_mean_shift() {
         };
         let baked = quantize::bake(float.plan(), &options).unwrap();
         let mut r = Reference::load(&path).unwrap();
-        for w in &baked.weights {
-            r.set_tensor(&w.name, w.dequantized()).unwrap();
-        }
-        for f in &baked.floats {
-            r.set_tensor(&f.name, f.values.clone()).unwrap();
-        }
+        r.set_baked(&baked).unwrap();
         let got = r.run(&input);
         // Per output channel (NCHW: 16 planes of 32 x 32), the mean error.
         let per_channel: Vec<f64> = got

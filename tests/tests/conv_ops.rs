@@ -32,13 +32,7 @@ fn path() -> PathBuf {
 fn baked_reference(options: &Options) -> Reference {
     let mut reference = Reference::load(&path()).unwrap();
     let baked = quantize::bake(reference.plan(), options).unwrap();
-    for w in &baked.weights {
-        reference.set_tensor(&w.name, w.dequantized()).unwrap();
-    }
-    // Biases as baked: bias correction changes them.
-    for f in &baked.floats {
-        reference.set_tensor(&f.name, f.values.clone()).unwrap();
-    }
+    reference.set_baked(&baked).unwrap();
     reference
 }
 

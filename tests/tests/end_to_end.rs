@@ -65,10 +65,8 @@ fn quantized_names(path: &Path, options: &Options) -> Vec<String> {
 /// file's: what the model computes, rounding aside.
 fn baked_reference(path: &Path, options: &Options) -> Reference {
     let mut reference = Reference::load(path).unwrap();
-    // Baked weights are the plan's matrices, in the plan's layout.
-    for (name, values) in dequantized_weights(path, options) {
-        reference.set_tensor(&name, values).unwrap();
-    }
+    let baked = quantize::bake(reference.plan(), options).unwrap();
+    reference.set_baked(&baked).unwrap();
     reference
 }
 
