@@ -113,6 +113,19 @@ type ChannelOf = Box<dyn Fn(usize, usize, usize) -> usize>;
 /// one step alone reads are changed.
 pub fn correct(plan: &Plan, baked: &mut Baked) {
     let means = expected_means(plan);
+    // By name, so that a graph of many layers is corrected in linear time.
+    let weight_at: HashMap<String, usize> = baked
+        .weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.name.clone(), i))
+        .collect();
+    let float_at: HashMap<String, usize> = baked
+        .floats
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name.clone(), i))
+        .collect();
     let mut bias_readers: HashMap<&str, usize> = HashMap::new();
     for step in &plan.steps {
         for t in step.op.tensors() {
@@ -152,7 +165,7 @@ pub fn correct(plan: &Plan, baked: &mut Baked) {
         };
         let mut shift: Vec<(usize, f64)> = Vec::new();
         for (name, first) in weights {
-            let Some(w) = baked.weights.iter().find(|w| w.name == name) else {
+            let Some(w) = weight_at.get(name).map(|&i| &baked.weights[i]) else {
                 continue;
             };
             if !matches!(w.storage, Storage::U8 { .. }) {
@@ -171,7 +184,7 @@ pub fn correct(plan: &Plan, baked: &mut Baked) {
                 shift.push((o, delta));
             }
         }
-        if let Some(b) = baked.floats.iter_mut().find(|f| f.name == bias) {
+        if let Some(b) = float_at.get(bias).map(|&i| &mut baked.floats[i]) {
             for (o, delta) in shift {
                 b.values[o] = (f64::from(b.values[o]) - delta) as f32;
             }
