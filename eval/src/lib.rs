@@ -10,4 +10,4 @@ pub mod exec;
 pub mod photos;
 mod report;
 
-pub use report::{FamilyReport, LayerReport, Report, evaluate};
+pub use report::{FamilyReport, LayerReport, Report, evaluate, evaluate_loaded};

@@ -79,9 +79,29 @@ pub fn evaluate(
     options: &Options,
     inputs: &[Vec<f32>],
     labels: Option<&[usize]>,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<Report, Error> {
     let reference = Reference::load_with(model, options)?;
+    evaluate_loaded(
+        &model.display().to_string(),
+        &reference,
+        options,
+        inputs,
+        labels,
+        progress,
+    )
+}
+
+/// [`evaluate`] for a model already loaded (whose plan gave the caller the
+/// input shape, say), named `model` in the report.
+pub fn evaluate_loaded(
+    model: &str,
+    reference: &Reference,
+    options: &Options,
+    inputs: &[Vec<f32>],
+    labels: Option<&[usize]>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Report, Error> {
     let plan = reference.plan().clone();
     let baked = quantize::bake(&plan, options)?;
     let executor = Executor::new(plan.clone(), &baked);
@@ -192,7 +212,7 @@ pub fn evaluate(
         })
         .collect();
     Ok(Report {
-        model: model.display().to_string(),
+        model: model.to_string(),
         inputs: inputs.len(),
         float_accuracy: labels.map(|_| pct(float_correct)),
         families,

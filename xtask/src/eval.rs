@@ -57,12 +57,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
         }
     }
     let model = model.ok_or_else(|| format!("--model is required\n\n{USAGE}"))?;
-    let shape = qbake_codegen::reference::Reference::load_with(&model, &options)
-        .map_err(|e| format!("{}: {e}", model.display()))?
-        .plan()
-        .input()
-        .shape
-        .clone();
+    let reference = qbake_codegen::reference::Reference::load_with(&model, &options)
+        .map_err(|e| format!("{}: {e}", model.display()))?;
+    let shape = reference.plan().input().shape.clone();
     let (names, inputs) = match (inputs_file, photos_dir) {
         (Some(file), None) => from_tensor(&file, tensor.as_deref(), &shape)?,
         (None, Some(dir)) => {
@@ -76,17 +73,25 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     let labels = labels_file.map(|f| read_labels(&f)).transpose()?;
     let mut stderr = std::io::stderr();
     let mut shown = usize::MAX;
-    let report = qbake_eval::evaluate(&model, &options, &inputs, labels.as_deref(), |done, total| {
-        // Redrawn when the bar grows, not per input: a log stays short.
-        let filled = 30 * done / total;
-        if filled != shown || done == total {
-            shown = filled;
-            let _ = write!(stderr, "\r  [{:<30}] {done}/{total} inputs", "#".repeat(filled));
-            if done == total {
-                let _ = writeln!(stderr);
+    let name = model.display().to_string();
+    let report = qbake_eval::evaluate_loaded(
+        &name,
+        &reference,
+        &options,
+        &inputs,
+        labels.as_deref(),
+        |done, total| {
+            // Redrawn when the bar grows, not per input: a log stays short.
+            let filled = 30 * done / total;
+            if filled != shown || done == total {
+                shown = filled;
+                let _ = write!(stderr, "\r  [{:<30}] {done}/{total} inputs", "#".repeat(filled));
+                if done == total {
+                    let _ = writeln!(stderr);
+                }
             }
-        }
-    })?;
+        },
+    )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
