@@ -151,26 +151,30 @@ proptest! {
 #[test]
 fn depthwise_special_values_agree() {
     // NaN, infinities and huge values in some channels: the kernels agree on
-    // which outputs are NaN, and on the rest.
-    let g = with(geometry(19, 19, [4, 4], [3, 3], 19), 1, 1, [1, 1, 1, 1]);
-    let mut x = values(1, 16 * 19);
-    x[3] = f32::NAN;
-    x[19 * 5 + 8] = f32::INFINITY;
-    x[19 * 9 + 17] = f32::MAX;
-    let taps = values(2, 9 * 19);
-    let mut outs = Vec::new();
-    for kernel in kernels() {
-        let mut y = vec![0.0; 16 * 19];
-        depthwise_with(kernel, &x, &g, &taps, None, Activation::None, &mut y);
-        outs.push(y);
-    }
-    for y in &outs[1..] {
-        for (a, b) in y.iter().zip(&outs[0]) {
-            assert!(
-                a.is_nan() == b.is_nan()
-                    && (a.is_nan() || a == b || (a - b).abs() <= 1e-5 * b.abs().max(1.0)),
-                "{a} vs {b}"
-            );
+    // which outputs are NaN, and on the rest. 19 channels take the AVX2
+    // kernel's single-block and scalar-tail paths; 40 its four-block one.
+    for c in [19, 40] {
+        let g = with(geometry(c, c, [4, 4], [3, 3], c), 1, 1, [1, 1, 1, 1]);
+        let mut x = values(1, 16 * c);
+        x[3] = f32::NAN;
+        x[c * 5 + 8] = f32::INFINITY;
+        x[c * 9 + 17] = f32::MAX;
+        x[c * 10 + c - 1] = f32::NEG_INFINITY;
+        let taps = values(2, 9 * c);
+        let mut outs = Vec::new();
+        for kernel in kernels() {
+            let mut y = vec![0.0; 16 * c];
+            depthwise_with(kernel, &x, &g, &taps, None, Activation::None, &mut y);
+            outs.push(y);
+        }
+        for y in &outs[1..] {
+            for (a, b) in y.iter().zip(&outs[0]) {
+                assert!(
+                    a.is_nan() == b.is_nan()
+                        && (a.is_nan() || a == b || (a - b).abs() <= 1e-5 * b.abs().max(1.0)),
+                    "{c} channels: {a} vs {b}"
+                );
+            }
         }
     }
 }
