@@ -1,0 +1,5 @@
+mod model {
+    qbake::quantized_model!("../../models/mlp.onnx", output = 1);
+}
+
+fn main() {}
