@@ -18,23 +18,73 @@ pub enum Activation {
         min: f32,
         max: f32,
     },
+    /// `min(max(v, min), max[c])` for channel `c`, the last axis of the
+    /// output as stored: what cross-layer equalization makes of a `Clip`
+    /// whose channels it scaled. [`Activation::apply`] and the kernels
+    /// apply the lower bound; each op then bounds each channel
+    /// ([`Activation::bound_channels`]), with the same results.
+    ClipChannels {
+        min: f32,
+        max: &'static [f32],
+    },
 }
 
 impl Activation {
-    /// Applies the activation. Defined as the SIMD kernels compute it
-    /// (`max_ps`/`min_ps` return their second operand unless the first is
-    /// strictly beyond it), so a NaN gives the lower bound (0 for `Relu`)
-    /// and `None` passes it through.
+    /// Applies the activation (for `ClipChannels`, its lower bound).
+    /// Defined as the SIMD kernels compute it (`max_ps`/`min_ps` return
+    /// their second operand unless the first is strictly beyond it), so a
+    /// NaN gives the lower bound (0 for `Relu`) and `None` passes it through.
     #[inline]
     pub fn apply(self, v: f32) -> f32 {
-        let max = |v: f32, lo: f32| if v > lo { v } else { lo };
-        let min = |v: f32, hi: f32| if v < hi { v } else { hi };
         match self {
             Activation::None => v,
             Activation::Relu => max(v, 0.0),
             Activation::Clip { min: lo, max: hi } => min(max(v, lo), hi),
+            Activation::ClipChannels { min: lo, .. } => max(v, lo),
         }
     }
+
+    /// The part applied per element: `ClipChannels` without its upper bounds.
+    pub fn lower(self) -> Activation {
+        match self {
+            Activation::ClipChannels { min, .. } => Activation::Clip {
+                min,
+                max: f32::INFINITY,
+            },
+            act => act,
+        }
+    }
+
+    /// The per-channel upper bounds of `ClipChannels`, on an op's output
+    /// whose last axis is the channels (every other activation has applied
+    /// in full already). A NaN was made the lower bound by `apply`, so
+    /// taking the upper bound after gives what one fused clip would.
+    pub fn bound_channels(self, y: &mut [f32]) {
+        let Activation::ClipChannels { max: hi, .. } = self else {
+            return;
+        };
+        assert!(
+            !hi.is_empty() && y.len().is_multiple_of(hi.len()),
+            "the output is not whole rows of the activation's channels"
+        );
+        for row in y.chunks_exact_mut(hi.len()) {
+            for (v, &hi) in row.iter_mut().zip(hi) {
+                *v = min(*v, hi);
+            }
+        }
+    }
+}
+
+/// `max_ps` on one lane: `v` unless `lo` is greater or `v` is NaN.
+#[inline]
+fn max(v: f32, lo: f32) -> f32 {
+    if v > lo { v } else { lo }
+}
+
+/// `min_ps` on one lane: `v` unless `hi` is smaller or `v` is NaN.
+#[inline]
+fn min(v: f32, hi: f32) -> f32 {
+    if v < hi { v } else { hi }
 }
 
 /// Fully connected layer: `y[m, n] = act(sum_k x[m, k] * w[n, k] + bias[n])`,
@@ -65,6 +115,7 @@ pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Acti
             y,
         ),
     }
+    act.bound_channels(y);
 }
 
 /// Convolution with one group, NHWC: a GEMM over the input itself (1x1,
@@ -128,13 +179,15 @@ pub fn grouped_conv2d(
             for (group, wg) in w.iter().enumerate() {
                 conv::im2col_channels(x, g, group * cg..(group + 1) * cg, cols);
                 let bias = bias.map(|b| &b[group * og..(group + 1) * og]);
-                dense(exec, cols, wg, bias, act, yg);
+                // Per-channel bounds span the groups: applied once, below.
+                dense(exec, cols, wg, bias, act.lower(), yg);
                 for (dst, src) in y.chunks_exact_mut(g.out_c).zip(yg.chunks_exact(og)) {
                     dst[group * og..(group + 1) * og].copy_from_slice(src);
                 }
             }
         })
     });
+    act.bound_channels(y);
 }
 
 /// Depthwise convolution, NHWC, on the f32 taps cached from the baked
@@ -157,6 +210,7 @@ pub fn depthwise_conv2d(
         "depthwise weights do not match the geometry"
     );
     conv::depthwise_threads(conv::Kernel::detect(), exec.threads, x, g, w.taps(), bias, act, y);
+    act.bound_channels(y);
 }
 
 /// Max pooling, NHWC; the padding never wins.
@@ -258,6 +312,7 @@ pub fn mul_constant(x: &[f32], c: &[f32], act: Activation, y: &mut [f32]) {
             *y = act.apply(x * c);
         }
     }
+    act.bound_channels(y);
 }
 
 /// `y = act(a + b)` for two activations of the same shape.
@@ -266,6 +321,7 @@ pub fn add(a: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
     for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
         *y = act.apply(a + b);
     }
+    act.bound_channels(y);
 }
 
 /// `y = act(x + c)` where `c` is broadcast over `x`'s leading dimensions
@@ -277,6 +333,7 @@ pub fn add_constant(x: &[f32], c: &[f32], act: Activation, y: &mut [f32]) {
             *y = act.apply(x + c);
         }
     }
+    act.bound_channels(y);
 }
 
 /// `y = act(x)`, for an activation that could not be fused.
@@ -285,6 +342,7 @@ pub fn activate(x: &[f32], act: Activation, y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = act.apply(x);
     }
+    act.bound_channels(y);
 }
 
 /// Softmax along one axis of a tensor viewed as `[outer, len, inner]`.
@@ -509,6 +567,72 @@ mod tests {
                     "{kernels:?} {}",
                     w.weight.rows()
                 );
+            }
+        }
+    }
+
+    /// `ClipChannels` through every op that produces channels, in both
+    /// families and with threads: bit for bit the op without activation,
+    /// then `max(v, min)` and channel `c`'s own upper bound, wherever the
+    /// op splits its work (groups, row blocks, panels).
+    #[test]
+    fn clip_channels_bounds_each_output_channel() {
+        const C: usize = 12;
+        let hi: &'static [f32] = Box::leak((0..C).map(|c| 0.02 + 0.05 * c as f32).collect::<Vec<_>>().into_boxed_slice());
+        let act = Activation::ClipChannels { min: -0.01, max: hi };
+        let geom = |k: usize, groups: usize| Conv2d {
+            batch: 1,
+            in_h: 9,
+            in_w: 7,
+            in_c: if groups == C { C } else { 8 },
+            out_c: C,
+            kh: k,
+            kw: k,
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [k / 2; 4],
+            groups,
+        };
+        let weight = |rows: usize, cols: usize, seed: usize| {
+            let q: Vec<u8> = (0..rows * cols).map(|i| ((i * 89 + seed * 7) % 256) as u8).collect();
+            Weight::U8(quant_weight(&q, rows, cols, seed))
+        };
+        let bias = values(5, C);
+        // With a NaN and infinities among the inputs: NaN gives the lower bound, +inf the upper.
+        let mut x = values(6, 9 * 7 * C);
+        x[3] = f32::NAN;
+        x[40] = f32::INFINITY;
+        x[77] = f32::NEG_INFINITY;
+        let (pointwise, k3, grouped, dw) = (geom(1, 1), geom(3, 1), geom(3, 4), geom(3, C));
+        let (w1, w3) = (weight(C, 8, 1), weight(C, 9 * 8, 2));
+        let wg: Vec<Weight> = (0..4).map(|g| weight(C / 4, 9 * 2, 3 + g)).collect();
+        let wg: Vec<&Weight> = wg.iter().collect();
+        let wd = DepthwiseWeight {
+            weight: weight(C, 9, 8),
+            taps: TapsCache::new(),
+        };
+        let x8 = &x[..9 * 7 * 8];
+        for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+            for threads in [1, 3] {
+                let exec = Exec { kernels, threads };
+                let run = |act: Activation| -> Vec<Vec<f32>> {
+                    let mut ys = vec![vec![f32::NAN; 9 * 7 * C]; 5];
+                    dense(&exec, x8, &w1, Some(&bias), act, &mut ys[0]);
+                    conv2d(&exec, x8, &pointwise, &w1, Some(&bias), act, &mut ys[1]);
+                    conv2d(&exec, x8, &k3, &w3, Some(&bias), act, &mut ys[2]);
+                    grouped_conv2d(&exec, x8, &grouped, &wg, Some(&bias), act, &mut ys[3]);
+                    depthwise_conv2d(&exec, &x, &dw, &wd, Some(&bias), act, &mut ys[4]);
+                    ys
+                };
+                let (plain, clipped) = (run(Activation::None), run(act));
+                for (op, (plain, clipped)) in plain.iter().zip(&clipped).enumerate() {
+                    for (i, (&p, &got)) in plain.iter().zip(clipped).enumerate() {
+                        let lo = if p > -0.01 { p } else { -0.01 };
+                        let want = if lo < hi[i % C] { lo } else { hi[i % C] };
+                        assert_eq!(got.to_bits(), want.to_bits(), "{kernels:?} {threads} threads, op {op} [{i}]");
+                    }
+                    assert!(clipped.iter().any(|&v| v == hi[0]), "op {op}: no value reached a bound");
+                }
             }
         }
     }

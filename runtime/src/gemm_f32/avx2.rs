@@ -131,5 +131,7 @@ pub(crate) fn activate(v: __m256, act: Activation) -> __m256 {
         Activation::Clip { min, max } => {
             _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(min)), _mm256_set1_ps(max))
         }
+        // The op applies the per-channel upper bounds after.
+        Activation::ClipChannels { min, .. } => _mm256_max_ps(v, _mm256_set1_ps(min)),
     }
 }
