@@ -26,7 +26,7 @@ pub fn expected_means(plan: &Plan) -> Vec<Option<Vec<f64>>> {
                 | Op::Depthwise { act, .. }
                 | Op::Dense { act, .. },
                 Some(bn),
-            ) => Some(activated_means(bn, *act)),
+            ) => Some(activated_means(plan, bn, act)),
             (Op::Add { act: Act::None }, _) => match (input(0), input(1)) {
                 (Some(a), Some(b)) if a.len() == b.len() => {
                     Some(a.iter().zip(&b).map(|(a, b)| a + b).collect())
@@ -53,16 +53,21 @@ pub fn expected_means(plan: &Plan) -> Vec<Option<Vec<f64>>> {
 }
 
 /// `E[act(y)]` for `y ~ N(mean, std)` per channel.
-fn activated_means(bn: &Normal, act: Act) -> Vec<f64> {
-    let (lo, hi) = match act {
+fn activated_means(plan: &Plan, bn: &Normal, act: &Act) -> Vec<f64> {
+    let bounds = |c: usize| match act {
         Act::None => (f64::NEG_INFINITY, f64::INFINITY),
         Act::Relu => (0.0, f64::INFINITY),
-        Act::Clip { min, max } => (f64::from(min), f64::from(max)),
+        Act::Clip { min, max } => (f64::from(*min), f64::from(*max)),
+        Act::ClipChannels { min, max } => (f64::from(*min), f64::from(plan.tensor(max).data[c])),
     };
     bn.mean
         .iter()
         .zip(&bn.std)
-        .map(|(&m, &s)| clipped_normal_mean(f64::from(m), f64::from(s), lo, hi))
+        .enumerate()
+        .map(|(c, (&m, &s))| {
+            let (lo, hi) = bounds(c);
+            clipped_normal_mean(f64::from(m), f64::from(s), lo, hi)
+        })
         .collect()
 }
 

@@ -8,7 +8,7 @@
 //! did not change recompiles without running the quantizer again.
 
 use crate::emit::{self, Bytes};
-use crate::{Error, Options, graph, quantize};
+use crate::{Error, Options, quantize};
 use proc_macro2::TokenStream;
 use std::path::{Path, PathBuf};
 use syn::LitStr;
@@ -73,6 +73,12 @@ impl Model {
         self
     }
 
+    /// Cross-layer equalization (default `false`; see `Options`).
+    pub fn equalize(mut self, on: bool) -> Self {
+        self.options.equalize = on;
+        self
+    }
+
     /// MSE-optimal weight ranges (default `false`; see `Options`).
     pub fn mse_ranges(mut self, on: bool) -> Self {
         self.options.mse_ranges = on;
@@ -121,7 +127,7 @@ impl Model {
         let display = self.path.display().to_string();
         let in_file = |e: Error| Error::new(format!("qbake: {display}: {e}"));
         let file = crate::open_model(path, &self.options).map_err(in_file)?;
-        let plan = graph::plan(&file).map_err(in_file)?;
+        let plan = crate::plan_model(&file, &self.options).map_err(in_file)?;
         let baked = quantize::bake(&plan, &self.options).map_err(in_file)?;
         let blob_file = format!("{name}.weights");
         let bytes = Bytes::Blob { file: &blob_file };

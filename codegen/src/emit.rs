@@ -480,7 +480,7 @@ fn model_doc(display_path: &str, plan: &Plan, baked: &Baked) -> String {
             .map(|&v| format!("{:?}", plan.values[v].shape))
             .collect();
         let to = &plan.values[step.output].shape;
-        let conv_doc = |kind: &str, g: &ConvGeom, weights: &str, act: Act| {
+        let conv_doc = |kind: &str, g: &ConvGeom, weights: &str, act: &Act| {
             format!(
                 "{kind} {}x{}, stride {:?}, pads {:?}{}{}, {weights}{}",
                 g.kh,
@@ -501,16 +501,16 @@ fn model_doc(display_path: &str, plan: &Plan, baked: &Baked) -> String {
             )
         };
         let what = match &step.op {
-            Op::Dense { weight, act, .. } => format!("{}, weight `{weight}`{}", step.op_name, act_doc(*act)),
+            Op::Dense { weight, act, .. } => format!("{}, weight `{weight}`{}", step.op_name, act_doc(act)),
             Op::Conv {
                 geom, weight, act, ..
-            } => conv_doc("Conv", geom, &format!("weight `{weight}`"), *act),
+            } => conv_doc("Conv", geom, &format!("weight `{weight}`"), act),
             Op::GroupedConv {
                 geom, weights, act, ..
-            } => conv_doc("Conv", geom, &format!("weights `{}`", weights.join("`, `")), *act),
+            } => conv_doc("Conv", geom, &format!("weights `{}`", weights.join("`, `")), act),
             Op::Depthwise {
                 geom, weight, act, ..
-            } => conv_doc("depthwise Conv", geom, &format!("taps `{weight}`"), *act),
+            } => conv_doc("depthwise Conv", geom, &format!("taps `{weight}`"), act),
             Op::Pool { geom, kind } => format!(
                 "{} {}x{}, stride {:?}, pads {:?}",
                 match kind {
@@ -523,10 +523,10 @@ fn model_doc(display_path: &str, plan: &Plan, baked: &Baked) -> String {
                 geom.pads
             ),
             Op::Pad { pads, value, .. } => format!("Pad {pads:?} with {value}"),
-            Op::Add { act } => format!("Add{}", act_doc(*act)),
-            Op::AddConstant { constant, act } => format!("Add `{constant}`{}", act_doc(*act)),
-            Op::MulConstant { constant, act } => format!("Mul `{constant}`{}", act_doc(*act)),
-            Op::Activation(act) => format!("{}{}", step.op_name, act_doc(*act)),
+            Op::Add { act } => format!("Add{}", act_doc(act)),
+            Op::AddConstant { constant, act } => format!("Add `{constant}`{}", act_doc(act)),
+            Op::MulConstant { constant, act } => format!("Mul `{constant}`{}", act_doc(act)),
+            Op::Activation(act) => format!("{}{}", step.op_name, act_doc(act)),
             Op::ToNhwc { .. } => "NCHW to NHWC".into(),
             Op::ToNchw { .. } => "NHWC to NCHW".into(),
             Op::Alias if step.op_name == "layout" => "the same buffer in the other layout".into(),
@@ -543,21 +543,26 @@ fn model_doc(display_path: &str, plan: &Plan, baked: &Baked) -> String {
     d
 }
 
-fn act_doc(act: Act) -> String {
+fn act_doc(act: &Act) -> String {
     match act {
         Act::None => String::new(),
         Act::Relu => " + ReLU".into(),
         Act::Clip { min, max } => format!(" + Clip [{min}, {max}]"),
+        Act::ClipChannels { min, max } => format!(" + Clip [{min}, `{max}`] (per channel)"),
     }
 }
 
-fn act_tokens(act: Act) -> TokenStream {
+fn act_tokens(act: &Act, names: &StaticNames) -> TokenStream {
     match act {
         Act::None => quote!(::qbake::Activation::None),
         Act::Relu => quote!(::qbake::Activation::Relu),
         Act::Clip { min, max } => {
-            let (min, max) = (f32_tokens(min), f32_tokens(max));
+            let (min, max) = (f32_tokens(*min), f32_tokens(*max));
             quote!(::qbake::Activation::Clip { min: #min, max: #max })
+        }
+        Act::ClipChannels { min, max } => {
+            let (min, max) = (f32_tokens(*min), names.get(max));
+            quote!(::qbake::Activation::ClipChannels { min: #min, max: &weights::#max })
         }
     }
 }
@@ -738,7 +743,7 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
         };
         body.extend(match &step.op {
             Op::Dense { weight, bias, act } => {
-                let (w, bias, act) = (names.get(weight), bias_tokens(bias), act_tokens(*act));
+                let (w, bias, act) = (names.get(weight), bias_tokens(bias), act_tokens(act, names));
                 quote!(::qbake::ops::dense(&self.exec, &#x, &weights::#w, #bias, #act, #dst);)
             }
             Op::Conv {
@@ -747,7 +752,7 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
                 bias,
                 act,
             } => {
-                let (g, w, bias, act) = (geom_tokens(geom), names.get(weight), bias_tokens(bias), act_tokens(*act));
+                let (g, w, bias, act) = (geom_tokens(geom), names.get(weight), bias_tokens(bias), act_tokens(act, names));
                 quote!(::qbake::ops::conv2d(&self.exec, &#x, &#g, &weights::#w, #bias, #act, #dst);)
             }
             Op::GroupedConv {
@@ -756,7 +761,7 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
                 bias,
                 act,
             } => {
-                let (g, bias, act) = (geom_tokens(geom), bias_tokens(bias), act_tokens(*act));
+                let (g, bias, act) = (geom_tokens(geom), bias_tokens(bias), act_tokens(act, names));
                 let ws = weights.iter().map(|w| names.get(w));
                 quote!(::qbake::ops::grouped_conv2d(&self.exec, &#x, &#g, &[#(&weights::#ws),*], #bias, #act, #dst);)
             }
@@ -766,7 +771,7 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
                 bias,
                 act,
             } => {
-                let (g, w, bias, act) = (geom_tokens(geom), names.get(weight), bias_tokens(bias), act_tokens(*act));
+                let (g, w, bias, act) = (geom_tokens(geom), names.get(weight), bias_tokens(bias), act_tokens(act, names));
                 quote!(::qbake::ops::depthwise_conv2d(&self.exec, &#x, &#g, &weights::#w, #bias, #act, #dst);)
             }
             Op::Pool { geom, kind } => {
@@ -800,19 +805,19 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
                 quote!(::qbake::ops::pad_nhwc(&#x, #batch, #h, #w, #c, [#(#pads),*], #value, #dst);)
             }
             Op::Add { act } => {
-                let (b, act) = (&ins[1], act_tokens(*act));
+                let (b, act) = (&ins[1], act_tokens(act, names));
                 quote!(::qbake::ops::add(&#x, &#b, #act, #dst);)
             }
             Op::AddConstant { constant, act } => {
-                let (c, act) = (names.get(constant), act_tokens(*act));
+                let (c, act) = (names.get(constant), act_tokens(act, names));
                 quote!(::qbake::ops::add_constant(&#x, &weights::#c, #act, #dst);)
             }
             Op::MulConstant { constant, act } => {
-                let (c, act) = (names.get(constant), act_tokens(*act));
+                let (c, act) = (names.get(constant), act_tokens(act, names));
                 quote!(::qbake::ops::mul_constant(&#x, &weights::#c, #act, #dst);)
             }
             Op::Activation(act) => {
-                let act = act_tokens(*act);
+                let act = act_tokens(act, names);
                 quote!(::qbake::ops::activate(&#x, #act, #dst);)
             }
             Op::Softmax { outer, len, inner } => {

@@ -86,11 +86,21 @@ pub struct NodeDef {
 }
 
 /// An activation fused into a step.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Act {
     None,
     Relu,
-    Clip { min: f32, max: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    /// `Clip` with an upper bound per channel (the last axis of the value
+    /// as stored): tensor `max` of the plan, `[channels]`. Cross-layer
+    /// equalization makes these of the `Clip`s whose channels it scales.
+    ClipChannels {
+        min: f32,
+        max: String,
+    },
 }
 
 /// How a value's elements are stored. Shapes are always the graph's
@@ -204,7 +214,7 @@ pub enum Op {
 
 impl Op {
     /// The fused activation, for ops that have one.
-    pub fn act(&self) -> Option<Act> {
+    pub fn act(&self) -> Option<&Act> {
         match self {
             Op::Dense { act, .. }
             | Op::Conv { act, .. }
@@ -212,7 +222,7 @@ impl Op {
             | Op::Depthwise { act, .. }
             | Op::Add { act }
             | Op::AddConstant { act, .. }
-            | Op::MulConstant { act, .. } => Some(*act),
+            | Op::MulConstant { act, .. } => Some(act),
             _ => None,
         }
     }
@@ -231,7 +241,8 @@ impl Op {
         }
     }
 
-    /// The tensors the op reads: weight matrices first, then biases and constants.
+    /// The tensors the op reads: weight matrices first, then biases,
+    /// constants and per-channel activation bounds.
     pub fn tensors(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.weights();
         match self {
@@ -241,6 +252,9 @@ impl Op {
             | Op::Depthwise { bias, .. } => names.extend(bias.as_deref()),
             Op::AddConstant { constant, .. } | Op::MulConstant { constant, .. } => names.push(constant),
             _ => {}
+        }
+        if let Some(Act::ClipChannels { max, .. }) = self.act() {
+            names.push(max);
         }
         names
     }
@@ -635,13 +649,14 @@ fn fuse_activations(plan: &mut Plan) {
     // The position in `fused` of the step that produces each value.
     let mut producer: Vec<Option<usize>> = vec![None; plan.values.len()];
     for step in std::mem::take(&mut plan.steps) {
-        if let Op::Activation(act) = step.op {
+        if let Op::Activation(act) = &step.op {
             let src = step.inputs[0];
-            let into = producer[src]
-                .filter(|&p| readers[src] == 1 && src != plan.output && fused[p].op.act() == Some(Act::None));
+            let into = producer[src].filter(|&p| {
+                readers[src] == 1 && src != plan.output && fused[p].op.act() == Some(&Act::None)
+            });
             if let Some(p) = into {
                 let target = &mut fused[p];
-                *target.op.act_mut().expect("checked above") = act;
+                *target.op.act_mut().expect("checked above") = act.clone();
                 target.output = step.output;
                 target.name = format!("{}+{}", target.name, step.name);
                 producer[step.output] = Some(p);
@@ -694,18 +709,17 @@ mod tests {
             bias: None,
             act,
         };
-        let relu = Act::Relu;
-        let relu6 = Act::Clip { min: 0.0, max: 6.0 };
+        let (relu, relu6) = (|| Act::Relu, Act::Clip { min: 0.0, max: 6.0 });
         assert_eq!(
             summary(&plan),
             [
                 // r1 into d; r2 stays (its producer has an activation now).
-                ("d+r1".to_string(), dense(relu)),
-                ("r2".into(), Op::Activation(relu)),
+                ("d+r1".to_string(), dense(relu())),
+                ("r2".into(), Op::Activation(relu())),
                 ("a+c".into(), Op::Add { act: relu6 }),
                 // t has two readers: r3 stays.
                 ("e".into(), dense(Act::None)),
-                ("r3".into(), Op::Activation(relu)),
+                ("r3".into(), Op::Activation(relu())),
                 ("b".into(), Op::Add { act: Act::None }),
             ]
         );

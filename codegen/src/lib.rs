@@ -9,6 +9,8 @@
 //!    and planned into steps of the runtime's ops: NHWC inside convolutional
 //!    networks, batch norms and per-channel constants folded into the layer
 //!    before them, activations fused into their producers;
+//!    With `equalize`, `equalize` then trades channel ranges between
+//!    consecutive layers;
 //! 3. [`quantize`]: each large weight matrix to u8 with min/max, per tensor
 //!    or per output channel, then `bias_correction`;
 //! 4. `emit`: the tokens of the baked model, its activations placed in a
@@ -22,6 +24,7 @@
 mod bias_correction;
 mod build_script;
 mod emit;
+mod equalize;
 mod error;
 pub mod graph;
 mod input;
@@ -78,13 +81,25 @@ pub fn generate_from_bytes(
     generate_file(&file, Path::new(display_path), display_path, options)
 }
 
+/// The plan `options` bake: [`graph::plan`], then cross-layer equalization
+/// when asked for. The float model it computes is the file's (equalization
+/// changes no output but by f32 rounding), so it is also what the baked
+/// model is measured against.
+pub fn plan_model(file: &read::ModelFile, options: &Options) -> Result<graph::Plan, Error> {
+    let mut plan = graph::plan(file)?;
+    if options.equalize {
+        equalize::equalize(&mut plan);
+    }
+    Ok(plan)
+}
+
 fn generate_file(
     file: &read::ModelFile,
     path: &Path,
     display_path: &str,
     options: &Options,
 ) -> Result<TokenStream, Error> {
-    let plan = graph::plan(file)?;
+    let plan = plan_model(file, options)?;
     let baked = quantize::bake(&plan, options)?;
     let mut tokens = emit::model(path, display_path, &plan, &baked, options, emit::Bytes::Inline).0;
     if options.reference {

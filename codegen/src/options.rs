@@ -11,6 +11,10 @@ pub struct Options {
     /// bias, where batch normalization statistics say what a layer's input
     /// averages (`bias_correction.rs`).
     pub bias_correction: bool,
+    /// Cross-layer equalization: trade each channel's range between a layer
+    /// and the next (through ReLU or ReLU6), so that one min/max per tensor
+    /// fits all its channels (`equalize.rs`).
+    pub equalize: bool,
     /// Clip each range where that lowers the weights' squared quantization
     /// error (a search over ranges shrunk by up to 30 %); the result is still
     /// a min and a max.
@@ -33,6 +37,7 @@ impl Default for Options {
             per_channel: true,
             keep_float_below: 1024,
             bias_correction: true,
+            equalize: false,
             mse_ranges: false,
             reference: false,
             warn_sqnr_below: 30,
@@ -48,6 +53,7 @@ impl Options {
         "per_channel",
         "keep_float_below",
         "bias_correction",
+        "equalize",
         "mse_ranges",
         "reference",
         "warn_sqnr_below",

@@ -650,7 +650,7 @@ impl<'f> Planner<'f> {
             return false;
         };
         let step = &self.steps[p];
-        if step.op.act() != Some(Act::None) {
+        if step.op.act() != Some(&Act::None) {
             return false;
         }
         let (channels, axis) = match &step.op {

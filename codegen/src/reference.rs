@@ -4,7 +4,7 @@
 
 use crate::Options;
 use crate::error::Error;
-use crate::graph::{self, Act, ConvGeom, Op, Plan, PoolKind};
+use crate::graph::{Act, ConvGeom, Op, Plan, PoolKind};
 use std::path::Path;
 
 /// A model loaded for float evaluation.
@@ -22,7 +22,7 @@ impl Reference {
     pub fn load_with(path: &Path, options: &Options) -> Result<Self, Error> {
         let file = crate::open_model(path, options)?;
         Ok(Reference {
-            plan: graph::plan(&file)?,
+            plan: crate::plan_model(&file, options)?,
         })
     }
 
@@ -93,7 +93,7 @@ impl Reference {
                     for row in x.chunks_exact(k) {
                         for (j, wj) in w.chunks_exact(k).enumerate() {
                             let dot: f64 = row.iter().zip(wj).map(|(&v, &w)| v * f64::from(w)).sum();
-                            y.push(apply(*act, dot + b.map_or(0.0, |b| f64::from(b[j]))));
+                            y.push(apply(act, dot + b.map_or(0.0, |b| f64::from(b[j]))));
                         }
                     }
                     y
@@ -106,7 +106,7 @@ impl Reference {
                 } => {
                     let w = t(weight);
                     let patch = geom.patch_len();
-                    conv(x, geom, bias_of(bias), *act, |o, tap, ci| {
+                    conv(x, geom, bias_of(bias), act, |o, tap, ci| {
                         w[o * patch + tap * geom.in_c + ci]
                     })
                 }
@@ -122,7 +122,7 @@ impl Reference {
                         geom.in_c / geom.groups,
                         geom.patch_len(),
                     );
-                    conv(x, geom, bias_of(bias), *act, |o, tap, ci| {
+                    conv(x, geom, bias_of(bias), act, |o, tap, ci| {
                         ws[o / og][(o % og) * patch + tap * cg + ci]
                     })
                 }
@@ -134,7 +134,7 @@ impl Reference {
                 } => {
                     let w = t(weight);
                     let taps = geom.kh * geom.kw;
-                    conv(x, geom, bias_of(bias), *act, |o, tap, _| w[o * taps + tap])
+                    conv(x, geom, bias_of(bias), act, |o, tap, _| w[o * taps + tap])
                 }
                 Op::Pool { geom, kind } => pool(x, geom, *kind),
                 Op::GlobalAveragePool {
@@ -173,23 +173,23 @@ impl Reference {
                 }
                 Op::Add { act } => {
                     let b = &values[step.inputs[1]];
-                    x.iter().zip(b).map(|(a, b)| apply(*act, a + b)).collect()
+                    x.iter().zip(b).map(|(a, b)| apply(act, a + b)).collect()
                 }
                 Op::AddConstant { constant, act } => {
                     let c = t(constant);
                     x.iter()
                         .enumerate()
-                        .map(|(i, v)| apply(*act, v + f64::from(c[i % c.len()])))
+                        .map(|(i, v)| apply(act, v + f64::from(c[i % c.len()])))
                         .collect()
                 }
                 Op::MulConstant { constant, act } => {
                     let c = t(constant);
                     x.iter()
                         .enumerate()
-                        .map(|(i, v)| apply(*act, v * f64::from(c[i % c.len()])))
+                        .map(|(i, v)| apply(act, v * f64::from(c[i % c.len()])))
                         .collect()
                 }
-                Op::Activation(act) => x.iter().map(|&v| apply(*act, v)).collect(),
+                Op::Activation(act) => x.iter().map(|&v| apply(act, v)).collect(),
                 Op::Softmax { outer, len, inner } => softmax(x, *outer, *len, *inner),
                 Op::Alias => x.clone(),
                 Op::ToNhwc {
@@ -203,17 +203,26 @@ impl Reference {
                     channels,
                 } => transpose_images(x, *batch, *pixels, *channels),
             };
+            let mut y = y;
+            if let Some(Act::ClipChannels { max, .. }) = step.op.act() {
+                let max = t(max);
+                for (i, v) in y.iter_mut().enumerate() {
+                    *v = v.min(f64::from(max[i % max.len()]));
+                }
+            }
             values[step.output] = y;
         }
         values
     }
 }
 
-fn apply(act: Act, v: f64) -> f64 {
-    match act {
+/// The activation on one value; `ClipChannels` bounds each channel after.
+fn apply(act: &Act, v: f64) -> f64 {
+    match *act {
         Act::None => v,
         Act::Relu => v.max(0.0),
         Act::Clip { min, max } => v.max(f64::from(min)).min(f64::from(max)),
+        Act::ClipChannels { min, .. } => v.max(f64::from(min)),
     }
 }
 
@@ -237,7 +246,7 @@ fn conv(
     x: &[f64],
     g: &ConvGeom,
     bias: Option<&[f32]>,
-    act: Act,
+    act: &Act,
     w: impl Fn(usize, usize, usize) -> f32,
 ) -> Vec<f64> {
     let (oh_n, ow_n) = g.out_dims().expect("a checked geometry");

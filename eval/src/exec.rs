@@ -19,7 +19,7 @@ pub struct Executor {
     plan: Plan,
     weights: HashMap<String, &'static Weight>,
     depthwise: HashMap<String, &'static DepthwiseWeight>,
-    floats: HashMap<String, Vec<f32>>,
+    floats: HashMap<String, &'static [f32]>,
 }
 
 fn leak<T: ?Sized>(b: Box<T>) -> &'static T {
@@ -57,14 +57,6 @@ fn weight(w: &qbake_codegen::quantize::BakedWeight) -> Weight {
     }
 }
 
-fn act(a: Act) -> Activation {
-    match a {
-        Act::None => Activation::None,
-        Act::Relu => Activation::Relu,
-        Act::Clip { min, max } => Activation::Clip { min, max },
-    }
-}
-
 impl Executor {
     pub fn new(plan: Plan, baked: &Baked) -> Self {
         let depthwise_names: Vec<&str> = plan
@@ -90,7 +82,7 @@ impl Executor {
         let floats = baked
             .floats
             .iter()
-            .map(|f| (f.name.clone(), f.values.clone()))
+            .map(|f| (f.name.clone(), leak(f.values.clone().into_boxed_slice())))
             .collect();
         Executor {
             plan,
@@ -104,6 +96,18 @@ impl Executor {
         &self.plan
     }
 
+    fn act(&self, a: &Act) -> Activation {
+        match *a {
+            Act::None => Activation::None,
+            Act::Relu => Activation::Relu,
+            Act::Clip { min, max } => Activation::Clip { min, max },
+            Act::ClipChannels { min, ref max } => Activation::ClipChannels {
+                min,
+                max: self.floats[max],
+            },
+        }
+    }
+
     /// Every value for `input`, indexed like `plan().values`, in its storage
     /// layout (empty for values no step computes), as `kernels` computes them.
     pub fn run_all(&self, kernels: Kernels, input: &[f32]) -> Vec<Vec<f32>> {
@@ -112,20 +116,28 @@ impl Executor {
         let exec = Exec::new(kernels);
         let mut values: Vec<Vec<f32>> = vec![Vec::new(); plan.values.len()];
         values[0] = input.to_vec();
-        let float = |name: &Option<String>| name.as_ref().map(|b| self.floats[b].as_slice());
+        let float = |name: &Option<String>| name.as_ref().map(|b| self.floats[b]);
         for step in &plan.steps {
             let mut y = vec![0.0f32; plan.values[step.output].len];
             let x = &values[step.inputs[0]];
             match &step.op {
                 Op::Dense { weight, bias, act: a } => {
-                    ops::dense(&exec, x, self.weights[weight], float(bias), act(*a), &mut y)
+                    ops::dense(&exec, x, self.weights[weight], float(bias), self.act(a), &mut y)
                 }
                 Op::Conv {
                     geom: g,
                     weight,
                     bias,
                     act: a,
-                } => ops::conv2d(&exec, x, g, self.weights[weight], float(bias), act(*a), &mut y),
+                } => ops::conv2d(
+                    &exec,
+                    x,
+                    g,
+                    self.weights[weight],
+                    float(bias),
+                    self.act(a),
+                    &mut y,
+                ),
                 Op::GroupedConv {
                     geom: g,
                     weights,
@@ -133,14 +145,22 @@ impl Executor {
                     act: a,
                 } => {
                     let ws: Vec<&Weight> = weights.iter().map(|w| self.weights[w]).collect();
-                    ops::grouped_conv2d(&exec, x, g, &ws, float(bias), act(*a), &mut y)
+                    ops::grouped_conv2d(&exec, x, g, &ws, float(bias), self.act(a), &mut y)
                 }
                 Op::Depthwise {
                     geom: g,
                     weight,
                     bias,
                     act: a,
-                } => ops::depthwise_conv2d(&exec, x, g, self.depthwise[weight], float(bias), act(*a), &mut y),
+                } => ops::depthwise_conv2d(
+                    &exec,
+                    x,
+                    g,
+                    self.depthwise[weight],
+                    float(bias),
+                    self.act(a),
+                    &mut y,
+                ),
                 Op::Pool { geom: g, kind } => match kind {
                     PoolKind::Max => ops::max_pool(x, g, &mut y),
                     PoolKind::Average { count_include_pad } => {
@@ -160,14 +180,14 @@ impl Executor {
                     pads,
                     value,
                 } => ops::pad_nhwc(x, *batch, *h, *w, *c, *pads, *value, &mut y),
-                Op::Add { act: a } => ops::add(x, &values[step.inputs[1]], act(*a), &mut y),
+                Op::Add { act: a } => ops::add(x, &values[step.inputs[1]], self.act(a), &mut y),
                 Op::AddConstant { constant, act: a } => {
-                    ops::add_constant(x, &self.floats[constant], act(*a), &mut y)
+                    ops::add_constant(x, self.floats[constant], self.act(a), &mut y)
                 }
                 Op::MulConstant { constant, act: a } => {
-                    ops::mul_constant(x, &self.floats[constant], act(*a), &mut y)
+                    ops::mul_constant(x, self.floats[constant], self.act(a), &mut y)
                 }
-                Op::Activation(a) => ops::activate(x, act(*a), &mut y),
+                Op::Activation(a) => ops::activate(x, self.act(a), &mut y),
                 Op::Softmax { outer, len, inner } => ops::softmax(x, *outer, *len, *inner, &mut y),
                 Op::Alias => y.copy_from_slice(x),
                 Op::ToNhwc {

@@ -4,6 +4,7 @@
 
 use qbake::Kernels;
 use qbake_codegen::Options;
+use qbake_codegen::graph::Act;
 use qbake_codegen::quantize;
 use qbake_codegen::reference::Reference;
 use std::path::{Path, PathBuf};
@@ -24,13 +25,25 @@ mod all_u8_per_tensor {
     );
 }
 
+// Per-tensor again, with cross-layer equalization: conv1's ReLU6 becomes
+// a clip per channel, and its channel ranges are traded with the depthwise
+// convolution after it.
+mod all_u8_equalized {
+    qbake::quantized_model!(
+        "../models/conv_ops.safetensors",
+        keep_float_below = 0,
+        per_channel = false,
+        equalize = true
+    );
+}
+
 fn path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/conv_ops.safetensors")
 }
 
 /// The reference with the baked (dequantized) weights in place of the file's.
 fn baked_reference(options: &Options) -> Reference {
-    let mut reference = Reference::load(&path()).unwrap();
+    let mut reference = Reference::load_with(&path(), options).unwrap();
     let baked = quantize::bake(reference.plan(), options).unwrap();
     reference.set_baked(&baked).unwrap();
     reference
@@ -77,16 +90,25 @@ fn both_families_compute_the_baked_model() {
         keep_float_below: 0,
         ..Options::default()
     };
-    let models: [(&str, Options, Forward); 3] = [
+    let models: [(&str, Options, Forward); 4] = [
         ("default", Options::default(), forward!(default)),
         ("all u8", u8_all.clone(), forward!(all_u8)),
         (
             "all u8 per tensor",
             Options {
                 per_channel: false,
-                ..u8_all
+                ..u8_all.clone()
             },
             forward!(all_u8_per_tensor),
+        ),
+        (
+            "all u8 per tensor, equalized",
+            Options {
+                per_channel: false,
+                equalize: true,
+                ..u8_all
+            },
+            forward!(all_u8_equalized),
         ),
     ];
     let original = Reference::load(&path()).unwrap();
@@ -119,6 +141,31 @@ fn both_families_compute_the_baked_model() {
             }
         }
     }
+}
+
+/// The equalized model above is not the plain one under another name: its
+/// first convolution's ReLU6 is bounded per channel, and its weights moved.
+#[test]
+fn equalization_rewrote_the_relu6_pair() {
+    let options = Options {
+        equalize: true,
+        ..Options::default()
+    };
+    let (plain, eq) = (
+        Reference::load(&path()).unwrap(),
+        Reference::load_with(&path(), &options).unwrap(),
+    );
+    let clipped: Vec<&str> = eq
+        .plan()
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op.act(), Some(Act::ClipChannels { .. })))
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(clipped.len(), 1, "{clipped:?}");
+    assert!(clipped[0].starts_with("pad0+conv1"), "{clipped:?}");
+    assert_ne!(plain.tensor("conv1.weight"), eq.tensor("conv1.weight"));
+    assert_ne!(plain.tensor("dw.weight"), eq.tensor("dw.weight"));
 }
 
 /// Many threads running the same model at once each get their own scratch
