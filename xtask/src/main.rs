@@ -14,8 +14,9 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   fixtures   rewrite the small model files the tests use (tests/models/)
   bench [--runs N] [--quick] [--peers] [--json]
-             latency of the real models in both kernel families, at 1 thread
-             and all cores, with --peers beside ONNX Runtime (docs/bench.md;
+             latency of the real models in both kernel families and as their
+             float model, at 1 thread and all cores, with --peers beside ONNX
+             Runtime (docs/bench.md;
              target/qbake-bench/latency.json and latency.svg)
   bench --compile [--runs N]
              compile time and rustc memory of baking an 18 MB model, by the
