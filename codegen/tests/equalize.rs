@@ -155,14 +155,24 @@ fn pairs_reach_through_pools_and_reshapes() {
             ("fc.b", &[3], fb),
         ],
     );
-    let (file, eq) = (Reference::load(&path).unwrap(), Reference::load_with(&path, &equalized()).unwrap());
+    let (file, eq) = (
+        Reference::load(&path).unwrap(),
+        Reference::load_with(&path, &equalized()).unwrap(),
+    );
     let head = eq.plan().steps.iter().find(|s| s.name == "head").unwrap();
-    assert!(matches!(head.op.act(), Some(Act::ClipChannels { .. })), "{:?}", head.op);
+    assert!(
+        matches!(head.op.act(), Some(Act::ClipChannels { .. })),
+        "{:?}",
+        head.op
+    );
     let (w, fc) = (weight(eq.plan(), "head"), eq.tensor("fc.w").unwrap());
     for c in 0..8 {
         let fc_col = max_abs(&(0..3).map(|o| fc[8 * o + c]).collect::<Vec<_>>());
         let head_row = max_abs(&w[4 * c..4 * c + 4]);
-        assert!((head_row / fc_col - 1.0).abs() < 1e-3, "channel {c}: {head_row} vs {fc_col}");
+        assert!(
+            (head_row / fc_col - 1.0).abs() < 1e-3,
+            "channel {c}: {head_row} vs {fc_col}"
+        );
     }
     for x in inputs() {
         let (want, got) = (file.run(&x[..36]), eq.run(&x[..36]));

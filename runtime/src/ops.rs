@@ -578,7 +578,12 @@ mod tests {
     #[test]
     fn clip_channels_bounds_each_output_channel() {
         const C: usize = 12;
-        let hi: &'static [f32] = Box::leak((0..C).map(|c| 0.02 + 0.05 * c as f32).collect::<Vec<_>>().into_boxed_slice());
+        let hi: &'static [f32] = Box::leak(
+            (0..C)
+                .map(|c| 0.02 + 0.05 * c as f32)
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        );
         let act = Activation::ClipChannels { min: -0.01, max: hi };
         let geom = |k: usize, groups: usize| Conv2d {
             batch: 1,
@@ -594,7 +599,9 @@ mod tests {
             groups,
         };
         let weight = |rows: usize, cols: usize, seed: usize| {
-            let q: Vec<u8> = (0..rows * cols).map(|i| ((i * 89 + seed * 7) % 256) as u8).collect();
+            let q: Vec<u8> = (0..rows * cols)
+                .map(|i| ((i * 89 + seed * 7) % 256) as u8)
+                .collect();
             Weight::U8(quant_weight(&q, rows, cols, seed))
         };
         let bias = values(5, C);
@@ -629,9 +636,16 @@ mod tests {
                     for (i, (&p, &got)) in plain.iter().zip(clipped).enumerate() {
                         let lo = if p > -0.01 { p } else { -0.01 };
                         let want = if lo < hi[i % C] { lo } else { hi[i % C] };
-                        assert_eq!(got.to_bits(), want.to_bits(), "{kernels:?} {threads} threads, op {op} [{i}]");
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{kernels:?} {threads} threads, op {op} [{i}]"
+                        );
                     }
-                    assert!(clipped.iter().any(|&v| v == hi[0]), "op {op}: no value reached a bound");
+                    assert!(
+                        clipped.iter().any(|&v| v == hi[0]),
+                        "op {op}: no value reached a bound"
+                    );
                 }
             }
         }
