@@ -79,6 +79,12 @@ impl Model {
         self
     }
 
+    /// Balanced rounding of each weight row (default `false`; see `Options`).
+    pub fn balanced_rounding(mut self, on: bool) -> Self {
+        self.options.balanced_rounding = on;
+        self
+    }
+
     /// MSE-optimal weight ranges (default `false`; see `Options`).
     pub fn mse_ranges(mut self, on: bool) -> Self {
         self.options.mse_ranges = on;

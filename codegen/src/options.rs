@@ -15,6 +15,10 @@ pub struct Options {
     /// and the next (through ReLU or ReLU6), so that one min/max per tensor
     /// fits all its channels (`equalize.rs`).
     pub equalize: bool,
+    /// Round the weights of each row so that their errors sum to under half
+    /// a step: the mean shift bias correction takes out, without needing
+    /// batch-norm statistics (`quantize.rs`, `balance_row`).
+    pub balanced_rounding: bool,
     /// Clip each range where that lowers the weights' squared quantization
     /// error (a search over ranges shrunk by up to 30 %); the result is still
     /// a min and a max.
@@ -38,6 +42,7 @@ impl Default for Options {
             keep_float_below: 1024,
             bias_correction: true,
             equalize: false,
+            balanced_rounding: false,
             mse_ranges: false,
             reference: false,
             warn_sqnr_below: 30,
@@ -54,6 +59,7 @@ impl Options {
         "keep_float_below",
         "bias_correction",
         "equalize",
+        "balanced_rounding",
         "mse_ranges",
         "reference",
         "warn_sqnr_below",

@@ -231,12 +231,15 @@ pub fn bake_weight(
     let (mut signal, mut noise) = (0.0f64, 0.0f64);
     for (n, row) in values.chunks_exact(cols).enumerate() {
         let p = row_params(n);
-        for &x in row {
-            let q = p.quantize(x);
+        let start = data.len();
+        data.extend(row.iter().map(|&x| p.quantize(x)));
+        if options.balanced_rounding {
+            balance_row(row, p, &mut data[start..]);
+        }
+        for (&x, &q) in row.iter().zip(&data[start..]) {
             let e = f64::from(x) - f64::from(p.dequantize(q));
             signal += f64::from(x) * f64::from(x);
             noise += e * e;
-            data.push(q);
         }
     }
     Ok(BakedWeight {
@@ -248,6 +251,54 @@ pub fn bake_weight(
         max,
         sqnr_db: sqnr_db(signal, noise),
     })
+}
+
+/// Rounds the other way the weights of a row nearest to a tie, as few as
+/// needed for the row's rounding errors to sum to at most half a step.
+///
+/// A layer's output moves by `sum_k e_k x_k` for rounding errors `e`. Its
+/// random part averages out; but inputs after a ReLU are positive on
+/// average, so a row whose errors sum to `E` steps shifts its output by
+/// about `E * scale * mean(x)` on every input, and `E` grows like
+/// `sqrt(K)`. Bias correction removes that where batch-norm statistics
+/// give `mean(x)`; without them this is the data-free part of the same
+/// fix: each flipped weight's error grows from just under half a step to
+/// just over it.
+fn balance_row(row: &[f32], p: &QParams, q: &mut [u8]) {
+    if p.scale == 0.0 {
+        return;
+    }
+    let scale = f64::from(p.scale);
+    // Each weight's rounding error, in steps.
+    let errors: Vec<f64> = row
+        .iter()
+        .zip(q.iter())
+        .map(|(&x, &q)| f64::from(q) - f64::from(p.zero_point) - f64::from(x) / scale)
+        .collect();
+    let total: f64 = errors.iter().sum();
+    let flips = total.abs().round() as usize;
+    if flips == 0 {
+        return;
+    }
+    // Rounded up too far: move down the weights that were rounded up the most.
+    let down = total > 0.0;
+    let mut candidates: Vec<usize> = (0..q.len())
+        .filter(|&k| {
+            if down {
+                q[k] > 0 && errors[k] > 0.0
+            } else {
+                q[k] < 255 && errors[k] < 0.0
+            }
+        })
+        .collect();
+    candidates.sort_by(|&a, &b| errors[b].abs().total_cmp(&errors[a].abs()));
+    for &k in candidates.iter().take(flips) {
+        if down {
+            q[k] -= 1;
+        } else {
+            q[k] += 1;
+        }
+    }
 }
 
 /// The range, among the data's own shrunk by up to 30 % in 1 % steps,
@@ -319,6 +370,31 @@ mod tests {
             prop_assert!(p.min <= 0.0 && p.max >= 0.0);
             prop_assert_eq!(p.dequantize(0), p.min);
             prop_assert_eq!(p.dequantize(255), p.max);
+        }
+
+        #[test]
+        fn balanced_rows_sum_their_errors_to_half_a_step(
+            row in proptest::collection::vec(-3.0f32..3.0, 1..300),
+            per_channel in any::<bool>(),
+        ) {
+            let options = Options { balanced_rounding: true, per_channel, keep_float_below: 0, ..Options::default() };
+            let plain = bake_weight("w", 1, row.len(), row.clone(), &Options { balanced_rounding: false, ..options.clone() }).unwrap();
+            let balanced = bake_weight("w", 1, row.len(), row.clone(), &options).unwrap();
+            let Storage::U8 { params, .. } = &balanced.storage else { unreachable!() };
+            let scale = f64::from(params[0].scale);
+            let steps = |w: &BakedWeight| -> Vec<f64> {
+                w.dequantized().iter().zip(&row).map(|(&q, &x)| (f64::from(q) - f64::from(x)) / scale).collect()
+            };
+            let (before, after) = (steps(&plain), steps(&balanced));
+            let sum: f64 = after.iter().sum();
+            prop_assert!(sum.abs() <= 0.5 + 1e-3, "errors sum to {sum} steps");
+            // Only weights that were near a tie moved, each by one step.
+            for (b, a) in before.iter().zip(&after) {
+                prop_assert!(a.abs() < 1.0 + 1e-3, "error {a} steps");
+                prop_assert!((a - b).abs() < 1e-3 || ((a - b).abs() - 1.0).abs() < 1e-3);
+            }
+            let flipped = before.iter().zip(&after).filter(|(b, a)| (*a - *b).abs() > 0.5).count();
+            prop_assert_eq!(flipped as f64, before.iter().sum::<f64>().abs().round());
         }
 
         #[test]
