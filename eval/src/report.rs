@@ -20,8 +20,20 @@ pub struct FamilyReport {
     pub accuracy: Option<f64>,
     pub cosine_mean: f64,
     pub cosine_min: f64,
+    /// The inputs whose top-1 is not float's, in input order.
+    pub misses: Vec<Miss>,
     /// Each step's output against float, worst first.
     pub layers: Vec<LayerReport>,
+}
+
+/// An input on which a family's top-1 is not float's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Miss {
+    /// Its index among the inputs.
+    pub input: usize,
+    /// How far apart the float model's top two outputs are: a miss on a near
+    /// tie says less than one where float was sure.
+    pub float_margin: f64,
 }
 
 /// One step of the model: how far its output is from float's.
@@ -47,6 +59,17 @@ pub struct Report {
 
 fn argmax(v: &[f64]) -> usize {
     (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap_or(0)
+}
+
+/// The largest output minus the second largest.
+fn margin(v: &[f64]) -> f64 {
+    let best = argmax(v);
+    let second = v
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best)
+        .fold(f64::NEG_INFINITY, |m, (_, &x)| m.max(x));
+    v[best] - second
 }
 
 fn top5(v: &[f32]) -> Vec<usize> {
@@ -128,6 +151,7 @@ pub fn evaluate_loaded(
     struct Acc {
         top1: usize,
         top5: usize,
+        misses: Vec<Miss>,
         correct: usize,
         cosines: Vec<f64>,
         signal: Vec<f64>,
@@ -138,6 +162,7 @@ pub fn evaluate_loaded(
         .map(|_| Acc {
             top1: 0,
             top5: 0,
+            misses: Vec::new(),
             correct: 0,
             cosines: Vec::new(),
             signal: vec![0.0; plan.values.len()],
@@ -157,6 +182,12 @@ pub fn evaluate_loaded(
             let out = &got[plan.output];
             let top = top5(out);
             acc.top1 += usize::from(top[0] == argmax(want));
+            if top[0] != argmax(want) {
+                acc.misses.push(Miss {
+                    input: i,
+                    float_margin: margin(want),
+                });
+            }
             acc.top5 += usize::from(top.contains(&argmax(want)));
             acc.correct += usize::from(label == Some(top[0]));
             acc.cosines.push(cosine(out, want));
@@ -207,6 +238,7 @@ pub fn evaluate_loaded(
                 accuracy: labels.map(|_| pct(acc.correct)),
                 cosine_mean: acc.cosines.iter().sum::<f64>() / n,
                 cosine_min: acc.cosines.iter().copied().fold(f64::INFINITY, f64::min),
+                misses: acc.misses,
                 layers,
             }
         })

@@ -16,6 +16,10 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --output NAME      ONNX models: the graph output to measure
   --per-channel B    true (default) or false
   --keep-float-below N
+  --bias-correction B  true (default) or false
+  --equalize B       false (default) or true
+  --balanced-rounding B  false (default) or true
+  --mse-ranges B     false (default) or true
   --json             the report as JSON on stdout";
 
 /// Inputs, flattened, and a name for each.
@@ -52,6 +56,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
             "--output" => options.output = Some(value(&mut args, arg)?),
             "--per-channel" => options.per_channel = value(&mut args, arg)?.parse()?,
             "--keep-float-below" => options.keep_float_below = value(&mut args, arg)?.parse()?,
+            "--bias-correction" => options.bias_correction = value(&mut args, arg)?.parse()?,
+            "--equalize" => options.equalize = value(&mut args, arg)?.parse()?,
+            "--balanced-rounding" => options.balanced_rounding = value(&mut args, arg)?.parse()?,
+            "--mse-ranges" => options.mse_ranges = value(&mut args, arg)?.parse()?,
             "--json" => json = true,
             other => return Err(format!("unknown argument `{other}`\n\n{USAGE}").into()),
         }
@@ -202,20 +210,44 @@ fn print_report(report: &Report, names: &[String]) {
             f.kernels, f.top1_agreement, f.top5_agreement, f.cosine_mean, f.cosine_min
         );
     }
+    for f in &report.families {
+        if f.misses.is_empty() {
+            continue;
+        }
+        // With the float model's margin: a miss on a near tie says little.
+        let shown: Vec<String> = f
+            .misses
+            .iter()
+            .take(10)
+            .map(|m| format!("{} ({:.3})", names[m.input], m.float_margin))
+            .collect();
+        let more = f.misses.len().saturating_sub(shown.len());
+        let more = if more > 0 {
+            format!(", {more} more")
+        } else {
+            String::new()
+        };
+        println!(
+            "{} top-1 misses (float's top-2 margin): {}{more}",
+            f.kernels,
+            shown.join(", ")
+        );
+    }
     let db = |v: Option<f64>| v.map_or("exact".to_string(), |v| format!("{v:.1} dB"));
     for f in &report.families {
         println!(
             "\n{} per layer, worst first (output SQNR against float; weight SQNR as baked):",
             f.kernels
         );
-        println!("  {:<48} {:<20} {:>10} {:>10}", "step", "op", "output", "weight");
+        // The step's name last: names of folded steps run long.
+        println!("  {:<20} {:>10} {:>10}  step", "op", "output", "weight");
         for l in f.layers.iter().take(12) {
             println!(
-                "  {:<48} {:<20} {:>10} {:>10}",
-                l.step,
+                "  {:<20} {:>10} {:>10}  {}",
                 l.op,
                 db(l.output_sqnr_db),
-                l.weight_sqnr_db.map_or("-".into(), |v| format!("{v:.1} dB"))
+                l.weight_sqnr_db.map_or("-".into(), |v| format!("{v:.1} dB")),
+                l.step,
             );
         }
         if f.layers.len() > 12 {
