@@ -30,6 +30,15 @@ use std::collections::HashMap;
 const MAX_SWEEPS: usize = 100;
 /// Settled: no channel's scale moved by more than this in a sweep.
 const SETTLED: f64 = 1e-4;
+/// A channel whose weights in either layer are all below this fraction of
+/// that layer's largest is dead: batch-norm folding left its output (nearly)
+/// constant, its bias. Equalizing would divide it by a tiny scale, and the
+/// constant, amplified, would set the range of every activation row the
+/// hybrid family quantizes. EfficientNet-Lite0 has such channels (1e-8 to
+/// 4e-7 of their layer's largest): equalizing them took its per-tensor
+/// hybrid cosine to float from 0.993 down to 0.963; leaving them, up to
+/// 0.998 (docs/eval.md).
+const DEAD: f64 = 1e-5;
 
 /// One layer of a pair, as the kernels will read its weights.
 struct Layer {
@@ -79,12 +88,14 @@ pub fn equalize(plan: &mut Plan) -> usize {
         for &(p, c) in &pair_ix {
             let r1 = row_ranges(&layers[p]);
             let r2 = input_ranges(&layers[c]);
+            let (live1, live2) = (DEAD * largest(&r1), DEAD * largest(&r2));
             let s: Vec<f64> = r1
                 .iter()
                 .zip(&r2)
                 .map(|(&a, &b)| {
                     let s = (a / b).sqrt();
-                    if s.is_finite() && s > 0.0 { s } else { 1.0 }
+                    let live = a > live1 && b > live2;
+                    if live && s.is_finite() && s > 0.0 { s } else { 1.0 }
                 })
                 .collect();
             let (producer, consumer) = two(&mut layers, p, c);
@@ -204,6 +215,10 @@ fn layer(plan: &Plan, step: usize) -> Layer {
         depthwise,
         values: t.data.iter().map(|&v| f64::from(v)).collect(),
     }
+}
+
+fn largest(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |m, &x| m.max(x))
 }
 
 /// Each output channel's range: its largest magnitude.

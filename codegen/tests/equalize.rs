@@ -31,6 +31,11 @@ impl Rng {
 /// MobileNet block whose batch norms were folded, leaving channels whose
 /// ranges differ by two orders of magnitude.
 fn block() -> (tempfile::TempDir, PathBuf) {
+    block_scaled(&[0.02, 3.0, 0.4, 1.0])
+}
+
+/// [`block`] with the expansion's rows scaled by `expand_scales`, in turn.
+fn block_scaled(expand_scales: &[f32]) -> (tempfile::TempDir, PathBuf) {
     let graph = serde_json::json!({
         "version": 1,
         "inputs": [{"name": "x", "shape": [1, 4, 6, 6]}],
@@ -45,7 +50,7 @@ fn block() -> (tempfile::TempDir, PathBuf) {
         ]
     });
     let mut rng = Rng(0x853c_49e6_748f_ea9b);
-    let expand = rng.rows(8, 4, &[0.02, 3.0, 0.4, 1.0]);
+    let expand = rng.rows(8, 4, expand_scales);
     let dw = rng.rows(8, 9, &[2.0, 0.05, 1.0, 0.3, 0.01, 1.5]);
     let project = rng.rows(5, 8, &[1.0, 0.2]);
     let (eb, db, pb) = (
@@ -207,6 +212,46 @@ fn equalized_channels_have_the_same_range_in_both_layers() {
         .map(|c| max_abs(&weight(file.plan(), "dw")[9 * c..9 * c + 9]))
         .collect();
     assert!(max_abs(&ranges) > 50.0 * ranges.iter().fold(f32::INFINITY, |m, &v| m.min(v)));
+}
+
+/// A dead channel (batch-norm folding left its weights ~1e-9 and its
+/// output its bias) is left alone: dividing it by its tiny scale would
+/// amplify a constant to the top of every activation row.
+#[test]
+fn dead_channels_are_not_equalized() {
+    let scales = [0.02, 3.0, 0.4, 1e-9, 1.0, 2.0, 0.5, 0.3];
+    let (_dir, path) = block_scaled(&scales);
+    let (file, eq) = (
+        Reference::load(&path).unwrap(),
+        Reference::load_with(&path, &equalized()).unwrap(),
+    );
+    let (before, after) = (weight(file.plan(), "expand"), weight(eq.plan(), "expand"));
+    assert_eq!(before[12..16], after[12..16], "the dead row moved");
+    assert_eq!(
+        file.tensor("expand.b").unwrap()[3],
+        eq.tensor("expand.b").unwrap()[3]
+    );
+    let Some(Act::ClipChannels { max, .. }) = eq
+        .plan()
+        .steps
+        .iter()
+        .find(|s| s.name == "expand")
+        .unwrap()
+        .op
+        .act()
+    else {
+        panic!("not equalized");
+    };
+    let bounds = eq.tensor(max).unwrap();
+    assert_eq!(bounds[3], 6.0);
+    // The live channels still were.
+    assert!(bounds.iter().filter(|&&b| b != 6.0).count() >= 6, "{bounds:?}");
+    for x in inputs() {
+        let (want, got) = (file.run(&x), eq.run(&x));
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
+        }
+    }
 }
 
 /// Squared output error of the baked model (per-tensor u8) against the float one.
