@@ -79,7 +79,7 @@ impl Model {
         self
     }
 
-    /// Balanced rounding of each weight row (default `false`; see `Options`).
+    /// Balanced rounding of each weight row (default `true`; see `Options`).
     pub fn balanced_rounding(mut self, on: bool) -> Self {
         self.options.balanced_rounding = on;
         self

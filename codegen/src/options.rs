@@ -42,7 +42,7 @@ impl Default for Options {
             keep_float_below: 1024,
             bias_correction: true,
             equalize: false,
-            balanced_rounding: false,
+            balanced_rounding: true,
             mse_ranges: false,
             reference: false,
             warn_sqnr_below: 30,
