@@ -1,6 +1,17 @@
-// Every option, and a trailing comma.
+// Every option of a safetensors model (`output` and `batch` are for ONNX
+// files, pinned in ui/fail), and a trailing comma.
 mod per_tensor {
-    qbake::quantized_model!("../../models/tiny.safetensors", per_channel = false, keep_float_below = 1,);
+    qbake::quantized_model!(
+        "../../models/tiny.safetensors",
+        per_channel = false,
+        keep_float_below = 1,
+        bias_correction = false,
+        equalize = true,
+        balanced_rounding = false,
+        mse_ranges = true,
+        reference = true,
+        warn_sqnr_below = 0,
+    );
 }
 
 fn main() {
@@ -14,6 +25,8 @@ fn main() {
     // The zero point makes 0.0 exact: W[1][0] and W[2][2] are 0.
     assert_eq!(w.dequantized().get(1, 0), 0.0);
     assert_eq!(w.dequantized().get(2, 2), 0.0);
+    // `reference = true` bakes the float model beside it.
+    let _float = per_tensor::reference::Model::new(qbake::Kernels::Dequant);
     // 64-byte alignment of the baked bytes.
     assert_eq!(w.packed.as_ptr() as usize % 64, 0);
 }
