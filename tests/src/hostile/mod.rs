@@ -40,13 +40,14 @@ pub const BAKE_FACTOR: usize = 128;
 pub const BAKE_SLACK: usize = 16 << 20;
 
 /// The option sets every model is baked with: the defaults, and everything
-/// quantized, per tensor.
+/// quantized, per tensor, equalized.
 fn option_sets() -> [Options; 2] {
     [
         Options::default(),
         Options {
             per_channel: false,
             keep_float_below: 0,
+            equalize: true,
             ..Options::default()
         },
     ]
