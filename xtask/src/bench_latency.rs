@@ -247,6 +247,11 @@ struct Config {
     samples: Vec<f64>,
 }
 
+/// The pause after each measured run: long enough for a thread pool's
+/// spinning workers to go to sleep, so that they do not take a core from
+/// the next configuration.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
+
 const DEQUANT: &str = "qbake Dequant";
 const HYBRID: &str = "qbake Hybrid";
 /// The float model baked by `reference = true`: f32 weights, f32 kernels.
@@ -355,6 +360,9 @@ fn run(root: &Path, args: &Args) -> Result<()> {
             let c = &mut configs[i];
             let core = pin_core.filter(|_| c.threads == 1);
             let t = once(c, core, peer.as_mut(), &mut scratch)?;
+            // Let the engine just measured go idle (ONNX Runtime's workers
+            // spin-wait after a run) before the next one takes the cores.
+            std::thread::sleep(SETTLE);
             if round >= args.warmup {
                 c.samples.push(t);
             }
