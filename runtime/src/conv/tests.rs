@@ -161,19 +161,22 @@ fn depthwise_special_values_agree() {
         x[c * 9 + 17] = f32::MAX;
         x[c * 10 + c - 1] = f32::NEG_INFINITY;
         let taps = values(2, 9 * c);
-        let mut outs = Vec::new();
-        for kernel in kernels() {
-            let mut y = vec![0.0; 16 * c];
-            depthwise_with(kernel, &x, &g, &taps, None, Activation::None, &mut y);
-            outs.push(y);
-        }
-        for y in &outs[1..] {
-            for (a, b) in y.iter().zip(&outs[0]) {
-                assert!(
-                    a.is_nan() == b.is_nan()
-                        && (a.is_nan() || a == b || (a - b).abs() <= 1e-5 * b.abs().max(1.0)),
-                    "{c} channels: {a} vs {b}"
-                );
+        // ClipChannels: the kernels apply its lower bound (NaN to it).
+        for act in [Activation::None, Activation::ClipChannels { min: -0.5, max: &[] }] {
+            let mut outs = Vec::new();
+            for kernel in kernels() {
+                let mut y = vec![0.0; 16 * c];
+                depthwise_with(kernel, &x, &g, &taps, None, act, &mut y);
+                outs.push(y);
+            }
+            for y in &outs[1..] {
+                for (a, b) in y.iter().zip(&outs[0]) {
+                    assert!(
+                        a.is_nan() == b.is_nan()
+                            && (a.is_nan() || a == b || (a - b).abs() <= 1e-5 * b.abs().max(1.0)),
+                        "{c} channels, {act:?}: {a} vs {b}"
+                    );
+                }
             }
         }
     }

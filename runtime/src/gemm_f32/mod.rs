@@ -331,6 +331,8 @@ mod tests {
                 Activation::None,
                 Activation::Relu,
                 Activation::Clip { min: -0.5, max: 0.25 },
+                // Kernels apply its lower bound; the ops bound each channel after.
+                Activation::ClipChannels { min: -0.5, max: &[] },
             ] {
                 check_against_reference(m, n, k, (m * 1000 + n * 10 + k) as u64, act, 1.0);
             }

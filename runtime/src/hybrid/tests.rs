@@ -201,7 +201,12 @@ fn edge_shapes_and_activations() {
             }
         }
     }
-    for act in [Activation::Relu, Activation::Clip { min: -0.25, max: 0.5 }] {
+    for act in [
+        Activation::Relu,
+        Activation::Clip { min: -0.25, max: 0.5 },
+        // Kernels apply its lower bound; the ops bound each channel after.
+        Activation::ClipChannels { min: -0.25, max: &[] },
+    ] {
         random_case(9, 20, 77, 5, true, act);
     }
 }
