@@ -35,14 +35,7 @@ pub fn model(
     bytes: Bytes,
 ) -> (TokenStream, Vec<u8>) {
     let names = StaticNames::new(baked);
-    let depthwise: HashSet<&str> = plan
-        .steps
-        .iter()
-        .filter_map(|s| match &s.op {
-            Op::Depthwise { weight, .. } => Some(weight.as_str()),
-            _ => None,
-        })
-        .collect();
+    let depthwise = plan.depthwise_weights();
     let (weights_mod, blob) = weights_module(display_path, baked, &names, &depthwise, options, bytes);
     let input = plan.input();
     let output = &plan.values[plan.output];

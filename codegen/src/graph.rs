@@ -4,7 +4,7 @@
 use crate::error::{Error, bail};
 use crate::read::ModelFile;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// The schema version this reader understands.
@@ -329,6 +329,18 @@ impl Plan {
     /// A tensor a step names.
     pub fn tensor(&self, name: &str) -> &Tensor {
         &self.tensors[name]
+    }
+
+    /// The weights of depthwise convolutions: baked beside a cache of f32
+    /// taps, which their kernel reads instead of the 8-bit bytes.
+    pub fn depthwise_weights(&self) -> HashSet<&str> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.op {
+                Op::Depthwise { weight, .. } => Some(weight.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 }
 

@@ -77,6 +77,20 @@ pub struct BakedWeight {
 }
 
 impl BakedWeight {
+    /// A matrix kept in f32: exact.
+    fn float(name: &str, rows: usize, cols: usize, values: Vec<f32>) -> BakedWeight {
+        let (min, max) = min_max(&values);
+        BakedWeight {
+            name: name.to_string(),
+            rows,
+            cols,
+            storage: Storage::F32(values),
+            min,
+            max,
+            sqnr_db: f64::INFINITY,
+        }
+    }
+
     /// The values the model computes with: the u8 bytes dequantized exactly
     /// as the runtime does, or the kept f32 values; `[rows, cols]` row-major.
     pub fn dequantized(&self) -> Vec<f32> {
@@ -138,16 +152,7 @@ pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
 /// model (`reference = true`).
 pub fn float(plan: &Plan) -> Result<Baked, Error> {
     collect(plan, |name, rows, cols, values| {
-        let (min, max) = min_max(&values);
-        Ok(BakedWeight {
-            name: name.to_string(),
-            rows,
-            cols,
-            storage: Storage::F32(values),
-            min,
-            max,
-            sqnr_db: f64::INFINITY,
-        })
+        Ok(BakedWeight::float(name, rows, cols, values))
     })
 }
 
@@ -196,18 +201,10 @@ pub fn bake_weight(
     values: Vec<f32>,
     options: &Options,
 ) -> Result<BakedWeight, Error> {
-    let (min, max) = min_max(&values);
     if values.len() < options.keep_float_below {
-        return Ok(BakedWeight {
-            name: name.into(),
-            rows,
-            cols,
-            storage: Storage::F32(values),
-            min,
-            max,
-            sqnr_db: f64::INFINITY,
-        });
+        return Ok(BakedWeight::float(name, rows, cols, values));
     }
+    let (min, max) = min_max(&values);
     if cols > MAX_EXACT_K {
         bail!(
             "tensor `{name}` has {cols} inputs per output; the 8-bit kernels sum exactly in i32 only up to {MAX_EXACT_K}"

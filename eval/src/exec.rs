@@ -59,17 +59,10 @@ fn weight(w: &qbake_codegen::quantize::BakedWeight) -> Weight {
 
 impl Executor {
     pub fn new(plan: Plan, baked: &Baked) -> Self {
-        let depthwise_names: Vec<&str> = plan
-            .steps
-            .iter()
-            .filter_map(|s| match &s.op {
-                Op::Depthwise { weight, .. } => Some(weight.as_str()),
-                _ => None,
-            })
-            .collect();
+        let depthwise_names = plan.depthwise_weights();
         let (mut weights, mut depthwise) = (HashMap::new(), HashMap::new());
         for w in &baked.weights {
-            if depthwise_names.contains(&w.name.as_str()) {
+            if depthwise_names.contains(w.name.as_str()) {
                 let dw = DepthwiseWeight {
                     weight: weight(w),
                     taps: TapsCache::new(),
