@@ -9,7 +9,7 @@ use qbake_codegen::read::ModelFile;
 use qbake_codegen::reference::Reference;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use support::model;
+use support::{Xorshift, model};
 
 /// One node on an input of `shape`, run by the reference on `input`.
 fn run_one(
@@ -206,16 +206,9 @@ fn planned_reference_matches_a_plain_nchw_interpreter() {
     let file = ModelFile::open(&path).unwrap();
     let def = graph::parse(file.graph_json().unwrap()).unwrap();
     let reference = Reference::load(&path).unwrap();
-    let mut seed = 0x1234_5678u64;
+    let mut rng = Xorshift(0x1234_5678);
     for _ in 0..4 {
-        let input: Vec<f32> = (0..330)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect();
+        let input: Vec<f32> = (0..330).map(|_| rng.signed()).collect();
         let want = nchw::run(&def, &file, &input);
         let got = reference.run(&input);
         assert_eq!(got.len(), want.len());
@@ -539,15 +532,9 @@ fn bias_correction_removes_the_mean_shift() {
     let (_dir, path) = model(graph, tensors);
     let float = Reference::load(&path).unwrap();
     // Standard normal inputs (Box-Muller over a fixed xorshift stream).
-    let mut s = 0x5eed_u64;
-    let mut uniform = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
+    let mut rng = Xorshift(0x5eed);
     let input: Vec<f32> = (0..c * 32 * 32)
-        .map(|_| ((-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos()) as f32)
+        .map(|_| ((-2.0 * rng.unit().ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.unit()).cos()) as f32)
         .collect();
     let want = float.run(&input);
     let mean_error = |bias_correction: bool| {

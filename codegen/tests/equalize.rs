@@ -8,24 +8,7 @@ use qbake_codegen::graph::{Act, Op, Plan};
 use qbake_codegen::quantize;
 use qbake_codegen::reference::Reference;
 use std::path::PathBuf;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-
-    /// `rows` rows of `cols` values in ±1, row `r` times `scales[r % len]`.
-    fn rows(&mut self, rows: usize, cols: usize, scales: &[f32]) -> Vec<f32> {
-        (0..rows * cols)
-            .map(|i| self.next() * scales[i / cols % scales.len()])
-            .collect()
-    }
-}
+use support::Xorshift;
 
 /// 1x1 conv (4 to 8) + ReLU6, 3x3 depthwise + ReLU6, 1x1 conv (8 to 5): a
 /// MobileNet block whose batch norms were folded, leaving channels whose
@@ -49,7 +32,7 @@ fn block_scaled(expand_scales: &[f32]) -> (tempfile::TempDir, PathBuf) {
              "bias": "project.b"}
         ]
     });
-    let mut rng = Rng(0x853c_49e6_748f_ea9b);
+    let mut rng = Xorshift(0x853c_49e6_748f_ea9b);
     let expand = rng.rows(8, 4, expand_scales);
     let dw = rng.rows(8, 9, &[2.0, 0.05, 1.0, 0.3, 0.01, 1.5]);
     let project = rng.rows(5, 8, &[1.0, 0.2]);
@@ -72,10 +55,10 @@ fn block_scaled(expand_scales: &[f32]) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn inputs() -> Vec<Vec<f32>> {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
     // Large enough that the ReLU6 bounds are reached.
     (0..8)
-        .map(|_| (0..144).map(|_| 4.0 * rng.next()).collect())
+        .map(|_| (0..144).map(|_| 4.0 * rng.signed()).collect())
         .collect()
 }
 
@@ -148,7 +131,7 @@ fn pairs_reach_through_pools_and_reshapes() {
             {"name": "fc", "op": "Dense", "inputs": ["f"], "output": "y", "weight": "fc.w", "bias": "fc.b"}
         ]
     });
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
     let (head, fc) = (rng.rows(8, 4, &[0.01, 2.0, 0.3]), rng.rows(3, 8, &[1.0]));
     let (hb, fb) = (rng.rows(8, 1, &[0.5]), rng.rows(3, 1, &[0.5]));
     let (_dir, path) = support::model(
