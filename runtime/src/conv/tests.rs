@@ -148,6 +148,61 @@ proptest! {
     }
 }
 
+/// The AVX2 depthwise kernel, whichever pixels it computes together,
+/// gives each output exactly `bias` followed by one FMA per tap inside the
+/// input, in tap order: the same bits as this plain loop.
+#[cfg(target_arch = "x86_64")]
+fn depthwise_fma_chain(x: &[f32], g: &Conv2d, taps: &[f32], bias: &[f32], act: Activation, y: &mut [f32]) {
+    let c = g.in_c;
+    let mut outs = y.chunks_exact_mut(c);
+    for b in 0..g.batch {
+        for oh in 0..g.out_h() {
+            for ow in 0..g.out_w() {
+                let out = outs.next().expect("sized by the caller");
+                for (ch, out) in out.iter_mut().enumerate() {
+                    let mut acc = bias[ch];
+                    for i in 0..g.kh {
+                        for j in 0..g.kw {
+                            if let Some((ih, iw)) = g.tap(oh, ow, i, j) {
+                                let v = x[((b * g.in_h + ih) * g.in_w + iw) * c + ch];
+                                acc = v.mul_add(taps[(i * g.kw + j) * c + ch], acc);
+                            }
+                        }
+                    }
+                    *out = act.apply(acc);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+proptest! {
+    /// Bit for bit: wide rows (several groups of pixels computed together,
+    /// and the remainders), strides, dilations, uneven padding, two images,
+    /// channel counts around the 16- and 8-channel blocks.
+    #[test]
+    fn depthwise_avx2_is_the_fma_chain(
+        c in 1usize..50, h in 1usize..8, w in 1usize..24, k in 1usize..6, stride in 1usize..4,
+        dilation in 1usize..3, pads in prop::array::uniform4(0usize..3), seed in any::<u64>(),
+    ) {
+        prop_assume!(Kernel::detect() == Kernel::Avx2Fma);
+        let g = Conv2d { batch: 2, ..with(geometry(c, c, [h, w], [k, k], c), stride, dilation, pads) };
+        prop_assume!(g.check().is_ok());
+        let x = values(seed, 2 * h * w * c);
+        let taps = values(seed ^ 3, k * k * c);
+        let bias = values(seed ^ 5, c);
+        let act = Activation::Clip { min: -0.5, max: 0.75 };
+        let mut want = vec![0.0; g.out_pixels() * c];
+        depthwise_fma_chain(&x, &g, &taps, &bias, act, &mut want);
+        let mut got = vec![f32::NAN; want.len()];
+        depthwise_with(Kernel::Avx2Fma, &x, &g, &taps, Some(&bias), act, &mut got);
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            prop_assert_eq!(a.to_bits(), b.to_bits(), "[{}]: {} vs {} in {:?}", i, a, b, g);
+        }
+    }
+}
+
 #[test]
 fn depthwise_special_values_agree() {
     // NaN, infinities and huge values in some channels: the kernels agree on
