@@ -618,7 +618,7 @@ fn scratch_items(scratch: &Scratch) -> TokenStream {
         const SCRATCH_SLOTS: [usize; #n] = [#(#lens),*];
 
         ::std::thread_local! {
-            static SCRATCH: ::std::cell::RefCell<::std::vec::Vec<::std::vec::Vec<f32>>> =
+            static SCRATCH: ::std::cell::RefCell<::std::vec::Vec<::qbake::AlignedVec>> =
                 const { ::std::cell::RefCell::new(::std::vec::Vec::new()) };
         }
     }
@@ -843,7 +843,7 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
     quote! {
         SCRATCH.with_borrow_mut(|scratch| {
             if scratch.is_empty() {
-                *scratch = SCRATCH_SLOTS.iter().map(|&len| ::std::vec![0.0f32; len]).collect();
+                *scratch = SCRATCH_SLOTS.iter().map(|&len| ::qbake::AlignedVec::zeroed(len)).collect();
             }
             let [#(#slots),*] = scratch.as_mut_slice() else {
                 unreachable!("the scratch has one buffer per slot")

@@ -1,7 +1,8 @@
 //! GEMM throughput at MobileNet's 1x1-convolution shapes and a transformer
 //! shape, as GOP/s and as a share of this machine's peak measured in the
 //! same run. `cargo bench -p qbake --bench kernels` (add `-- --quick` for a
-//! short run).
+//! short run, `-- 784x256x256` for one GEMM shape, `-- depthwise` for the
+//! depthwise shapes only).
 //!
 //! - int8: the hybrid GEMM on quantized activations (the quantizer is timed
 //!   separately, in the fully connected comparison), against the u8 x s8
@@ -11,11 +12,29 @@
 //! - A fully connected layer, Hybrid (quantize + int8 GEMM) against Dequant
 //!   (f32 GEMM), at K >= 256.
 //! - Both GEMMs on 2 threads against 1.
+//! - The depthwise kernel at MobileNetV2's and EfficientNet-Lite0's
+//!   depthwise shapes, as GFLOP/s against the FMA peak, at 1 and 2 threads.
 
+use qbake::conv::{self, Conv2d};
 use qbake::gemm_f32::{self, PackedF32};
 use qbake::hybrid::{self, QuantizedRows};
-use qbake::{Activation, DequantCache, QuantParams, QuantWeight};
+use qbake::{Activation, AlignedVec, DequantCache, QuantParams, QuantWeight};
 use std::time::{Duration, Instant};
+
+/// Depthwise layers (input height = width, channels, kernel, stride):
+/// MobileNetV2 224 (3x3) and EfficientNet-Lite0 (its 5x5 ones).
+const DEPTHWISE: &[(usize, usize, usize, usize)] = &[
+    (112, 32, 3, 1),
+    (112, 96, 3, 2),
+    (56, 144, 3, 1),
+    (28, 192, 3, 1),
+    (14, 576, 3, 1),
+    (7, 960, 3, 1),
+    (56, 144, 5, 2),
+    (28, 240, 5, 1),
+    (14, 672, 5, 1),
+    (7, 1152, 5, 1),
+];
 
 const SHAPES: &[(usize, usize, usize)] = &[
     (12544, 32, 64),
@@ -35,6 +54,10 @@ fn main() {
     // `MxKxN` arguments pick shapes; none means all.
     let picked: Vec<&String> = args.iter().filter(|a| a.contains('x')).collect();
     let budget = Duration::from_millis(if quick { 150 } else { 600 });
+    if args.iter().any(|a| a == "depthwise") {
+        println!("peaks: f32 FMA {:.1} GFLOP/s", peaks().1 / 1e9);
+        return depthwise(budget);
+    }
     let hybrid_kernel = hybrid::Kernel::detect();
     let f32_kernel = gemm_f32::Kernel::detect();
     println!("kernels: int8 {hybrid_kernel:?}, f32 {f32_kernel:?}");
@@ -69,7 +92,8 @@ fn main() {
         let case = Case::new(m, k, n);
         let ops = 2.0 * (m * k * n) as f64;
         // Each candidate has its own buffers.
-        let mut ys: Vec<Vec<f32>> = (0..6).map(|_| vec![0.0f32; m * n]).collect();
+        // Aligned as a baked model's scratch is.
+        let mut ys: Vec<AlignedVec> = (0..6).map(|_| AlignedVec::zeroed(m * n)).collect();
         let [y1, y2, y3, y4, y5, y6] = ys.as_mut_slice() else {
             unreachable!()
         };
@@ -170,6 +194,73 @@ fn main() {
         t8.iter().copied().fold(f64::INFINITY, f64::min),
         geomean(&t32),
         t32.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+    if picked.is_empty() {
+        depthwise(budget);
+    }
+}
+
+/// The depthwise kernel alone, f32 on both families' taps: GFLOP/s and its
+/// share of the FMA peak, and 2 threads against 1.
+fn depthwise(budget: Duration) {
+    let kernel = conv::Kernel::detect();
+    println!(
+        "\ndepthwise ({kernel:?}) | {:>11} {:>7} | {:>9}",
+        "GFLOP/s", "% peak", "2 threads"
+    );
+    let (mut shares, mut two) = (Vec::new(), Vec::new());
+    for &(hw, c, k, stride) in DEPTHWISE {
+        let pad = k / 2;
+        let g = Conv2d {
+            batch: 1,
+            in_h: hw,
+            in_w: hw,
+            in_c: c,
+            out_c: c,
+            kh: k,
+            kw: k,
+            stride: [stride; 2],
+            dilation: [1, 1],
+            pads: [pad; 4],
+            groups: c,
+        };
+        // Aligned as a baked model's scratch is.
+        let mut x = AlignedVec::zeroed(hw * hw * c);
+        x.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i % 251) as f32 / 251.0 - 0.5);
+        let taps: Vec<f32> = (0..k * k * c).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
+        let bias = vec![0.1f32; c];
+        let (mut y1, mut y2) = (
+            AlignedVec::zeroed(g.out_pixels() * c),
+            AlignedVec::zeroed(g.out_pixels() * c),
+        );
+        let act = Activation::Clip { min: 0.0, max: 6.0 };
+        let [t1, t2] = best_of_rounds(
+            budget,
+            &mut [
+                &mut || conv::depthwise_threads(kernel, 1, &x, &g, &taps, Some(&bias), act, &mut y1),
+                &mut || conv::depthwise_threads(kernel, 2, &x, &g, &taps, Some(&bias), act, &mut y2),
+            ],
+        )
+        .try_into()
+        .unwrap();
+        let (_, peak_fma) = peaks();
+        let flops = 2.0 * (g.out_pixels() * c * k * k) as f64 / t1;
+        shares.push(flops / peak_fma);
+        two.push(t1 / t2);
+        println!(
+            "{:>24} | {:>11.1} {:>6.1}% | {:>8.2}x",
+            format!("{hw}x{hw}x{c} {k}x{k}/{stride}"),
+            flops / 1e9,
+            100.0 * flops / peak_fma,
+            t1 / t2
+        );
+    }
+    println!(
+        "depthwise geomean: {:.1}% of FMA peak; 2 threads vs 1 geomean {:.2}x",
+        100.0 * geomean(&shares),
+        geomean(&two)
     );
 }
 

@@ -31,7 +31,7 @@ mod scratch;
 mod test_values;
 mod weights;
 
-pub use alloc::{Zeroable, boxed_zeroed};
+pub use alloc::{AlignedVec, Zeroable, boxed_zeroed};
 pub use exec::{Exec, Kernels};
 pub use ops::Activation;
 pub use qbake_macros::include_model;

@@ -2,17 +2,18 @@
 //! quantized activations), so that once each has grown to the largest size
 //! a model needs, a forward pass on one thread allocates nothing.
 
+use crate::alloc::AlignedVec;
 use crate::hybrid::QuantizedRows;
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
 thread_local! {
     /// im2col rows of a convolution.
-    pub(crate) static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(crate) static COLS: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// One group's outputs of a grouped convolution.
-    pub(crate) static GROUP_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(crate) static GROUP_OUT: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// Zeros, for a missing bias.
-    pub(crate) static ZEROS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(crate) static ZEROS: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// The activations of a hybrid GEMM, quantized.
     pub(crate) static ROWS: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::default());
 }
@@ -21,14 +22,14 @@ thread_local! {
 /// are whatever was left there). A buffer already in use on this thread
 /// (no op nests itself, so this is a fallback, not a path) gives a fresh one.
 pub(crate) fn with_f32<R>(
-    key: &'static LocalKey<RefCell<Vec<f32>>>,
+    key: &'static LocalKey<RefCell<AlignedVec>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
-                buf.resize(len, 0.0);
+                buf.resize(len);
             }
             f(&mut buf[..len])
         }
