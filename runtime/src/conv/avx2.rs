@@ -52,7 +52,9 @@ pub unsafe fn depthwise(
     } else {
         first
     };
-    let step = sw * c;
+    // Used only between pixels of one image row, where it cannot overflow;
+    // a (hostile) stride wider than the image has one such pixel at most.
+    let step = sw.saturating_mul(c);
     for (row, y_row) in rows.zip(y.chunks_exact_mut(ow_n * c)) {
         let (b, oh) = (row / oh_n, row % oh_n);
         let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
