@@ -162,8 +162,10 @@ unsafe fn epilogue<const R: usize>(
     }
 }
 
-/// [`super::quantize_row`] on 32 values at a time, with the same bits;
-/// returns `(scale, sum of q, no q negative)`.
+/// [`super::quantize_row`] on 32 values at a time, then 8, with the same
+/// bits; returns `(scale, sum of q, no q negative)`. Rows of 8 to 31 values
+/// (the inputs of 1x1 convolutions with K = 16 or 24) take the 8-wide path
+/// rather than the scalar one.
 ///
 /// # Safety
 /// The CPU must have AVX2.
@@ -172,7 +174,8 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
     assert_eq!(x.len(), q.len());
     let (chunks, blocks) = (x.len() / 8, x.len() / 32);
     // SAFETY: every load reads 8 floats of x at 8 * i < 8 * chunks <= len;
-    // every store writes 32 bytes of q at 32 * b < 32 * blocks <= len.
+    // every store writes 32 bytes of q at 32 * b < 32 * blocks <= len, or 8
+    // bytes at 8 * i < 8 * chunks.
     unsafe {
         let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         let (mut m, mut nan) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -182,12 +185,13 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
             m = _mm256_max_ps(_mm256_and_ps(v, abs_mask), m);
             nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
         }
-        let mut lanes = [0.0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        // The lanes' maximum (no NaN in m: it starts at 0 and keeps m).
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m1 = _mm_max_ss(m2, _mm_movehdup_ps(m2));
         let amax = x[8 * chunks..]
             .iter()
-            .chain(&lanes)
-            .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+            .fold(_mm_cvtss_f32(m1), |m, v| if v.abs() > m { v.abs() } else { m });
         let scale = amax / 127.0;
         let inv = 127.0 / amax;
         let has_nan = _mm256_movemask_ps(nan) != 0 || x[8 * chunks..].iter().any(|v| v.is_nan());
@@ -214,12 +218,22 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
             sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, bytes), ones16));
             min = _mm256_min_epi8(min, bytes);
         }
+        // The last whole groups of 8: summed as i32 lanes, their signs or-ed.
+        let mut signs = _mm256_setzero_si256();
+        for i in 4 * blocks..chunks {
+            let r = quantize(i);
+            let words = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+            _mm_storel_epi64(q.as_mut_ptr().add(8 * i).cast(), _mm_packs_epi16(words, words));
+            sum = _mm256_add_epi32(sum, r);
+            signs = _mm256_or_si256(signs, r);
+        }
         let (mut sums, mut mins) = ([0i32; 8], [0i8; 32]);
         _mm256_storeu_si256(sums.as_mut_ptr().cast(), sum);
         _mm256_storeu_si256(mins.as_mut_ptr().cast(), min);
         let mut total: i32 = sums.iter().sum();
-        let mut nonnegative = mins.iter().all(|&m| m >= 0);
-        for (q, &v) in q[32 * blocks..].iter_mut().zip(&x[32 * blocks..]) {
+        let mut nonnegative =
+            mins.iter().all(|&m| m >= 0) && _mm256_movemask_ps(_mm256_castsi256_ps(signs)) == 0;
+        for (q, &v) in q[8 * chunks..].iter_mut().zip(&x[8 * chunks..]) {
             *q = (v * inv).round_ties_even() as i8;
             total += i32::from(*q);
             nonnegative &= *q >= 0;

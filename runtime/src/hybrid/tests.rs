@@ -149,6 +149,27 @@ proptest! {
         }
     }
 
+    /// The same without NaN (which sends a row to the scalar path): every
+    /// length through the 32-, 8- and 1-value steps, mixed-sign and
+    /// non-negative rows, zeros and subnormals among them.
+    #[test]
+    fn quantizers_agree_on_the_vector_paths(
+        x in prop::collection::vec(prop_oneof![4 => -1e4f32..1e4, 1 => Just(0.0), 1 => -1e-40f32..1e-40], 1..300),
+        nonnegative in any::<bool>(),
+    ) {
+        let x: Vec<f32> = if nonnegative { x.iter().map(|v| v.abs()).collect() } else { x };
+        let mut want = vec![0i8; x.len()];
+        let scale = quantize_row(&x, &mut want);
+        for kernel in kernels() {
+            let mut rows = QuantizedRows::default();
+            rows.quantize_into(kernel, &x, x.len());
+            prop_assert_eq!(rows.row(0), &want[..]);
+            prop_assert_eq!(rows.scales[0].to_bits(), scale.to_bits());
+            prop_assert_eq!(rows.sums[0], want.iter().map(|&v| i32::from(v)).sum::<i32>());
+            prop_assert_eq!(rows.nonnegative[0], want.iter().all(|&v| v >= 0));
+        }
+    }
+
     #[test]
     fn kernels_match_the_definition(
         m in 1usize..20, n in 1usize..40, k in 1usize..80, seed in any::<u64>(), per_channel in any::<bool>(),
