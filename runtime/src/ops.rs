@@ -100,10 +100,9 @@ pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Acti
         assert_eq!(b.len(), n, "bias length differs from the output channels");
     }
     match (exec.kernels, w) {
-        (Kernels::Hybrid, Weight::U8(qw)) => scratch::with_rows(|qx| {
-            qx.quantize_into(hybrid::Kernel::detect(), x, k);
-            hybrid::gemm_threads(hybrid::Kernel::detect(), exec.threads, qx, qw, bias, act, y);
-        }),
+        (Kernels::Hybrid, Weight::U8(qw)) => {
+            hybrid::quantize_gemm_threads(hybrid::Kernel::detect(), exec.threads, x, qw, bias, act, y)
+        }
         // Float weights (kept small) run in float in both families.
         _ => gemm_f32::gemm_threads(
             gemm_f32::Kernel::detect(),
@@ -193,8 +192,8 @@ pub fn grouped_conv2d(
 /// Depthwise convolution, NHWC, on the f32 taps cached from the baked
 /// weights ([`DepthwiseWeight::taps`]) in both kernel families: it is
 /// memory-bound and has `kh * kw` multiply-adds per activation, too few for
-/// quantizing the activations on each call to pay. The [`Exec`] is taken
-/// for uniformity with the other convolutions (threads may come later).
+/// quantizing the activations on each call to pay. Its output rows are
+/// split across the [`Exec`]'s threads.
 pub fn depthwise_conv2d(
     exec: &Exec,
     x: &[f32],

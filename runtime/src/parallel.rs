@@ -11,15 +11,21 @@
 //!
 //! The pool's threads live for the process (spawning threads per call cost
 //! tens of microseconds per op, more than small layers gain); work under
-//! [`MIN_PARALLEL_MACS`] still stays on the calling thread. Results do not
-//! depend on the thread count: every output is computed by the same code
-//! from the same operands.
+//! [`MIN_PARALLEL_MACS`] ([`MIN_PARALLEL_DEPTHWISE_MACS`] for a depthwise
+//! convolution) still stays on the calling thread. A hybrid layer split by
+//! rows quantizes each part's rows on that part's thread
+//! (`hybrid::quantize_gemm_threads`). Results do not depend on the thread
+//! count: every output is computed by the same code from the same operands.
 
 use rayon::prelude::*;
 use std::ops::Range;
 
 /// Multiply-adds below which a GEMM runs on the calling thread.
 pub const MIN_PARALLEL_MACS: usize = 1 << 21;
+
+/// Multiply-adds below which a depthwise convolution runs on the calling
+/// thread: lower than a GEMM's, as it does several times fewer per second.
+pub const MIN_PARALLEL_DEPTHWISE_MACS: usize = 1 << 18;
 
 /// Runs `drive(rows, panels, y_part, ldc)` over all of an `m x n` output,
 /// split across up to `threads` threads. `y_part` starts at the first row of
@@ -35,8 +41,7 @@ where
     if threads == 1 || macs < MIN_PARALLEL_MACS {
         return drive(0..m, 0..panels, y, n);
     }
-    if m >= threads * 8 {
-        let per = m.div_ceil(threads);
+    if let Some(per) = rows_per_part(threads, m, macs) {
         y.par_chunks_mut(per * n).enumerate().for_each(|(i, part)| {
             drive(i * per..(i * per + per).min(m), 0..panels, part, n);
         });
@@ -66,6 +71,15 @@ where
     }
 }
 
+/// The rows each part of an `m`-row GEMM of `macs` multiply-adds gets when
+/// [`split_gemm`] splits it by rows across `threads`, or `None` when it
+/// does not (too little work, or too few rows: then it splits by panels or
+/// not at all).
+pub fn rows_per_part(threads: usize, m: usize, macs: usize) -> Option<usize> {
+    let threads = threads.max(1);
+    (threads > 1 && macs >= MIN_PARALLEL_MACS && m >= threads * 8).then(|| m.div_ceil(threads))
+}
+
 /// Runs `run(rows, y_part)` over `rows` rows of `row_len` outputs each,
 /// split by rows across up to `threads` threads (the caller's among them)
 /// when `macs` is large enough: for ops other than GEMMs (depthwise
@@ -76,7 +90,7 @@ where
 {
     assert_eq!(y.len(), rows * row_len);
     let threads = threads.max(1).min(rows.max(1));
-    if threads == 1 || macs < MIN_PARALLEL_MACS {
+    if threads == 1 || macs < MIN_PARALLEL_DEPTHWISE_MACS {
         return run(0..rows, y);
     }
     let per = rows.div_ceil(threads);
@@ -93,7 +107,8 @@ mod tests {
     use crate::{Activation, DequantCache, QuantParams, QuantWeight};
 
     /// Both splits (many rows; few rows, many panels), odd sizes, 2 and 3
-    /// threads: the same bits as one thread, in both families.
+    /// threads: the same bits as one thread, in both families, with the
+    /// activations quantized up front or per part.
     #[test]
     fn threads_give_the_same_bits() {
         for (m, k, n) in [(300, 256, 70), (2, 4096, 300), (1, 2100, 1001)] {
@@ -137,6 +152,13 @@ mod tests {
                 assert!(
                     y.iter().zip(&one_h).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "int8 {m}x{k}x{n} on {threads}"
+                );
+                // Quantized per part when split by rows: the same bits.
+                let mut y = vec![f32::NAN; m * n];
+                hybrid::quantize_gemm_threads(hk, threads, &x, &qw, Some(&bias), Activation::Relu, &mut y);
+                assert!(
+                    y.iter().zip(&one_h).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "quantize + int8 {m}x{k}x{n} on {threads}"
                 );
             }
         }

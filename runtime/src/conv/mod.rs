@@ -86,7 +86,7 @@ pub fn depthwise_with(
 }
 
 /// [`depthwise_with`], its output rows split across up to `threads` threads
-/// when the work is large enough ([`crate::parallel::MIN_PARALLEL_MACS`]);
+/// when the work is large enough ([`crate::parallel::MIN_PARALLEL_DEPTHWISE_MACS`]);
 /// each output is computed the same way whatever the split.
 #[allow(clippy::too_many_arguments)]
 pub fn depthwise_threads(

@@ -274,7 +274,7 @@ fn pools_by_hand() {
 fn depthwise_threads_split_rows_not_results() {
     // 64x64 pixels, 64 channels, 3x3 with stride 1: past the threshold.
     let g = with(geometry(64, 64, [64, 64], [3, 3], 64), 1, 1, [1, 1, 1, 1]);
-    assert!(g.out_pixels() * 64 * 9 >= crate::parallel::MIN_PARALLEL_MACS);
+    assert!(g.out_pixels() * 64 * 9 >= crate::parallel::MIN_PARALLEL_DEPTHWISE_MACS);
     let x = values(7, 64 * 64 * 64);
     let taps = values(8, 9 * 64);
     let bias = values(9, 64);

@@ -280,6 +280,45 @@ pub fn gemm_threads(
     });
 }
 
+/// Quantizes the f32 rows `x` ([`QuantizedRows`]) and multiplies them by
+/// `w`: a fully connected layer in the hybrid family, on up to `threads`
+/// threads. When the rows are split across threads, each part quantizes its
+/// own rows, into its thread's buffer, just before its product: the
+/// quantizer runs in parallel too, and its output is still in that core's
+/// cache when the product reads it. Otherwise the rows are quantized once,
+/// on the calling thread. The result is the same either way (each row is
+/// quantized alone).
+pub fn quantize_gemm_threads(
+    kernel: Kernel,
+    threads: usize,
+    x: &[f32],
+    w: &QuantWeight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let (n, k) = (w.rows, w.cols);
+    assert!(k > 0 && x.len().is_multiple_of(k), "x is not whole rows of K");
+    let m = x.len() / k;
+    assert_eq!(y.len(), m * n, "y has the wrong size");
+    match crate::parallel::rows_per_part(threads, m, m * n * k) {
+        Some(per) => y
+            .par_chunks_mut(per * n)
+            .zip(x.par_chunks(per * k))
+            .for_each(|(y, x)| {
+                crate::scratch::with_rows(|qx| {
+                    qx.quantize_into(kernel, x, k);
+                    gemm_threads(kernel, 1, qx, w, bias, act, y);
+                })
+            }),
+        None => crate::scratch::with_rows(|qx| {
+            qx.quantize_into(kernel, x, k);
+            gemm_threads(kernel, threads, qx, w, bias, act, y);
+        }),
+    }
+}
+
 /// Rows `rows` of the product against panels `panels`, into `y` whose row 0
 /// is row `rows.start` and whose column 0 is panel `panels.start`'s first.
 #[allow(clippy::too_many_arguments)]
