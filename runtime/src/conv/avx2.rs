@@ -1,6 +1,6 @@
 //! The x86-64 AVX2+FMA depthwise kernel: eight channels per vector, four
-//! neighbouring output pixels at a time where their windows lie inside the
-//! input.
+//! neighbouring output pixels at a time where their windows do not cross
+//! the left or right edge.
 
 use super::Conv2d;
 use crate::gemm_f32::avx2::activate;
@@ -40,10 +40,9 @@ pub unsafe fn depthwise(
         heap.resize(kk, (0, 0));
         &mut heap
     };
-    // Output columns whose window lies inside the input horizontally: there
-    // every tap sits at a fixed offset from the window's corner, and the
-    // next pixel's window is `stride * c` values further on.
-    let span_h = g.dilation[0] * (g.kh - 1) + 1;
+    // Output columns whose window lies inside the input horizontally: in
+    // them every tap sits at a fixed offset from the window's corner, and
+    // the next pixel's window is `stride * c` values further on.
     let span_w = g.dilation[1] * (g.kw - 1) + 1;
     let (sw, left_pad) = (g.stride[1], g.pads[1]);
     let first = left_pad.div_ceil(sw).min(ow_n);
@@ -58,47 +57,51 @@ pub unsafe fn depthwise(
     for (row, y_row) in rows.zip(y.chunks_exact_mut(ow_n * c)) {
         let (b, oh) = (row / oh_n, row % oh_n);
         let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
-        let top = (oh * g.stride[0])
-            .checked_sub(g.pads[0])
-            .filter(|t| t + span_h <= g.in_h);
-        // The columns taken together: none when the window crosses the top
-        // or bottom edge in this row.
-        let (lo, hi) = if top.is_some() { (first, end) } else { (0, 0) };
-        let mut ow = 0;
-        while ow < ow_n {
-            if ow == lo && lo < hi {
-                let t = top.expect("inside rows only");
-                let l = ow * sw - left_pad;
-                for i in 0..g.kh {
-                    for j in 0..g.kw {
-                        let (ih, iw) = (t + i * g.dilation[0], l + j * g.dilation[1]);
-                        inside[i * g.kw + j] = ((ih * g.in_w + iw) * c, (i * g.kw + j) * c);
-                    }
+        // The columns first..end, taken together: their windows share the
+        // taps inside (all columns of the kernel; the rows of it that fall
+        // inside the input in this output row), at a fixed offset from the
+        // window's corner.
+        if first < end {
+            let l = first * sw - left_pad;
+            let mut count = 0;
+            for i in 0..g.kh {
+                let Some(ih) = (oh * g.stride[0] + i * g.dilation[0])
+                    .checked_sub(g.pads[0])
+                    .filter(|&ih| ih < g.in_h)
+                else {
+                    continue;
+                };
+                for j in 0..g.kw {
+                    let iw = l + j * g.dilation[1];
+                    inside[count] = ((ih * g.in_w + iw) * c, (i * g.kw + j) * c);
+                    count += 1;
                 }
-                let offsets = &inside[..kk];
-                let mut done = 0;
-                while done + PIXELS <= hi - lo {
-                    let out = &mut y_row[(lo + done) * c..(lo + done + PIXELS) * c];
-                    // SAFETY: the window of pixel `lo + done + p` is the
-                    // first one's moved by `(done + p) * step`, inside the
-                    // image for every p < PIXELS since that pixel is < hi.
-                    unsafe { pixels::<PIXELS>(image, done * step, step, taps, bias, offsets, act, out) };
-                    done += PIXELS;
-                }
-                let out = &mut y_row[(lo + done) * c..hi * c];
-                // SAFETY: as above, for the hi - lo - done < PIXELS pixels left.
-                unsafe {
-                    match hi - lo - done {
-                        0 => {}
-                        1 => pixels::<1>(image, done * step, step, taps, bias, offsets, act, out),
-                        2 => pixels::<2>(image, done * step, step, taps, bias, offsets, act, out),
-                        _ => pixels::<3>(image, done * step, step, taps, bias, offsets, act, out),
-                    }
-                }
-                ow = hi;
-                continue;
             }
-            // A window crossing an edge: only the taps inside.
+            let offsets = &inside[..count];
+            let mut done = 0;
+            while done + PIXELS <= end - first {
+                let out = &mut y_row[(first + done) * c..(first + done + PIXELS) * c];
+                // SAFETY: the window of pixel `first + done + p` is the
+                // first one's moved by `(done + p) * step`, and its taps in
+                // `offsets` are inside the image for every p < PIXELS, since
+                // that pixel is < end.
+                unsafe { pixels::<PIXELS, 2>(image, done * step, step, taps, bias, offsets, act, out) };
+                done += PIXELS;
+            }
+            let out = &mut y_row[(first + done) * c..end * c];
+            // SAFETY: as above, for the end - first - done < PIXELS pixels left.
+            unsafe {
+                match end - first - done {
+                    0 => {}
+                    1 => pixels::<1, 4>(image, done * step, step, taps, bias, offsets, act, out),
+                    2 => pixels::<2, 2>(image, done * step, step, taps, bias, offsets, act, out),
+                    _ => pixels::<3, 2>(image, done * step, step, taps, bias, offsets, act, out),
+                }
+            }
+        }
+        // The columns whose window crosses the left or right edge: one by
+        // one, with only their taps inside.
+        for ow in (0..first).chain(end.max(first)..ow_n) {
             let mut count = 0;
             for i in 0..g.kh {
                 for j in 0..g.kw {
@@ -108,36 +111,26 @@ pub unsafe fn depthwise(
                     }
                 }
             }
+            let out = &mut y_row[ow * c..(ow + 1) * c];
             // SAFETY: the offsets are of in-bounds pixels of `image` and
             // taps of `taps`, c values each.
-            unsafe {
-                pixels::<1>(
-                    image,
-                    0,
-                    0,
-                    taps,
-                    bias,
-                    &inside[..count],
-                    act,
-                    &mut y_row[ow * c..(ow + 1) * c],
-                )
-            };
-            ow += 1;
+            unsafe { pixels::<1, 4>(image, 0, 0, taps, bias, &inside[..count], act, out) };
         }
     }
 }
 
 /// `P` output pixels, `out.len() / P` channels each: for each pixel `p` and
 /// channel, `bias + sum over inside of x[base + p * step + offset] * tap`,
-/// one FMA per tap in tap order, whatever `P` is (so an output does not
-/// depend on which pixels it was computed with).
+/// one FMA per tap in tap order, whatever `P` and `B` are (so an output
+/// does not depend on which pixels it was computed with). `B` blocks of 8
+/// channels at a time: `P * B` independent FMA chains.
 ///
 /// # Safety
 /// AVX2 and FMA; `c = out.len() / P = bias.len()`; each `(o, t)` in `inside`
 /// has `base + (P - 1) * step + o + c <= image.len()` and `t + c <= taps.len()`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pixels<const P: usize>(
+unsafe fn pixels<const P: usize, const B: usize>(
     image: &[f32],
     base: usize,
     step: usize,
@@ -153,27 +146,26 @@ unsafe fn pixels<const P: usize>(
     let mut ch = 0;
     // SAFETY (every block below): ch + 8 * blocks <= c, and the caller's offsets.
     unsafe {
-        while ch + 16 <= c {
+        while ch + 8 * B <= c {
             let b = bias.as_ptr().add(ch);
-            let mut acc = [[_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))]; P];
+            let mut acc: [[__m256; B]; P] = [std::array::from_fn(|k| _mm256_loadu_ps(b.add(8 * k))); P];
             for &(off, t) in inside {
-                let (w0, w1) = (
-                    _mm256_loadu_ps(tp.add(t + ch)),
-                    _mm256_loadu_ps(tp.add(t + ch + 8)),
-                );
+                let w: [__m256; B] = std::array::from_fn(|k| _mm256_loadu_ps(tp.add(t + ch + 8 * k)));
                 for (p, acc) in acc.iter_mut().enumerate() {
                     let v = img.add(base + p * step + off + ch);
-                    acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(v), w0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(8)), w1, acc[1]);
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(8 * k)), w[k], *acc);
+                    }
                 }
             }
             for (p, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(o.add(p * c + ch), activate(acc[0], act));
-                _mm256_storeu_ps(o.add(p * c + ch + 8), activate(acc[1], act));
+                for (k, acc) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(o.add(p * c + ch + 8 * k), activate(*acc, act));
+                }
             }
-            ch += 16;
+            ch += 8 * B;
         }
-        if ch + 8 <= c {
+        while ch + 8 <= c {
             let mut acc = [_mm256_loadu_ps(bias.as_ptr().add(ch)); P];
             for &(off, t) in inside {
                 let w = _mm256_loadu_ps(tp.add(t + ch));
