@@ -6,8 +6,8 @@
 //! - by rows, when there are many (convolutions, batches): each thread owns
 //!   a contiguous block of output rows, a plain `chunks_mut` of `y`;
 //! - by panels of output channels, when rows are few (a fully connected
-//!   layer on one input): each thread writes its columns into a buffer of
-//!   its own, copied into `y` after the join.
+//!   layer on one input): each thread writes its columns into its own part
+//!   of a per-thread buffer, copied into `y` after the join.
 //!
 //! The pool's threads live for the process (spawning threads per call cost
 //! tens of microseconds per op, more than small layers gain); work under
@@ -46,26 +46,23 @@ where
             drive(i * per..(i * per + per).min(m), 0..panels, part, n);
         });
     } else if panels >= 2 {
+        // Each part's columns, all rows, into its own slice of one buffer
+        // (reused from call to call: no allocation once warm), copied into
+        // `y` after the join. Parts are `per` panels wide except the last,
+        // so chunks of `m * per * nr` values are exactly the parts.
         let per = panels.div_ceil(threads.min(panels));
-        let ranges: Vec<Range<usize>> = (0..panels)
-            .step_by(per)
-            .map(|p| p..(p + per).min(panels))
-            .collect();
-        let parts: Vec<(Range<usize>, Vec<f32>)> = ranges
-            .into_par_iter()
-            .map(|range| {
-                let cols = (range.end * nr).min(n) - range.start * nr;
-                let mut part = vec![0.0f32; m * cols];
-                drive(0..m, range.clone(), &mut part, cols);
-                (range, part)
-            })
-            .collect();
-        for (range, part) in parts {
-            let (c0, cols) = (range.start * nr, (range.end * nr).min(n) - range.start * nr);
-            for (row, src) in y.chunks_exact_mut(n).zip(part.chunks_exact(cols)) {
-                row[c0..c0 + cols].copy_from_slice(src);
+        let width = per * nr;
+        crate::scratch::with_f32(&crate::scratch::PANEL_PARTS, m * n, |buf| {
+            buf.par_chunks_mut(m * width).enumerate().for_each(|(i, part)| {
+                drive(0..m, i * per..(i * per + per).min(panels), part, part.len() / m);
+            });
+            for (i, part) in buf.chunks(m * width).enumerate() {
+                let (c0, cols) = (i * width, part.len() / m);
+                for (row, src) in y.chunks_exact_mut(n).zip(part.chunks_exact(cols)) {
+                    row[c0..c0 + cols].copy_from_slice(src);
+                }
             }
-        }
+        });
     } else {
         drive(0..m, 0..panels, y, n);
     }

