@@ -111,7 +111,9 @@ pub fn model(
 
             /// Runs the model on `input`, writing into `output`.
             pub fn forward_into(&self, input: &Input, output: &mut Output) {
-                #forward_body
+                self.exec.run(|| {
+                    #forward_body
+                })
             }
         }
     };
@@ -841,11 +843,8 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
     }
     let slots: Vec<Ident> = (0..scratch.slots.len()).map(slot_ident).collect();
     quote! {
-        SCRATCH.with_borrow_mut(|scratch| {
-            if scratch.is_empty() {
-                *scratch = SCRATCH_SLOTS.iter().map(|&len| ::qbake::AlignedVec::zeroed(len)).collect();
-            }
-            let [#(#slots),*] = scratch.as_mut_slice() else {
+        ::qbake::with_scratch(&SCRATCH, &SCRATCH_SLOTS, |scratch| {
+            let [#(#slots),*] = scratch else {
                 unreachable!("the scratch has one buffer per slot")
             };
             #body

@@ -36,6 +36,7 @@ pub use exec::{Exec, Kernels};
 pub use ops::Activation;
 pub use qbake_macros::include_model;
 pub use qbake_macros::quantized_model;
+pub use scratch::with_scratch;
 pub use weights::{
     Aligned, DepthwiseWeight, DequantCache, FloatWeight, QuantParams, QuantWeight, TapsCache, Weight,
 };

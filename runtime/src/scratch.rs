@@ -54,3 +54,66 @@ pub(crate) fn with_rows<R>(f: impl FnOnce(&mut QuantizedRows) -> R) -> R {
         Err(_) => f(&mut QuantizedRows::default()),
     })
 }
+
+/// Runs `f` on a baked model's per-thread scratch `key`: one buffer per
+/// length in `slots`, allocated on the thread's first call. The generated
+/// `forward` calls this.
+///
+/// If this thread is already inside a forward of the same model, the call
+/// gets fresh buffers of its own (allocated for it): that happens when the
+/// model runs on rayon's pool with threads, because a thread waiting for
+/// an op's parts may run another call's forward meanwhile.
+pub fn with_scratch<R>(
+    key: &'static LocalKey<RefCell<Vec<AlignedVec>>>,
+    slots: &[usize],
+    f: impl FnOnce(&mut [AlignedVec]) -> R,
+) -> R {
+    let fill = || {
+        slots
+            .iter()
+            .map(|&len| AlignedVec::zeroed(len))
+            .collect::<Vec<_>>()
+    };
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            if scratch.is_empty() {
+                *scratch = fill();
+            }
+            f(&mut scratch)
+        }
+        Err(_) => f(&mut fill()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        static MODEL: RefCell<Vec<AlignedVec>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A forward inside a forward of the same model (rayon ran another
+    /// call's job on this thread) gets buffers of its own; the outer one's
+    /// are untouched, and kept for the thread's next call.
+    #[test]
+    fn a_nested_call_gets_fresh_buffers() {
+        let outer = with_scratch(&MODEL, &[3, 5], |outer| {
+            outer[0].fill(1.0);
+            let inner = with_scratch(&MODEL, &[3, 5], |inner| {
+                assert_eq!(inner.len(), 2);
+                assert!(inner[0].iter().all(|&v| v == 0.0));
+                inner[0].fill(2.0);
+                inner[0].as_ptr()
+            });
+            assert_ne!(inner, outer[0].as_ptr());
+            assert!(outer[0].iter().all(|&v| v == 1.0));
+            outer[0].as_ptr()
+        });
+        let again = with_scratch(&MODEL, &[3, 5], |s| {
+            assert!(s[0].iter().all(|&v| v == 1.0));
+            s[0].as_ptr()
+        });
+        assert_eq!(again, outer);
+    }
+}

