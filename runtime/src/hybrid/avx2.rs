@@ -1,14 +1,13 @@
 //! The x86-64 AVX2 hybrid kernels: a 4 x 16 int8 tile and the row quantizer.
 
-use super::{MR, PanelParams, Strip};
+use super::{MAX_F32_EXACT_K, MR, Strip};
 use crate::gemm_f32::avx2::activate;
-use crate::ops::Activation;
 use qbake_format::{KG, NR};
 use std::arch::x86_64::*;
 
 /// # Safety
-/// The CPU must have AVX2, and `s` must have passed `Strip::check`.
-#[target_feature(enable = "avx2")]
+/// The CPU must have AVX2 and FMA, and `s` must have passed `Strip::check`.
+#[target_feature(enable = "avx2,fma")]
 pub unsafe fn strip(s: Strip<'_>) {
     let c = s.c.as_mut_ptr();
     // SAFETY: `check` proved every row and column a tile touches; each tile
@@ -29,34 +28,67 @@ pub unsafe fn strip(s: Strip<'_>) {
     }
 }
 
-/// Rows `m0..m0 + R` of the strip.
+/// Rows `m0..m0 + R` of the strip, with the float epilogue
+/// `act((dot - z * sum) as f32 * (scale_w * scale_x) + bias)`, lane for
+/// lane the scalar one. Written here rather than in a function of its own,
+/// so that the products stay in registers (a `target_feature` function
+/// cannot be forced inline, and this one was not).
 ///
 /// # Safety
-/// AVX2, `s` checked, `m0 + R <= s.rows`, and `c` is `s.c`'s start.
-#[target_feature(enable = "avx2")]
+/// AVX2 and FMA, `s` checked, `m0 + R <= s.rows`, and `c` is `s.c`'s start.
+#[target_feature(enable = "avx2,fma")]
 unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
     let rows: [*const i8; R] = std::array::from_fn(|r| s.a[(m0 + r) * s.lda..].as_ptr());
-    let sums: [i32; R] = std::array::from_fn(|r| s.sums[m0 + r]);
-    let scales: [f32; R] = std::array::from_fn(|r| s.scales[m0 + r]);
     let nonnegative = s.nonnegative[m0..m0 + R].iter().all(|&n| n);
+    // The zero-point correction `dot - z * sum` in f32, one FMA, while
+    // |dot| <= 128 * 127 * K and |sum| <= 127 * K convert to f32 exactly:
+    // the FMA then rounds the exact result once, as converting the exact
+    // i32 would, and saves the slow `mullo`. Past that K, in i32.
+    let in_f32 = s.groups * KG <= MAX_F32_EXACT_K;
     // SAFETY (whole body): `check` proved `groups * KG` bytes per row, the
-    // panel's extent, and R rows of `ldc` with `cols` columns at row m0 of `c`.
+    // panel's extent, and R rows of `ldc` with `cols` columns at row m0 of
+    // `c`; the parameter arrays have NR entries.
     unsafe {
         let dot = if nonnegative {
             dot_tile_nonnegative::<R>(rows, s.panel.as_ptr(), s.groups)
         } else {
             dot_tile_signed::<R>(rows, s.panel.as_ptr(), s.groups)
         };
-        let c = c.add(m0 * s.ldc);
-        if s.cols == NR {
-            epilogue::<R>(&dot, &sums, &scales, s.params, s.act, c, s.ldc);
-            return;
-        }
-        // Edge columns: through a full-width buffer.
+        // Edge columns go through a full-width buffer.
         let mut buf = [[0.0f32; NR]; R];
-        epilogue::<R>(&dot, &sums, &scales, s.params, s.act, buf.as_mut_ptr().cast(), NR);
-        for (r, row) in buf.iter().enumerate() {
-            std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * s.ldc), s.cols);
+        let (out, ld) = if s.cols == NR {
+            (c.add(m0 * s.ldc), s.ldc)
+        } else {
+            (buf.as_mut_ptr().cast::<f32>(), NR)
+        };
+        let p = s.params;
+        let half = |h: usize| {
+            let zp = _mm256_loadu_si256(p.zero_point.as_ptr().add(8 * h).cast());
+            (
+                zp,
+                _mm256_cvtepi32_ps(zp),
+                _mm256_loadu_ps(p.scale.as_ptr().add(8 * h)),
+                _mm256_loadu_ps(p.bias.as_ptr().add(8 * h)),
+            )
+        };
+        let halves = [half(0), half(1)];
+        for (r, dot) in dot.iter().enumerate() {
+            let (sum, scale_x) = (s.sums[m0 + r], _mm256_set1_ps(s.scales[m0 + r]));
+            let (sum_i, sum_f) = (_mm256_set1_epi32(sum), _mm256_set1_ps(sum as f32));
+            for (h, (&dot, &(zp, zp_f, scale_w, bias))) in dot.iter().zip(&halves).enumerate() {
+                let acc = if in_f32 {
+                    _mm256_fnmadd_ps(zp_f, sum_f, _mm256_cvtepi32_ps(dot))
+                } else {
+                    _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, _mm256_mullo_epi32(zp, sum_i)))
+                };
+                let v = _mm256_add_ps(_mm256_mul_ps(acc, _mm256_mul_ps(scale_w, scale_x)), bias);
+                _mm256_storeu_ps(out.add(r * ld + 8 * h), activate(v, s.act));
+            }
+        }
+        if s.cols != NR {
+            for (r, row) in buf.iter().enumerate() {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), c.add((m0 + r) * s.ldc), s.cols);
+            }
         }
     }
 }
@@ -123,42 +155,6 @@ unsafe fn dot_tile_signed<const R: usize>(
             }
         }
         acc
-    }
-}
-
-/// The float epilogue, lane for lane the scalar one:
-/// `act((dot - z * sum) as f32 * (scale_w * scale_x) + bias)`.
-///
-/// # Safety
-/// `c` has R rows of stride `ldc` with NR writable floats each.
-#[target_feature(enable = "avx2")]
-unsafe fn epilogue<const R: usize>(
-    dot: &[[__m256i; 2]; R],
-    sums: &[i32; R],
-    scales: &[f32; R],
-    p: &PanelParams,
-    act: Activation,
-    c: *mut f32,
-    ldc: usize,
-) {
-    // SAFETY (whole body): the parameter arrays have NR entries; `c` as above.
-    unsafe {
-        let half = |h: usize| {
-            (
-                _mm256_loadu_si256(p.zero_point.as_ptr().add(8 * h).cast()),
-                _mm256_loadu_ps(p.scale.as_ptr().add(8 * h)),
-                _mm256_loadu_ps(p.bias.as_ptr().add(8 * h)),
-            )
-        };
-        let halves = [half(0), half(1)];
-        for (r, dot) in dot.iter().enumerate() {
-            for (h, (&dot, &(zp, scale_w, bias))) in dot.iter().zip(&halves).enumerate() {
-                let acc = _mm256_sub_epi32(dot, _mm256_mullo_epi32(zp, _mm256_set1_epi32(sums[r])));
-                let scale = _mm256_mul_ps(scale_w, _mm256_set1_ps(scales[r]));
-                let v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale), bias);
-                _mm256_storeu_ps(c.add(r * ldc + 8 * h), activate(v, act));
-            }
-        }
     }
 }
 

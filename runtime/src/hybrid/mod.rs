@@ -41,6 +41,11 @@ pub mod scalar;
 
 /// Rows of a kernel tile.
 pub const MR: usize = 4;
+/// The largest (padded) K for which the AVX2 epilogue may make the
+/// zero-point correction in f32: `dot`, at most `128 * 127 * K`, is then
+/// an exact f32, so one FMA rounds the exact `dot - z * sum` once, as the
+/// conversion of the exact i32 would.
+pub const MAX_F32_EXACT_K: usize = 1032;
 /// Rows per block: the block's activations (at most `MC * K` bytes) stay in
 /// L1/L2 while every weight panel passes over them.
 pub const MC: usize = 64;
@@ -49,6 +54,7 @@ pub const MC: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     Scalar,
+    /// AVX2 for the products, FMA for the epilogue's zero-point correction.
     #[cfg(target_arch = "x86_64")]
     Avx2,
 }
@@ -57,7 +63,7 @@ impl Kernel {
     /// The fastest kernel this CPU runs.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             return Kernel::Avx2;
         }
         Kernel::Scalar
@@ -358,7 +364,7 @@ fn drive(
             strip.check();
             match kernel {
                 Kernel::Scalar => scalar::strip(strip),
-                // SAFETY: AVX2 was detected; `check` proved the bounds.
+                // SAFETY: AVX2 and FMA were detected; `check` proved the bounds.
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => unsafe { avx2::strip(strip) },
             }

@@ -285,11 +285,13 @@ fn zero_rows_take_the_short_path() {
 
 /// Extremes, on every kernel, bit for bit with the reference and with exact
 /// integer arithmetic: weights all 0 or all 255, activations ±127, every
-/// product at its largest, summed over the largest exact K. Sums of two
-/// 16-bit products (255 * 127 * 2 = 64770) would saturate at 32767.
+/// product at its largest, summed over the largest exact K, and on both
+/// sides of the largest K whose zero-point correction the AVX2 epilogue
+/// makes in f32. Sums of two 16-bit products (255 * 127 * 2 = 64770) would
+/// saturate at 32767.
 #[test]
 fn extreme_operands_sum_exactly() {
-    for k in [2, 5, 64, MAX_EXACT_K] {
+    for k in [2, 5, 64, MAX_F32_EXACT_K - 2, MAX_F32_EXACT_K + 2, MAX_EXACT_K] {
         for (q_w, q_x, zp) in [
             (255u8, 127i8, 0u8),
             (0, -127, 255),
@@ -310,6 +312,21 @@ fn extreme_operands_sum_exactly() {
                 );
             }
         }
+    }
+    // Just past MAX_F32_EXACT_K (K = 1036, so a bound raised past the
+    // truth fails here) a dot product can be an inexact f32: here
+    // |dot| = 16841089 > 2^24, and correcting it in f32 would give -128
+    // where the exact result is -127 (one weight 1, the rest 0, zero point
+    // 0, activations -127).
+    let k = 1036;
+    let mut q = vec![0u8; k];
+    q[0] = 1;
+    let w = weight(1, k, &q, &[1.0], &[0]);
+    let x = rows(&vec![-127; k], k, 1.0);
+    for kernel in kernels() {
+        let mut y = [0.0];
+        gemm_with(kernel, &x, &w, None, Activation::None, &mut y);
+        assert_eq!(y[0], -127.0, "{kernel:?}: the correction past the f32-exact K");
     }
     // Alternating signs and a full tile of 4 x 17 outputs, with a bias.
     let (m, n, k) = (4, 17, 1001);
