@@ -223,12 +223,13 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
             sum = _mm256_add_epi32(sum, r);
             signs = _mm256_or_si256(signs, r);
         }
-        let (mut sums, mut mins) = ([0i32; 8], [0i8; 32]);
-        _mm256_storeu_si256(sums.as_mut_ptr().cast(), sum);
-        _mm256_storeu_si256(mins.as_mut_ptr().cast(), min);
-        let mut total: i32 = sums.iter().sum();
+        // Reduced in registers: with a few hundred values per row, storing
+        // the lanes and summing them one by one cost as much as a pass.
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+        let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+        let mut total = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2)));
         let mut nonnegative =
-            mins.iter().all(|&m| m >= 0) && _mm256_movemask_ps(_mm256_castsi256_ps(signs)) == 0;
+            _mm256_movemask_epi8(min) == 0 && _mm256_movemask_ps(_mm256_castsi256_ps(signs)) == 0;
         for (q, &v) in q[8 * chunks..].iter_mut().zip(&x[8 * chunks..]) {
             *q = (v * inv).round_ties_even() as i8;
             total += i32::from(*q);
