@@ -120,6 +120,23 @@ fn random_case(m: usize, n: usize, k: usize, seed: u64, per_channel: bool, act: 
     }
 }
 
+/// Every kernel quantizes the row `x` to the definition's values, scale,
+/// sum and sign flag, with zero padding.
+fn quantizers_give_the_definitions_bits(x: &[f32]) -> Result<(), TestCaseError> {
+    let mut want = vec![0i8; x.len()];
+    let scale = quantize_row(x, &mut want);
+    for kernel in kernels() {
+        let mut rows = QuantizedRows::default();
+        rows.quantize_into(kernel, x, x.len());
+        prop_assert_eq!(rows.row(0), &want[..]);
+        prop_assert_eq!(rows.scales[0].to_bits(), scale.to_bits());
+        prop_assert_eq!(rows.sums[0], want.iter().map(|&v| i32::from(v)).sum::<i32>());
+        prop_assert_eq!(rows.nonnegative[0], want.iter().all(|&v| v >= 0));
+        prop_assert!(rows.values[x.len()..].iter().all(|&v| v == 0), "padding is zero");
+    }
+    Ok(())
+}
+
 proptest! {
     #[test]
     fn row_quantization_is_symmetric_and_within_half_a_step(x in prop::collection::vec(-1e4f32..1e4, 1..300)) {
@@ -136,17 +153,7 @@ proptest! {
     /// The SIMD quantizer gives the definition's bits, sums included.
     #[test]
     fn quantizers_agree(x in prop::collection::vec(prop_oneof![-1e4f32..1e4, Just(0.0), Just(f32::NAN), -1e-40f32..1e-40], 1..100)) {
-        let mut want = vec![0i8; x.len()];
-        let scale = quantize_row(&x, &mut want);
-        for kernel in kernels() {
-            let mut rows = QuantizedRows::default();
-            rows.quantize_into(kernel, &x, x.len());
-            prop_assert_eq!(rows.row(0), &want[..]);
-            prop_assert_eq!(rows.scales[0].to_bits(), scale.to_bits());
-            prop_assert_eq!(rows.sums[0], want.iter().map(|&v| i32::from(v)).sum::<i32>());
-            prop_assert_eq!(rows.nonnegative[0], want.iter().all(|&v| v >= 0));
-            prop_assert!(rows.values[x.len()..].iter().all(|&v| v == 0), "padding is zero");
-        }
+        quantizers_give_the_definitions_bits(&x)?;
     }
 
     /// The same without NaN (which sends a row to the scalar path): every
@@ -158,16 +165,7 @@ proptest! {
         nonnegative in any::<bool>(),
     ) {
         let x: Vec<f32> = if nonnegative { x.iter().map(|v| v.abs()).collect() } else { x };
-        let mut want = vec![0i8; x.len()];
-        let scale = quantize_row(&x, &mut want);
-        for kernel in kernels() {
-            let mut rows = QuantizedRows::default();
-            rows.quantize_into(kernel, &x, x.len());
-            prop_assert_eq!(rows.row(0), &want[..]);
-            prop_assert_eq!(rows.scales[0].to_bits(), scale.to_bits());
-            prop_assert_eq!(rows.sums[0], want.iter().map(|&v| i32::from(v)).sum::<i32>());
-            prop_assert_eq!(rows.nonnegative[0], want.iter().all(|&v| v >= 0));
-        }
+        quantizers_give_the_definitions_bits(&x)?;
     }
 
     #[test]
