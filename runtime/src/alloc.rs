@@ -34,7 +34,7 @@ pub fn boxed_zeroed<T: Zeroable>() -> Box<T> {
 /// vector load or store at a multiple of 8 values crosses a cache line.
 /// The allocator aligns a `Vec<f32>` to 16 bytes only: half of such
 /// accesses would split. This is the buffer a baked model computes in.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct AlignedVec {
     buf: Vec<f32>,
     start: usize,
@@ -82,6 +82,23 @@ impl std::ops::Deref for AlignedVec {
     }
 }
 
+/// A copy of the values in a buffer aligned in its turn (a derived clone
+/// would copy the offset, which the new allocation need not share).
+impl Clone for AlignedVec {
+    fn clone(&self) -> Self {
+        let mut v = AlignedVec::zeroed(self.len);
+        v.copy_from_slice(self);
+        v
+    }
+}
+
+/// Equal when the values are (wherever each buffer's alignment put them).
+impl PartialEq for AlignedVec {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
 impl std::ops::DerefMut for AlignedVec {
     fn deref_mut(&mut self) -> &mut [f32] {
         &mut self.buf[self.start..self.start + self.len]
@@ -108,6 +125,10 @@ mod tests {
             v.resize(len + 100);
             assert_eq!(v.len(), len + 100);
             assert_eq!(v.as_ptr() as usize % ALIGN, 0);
+            v.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
+            let copy = v.clone();
+            assert_eq!(copy, v);
+            assert_eq!(copy.as_ptr() as usize % ALIGN, 0);
         }
     }
 

@@ -9,6 +9,7 @@
 //! time. [`gemm_reference`] is the plain-loop definition both are tested
 //! against.
 
+use crate::alloc::AlignedVec;
 use crate::ops::Activation;
 use std::ops::Range;
 
@@ -33,13 +34,16 @@ pub const MC: usize = 96;
 pub struct PackedF32 {
     pub n: usize,
     pub k: usize,
-    pub data: Box<[f32]>,
+    /// 64-byte aligned: the kernel loads a panel's 16 values per K step as
+    /// two 32-byte halves, and at the allocator's 16-byte alignment one of
+    /// them would cross a cache line at every step.
+    pub data: AlignedVec,
 }
 
 impl PackedF32 {
     /// Packs from any element accessor `w(n, k)`.
     pub fn from_fn(n: usize, k: usize, w: impl Fn(usize, usize) -> f32) -> Self {
-        let mut data = vec![0.0f32; n.div_ceil(NR) * NR * k].into_boxed_slice();
+        let mut data = AlignedVec::zeroed(n.div_ceil(NR) * NR * k);
         for row in 0..n {
             for col in 0..k {
                 data[Self::index(row, col, k)] = w(row, col);
