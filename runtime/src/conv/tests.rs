@@ -203,6 +203,52 @@ proptest! {
     }
 }
 
+/// Stride 1 with the real models' kernel widths, bit for bit: rows of 8 to
+/// 40 pixels (whole and partial groups of four), kernels taller, shorter or
+/// as tall as wide, channel counts around the 8- and 16-channel blocks.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn depthwise_avx2_stride_1_rows_are_the_fma_chain() {
+    if Kernel::detect() != Kernel::Avx2Fma {
+        return;
+    }
+    let mut seed = 1;
+    for (kh, kw) in [(3, 3), (5, 5), (1, 3), (5, 3), (3, 5), (7, 5), (8, 3)] {
+        for w in [8, 9, 15, 16, 17, 24, 40] {
+            for c in [1, 7, 8, 9, 16, 17, 33] {
+                for pads in [
+                    [0; 4],
+                    [1, 1, 1, 1],
+                    [kh / 2, kw / 2, kh / 2, kw / 2],
+                    [0, 2, 1, 0],
+                ] {
+                    let g = Conv2d {
+                        kh,
+                        kw,
+                        pads,
+                        ..geometry(c, c, [kh + 2, w], [kh, kw], c)
+                    };
+                    if g.check().is_err() {
+                        continue;
+                    }
+                    seed += 1;
+                    let x = values(seed, (kh + 2) * w * c);
+                    let taps = values(seed ^ 3, kh * kw * c);
+                    let bias = values(seed ^ 5, c);
+                    let act = Activation::Clip { min: -0.5, max: 0.75 };
+                    let mut want = vec![0.0; g.out_pixels() * c];
+                    depthwise_fma_chain(&x, &g, &taps, &bias, act, &mut want);
+                    let mut got = vec![f32::NAN; want.len()];
+                    depthwise_with(Kernel::Avx2Fma, &x, &g, &taps, Some(&bias), act, &mut got);
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "[{i}]: {a} vs {b} in {g:?}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn depthwise_special_values_agree() {
     // NaN, infinities and huge values in some channels: the kernels agree on
