@@ -22,7 +22,8 @@ thread_local! {
 
 /// Runs `f` on `len` values of the thread's buffer `key` (their contents
 /// are whatever was left there). A buffer already in use on this thread
-/// (no op nests itself, so this is a fallback, not a path) gives a fresh one.
+/// gives a fresh one: no op nests itself, but on rayon's pool a thread
+/// waiting inside an op's join may run another forward's op meanwhile.
 pub(crate) fn with_f32<R>(
     key: &'static LocalKey<RefCell<AlignedVec>>,
     len: usize,
