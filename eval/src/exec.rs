@@ -6,9 +6,10 @@ use qbake::{
     Activation, DepthwiseWeight, DequantCache, Exec, FloatWeight, Kernels, QuantParams, QuantWeight,
     TapsCache, Weight, ops,
 };
-use qbake_codegen::graph::{Act, Op, Plan, PoolKind};
+use qbake_codegen::graph::{Act, Op, Plan, PoolKind, Step};
 use qbake_codegen::quantize::{Baked, Storage};
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// A model ready to run: its plan and its baked tensors as runtime statics.
 ///
@@ -109,93 +110,100 @@ impl Executor {
         let exec = Exec::new(kernels);
         let mut values: Vec<Vec<f32>> = vec![Vec::new(); plan.values.len()];
         values[0] = input.to_vec();
-        let float = |name: &Option<String>| name.as_ref().map(|b| self.floats[b]);
         for step in &plan.steps {
             let mut y = vec![0.0f32; plan.values[step.output].len];
-            let x = &values[step.inputs[0]];
-            match &step.op {
-                Op::Dense { weight, bias, act: a } => {
-                    ops::dense(&exec, x, self.weights[weight], float(bias), self.act(a), &mut y)
-                }
-                Op::Conv {
-                    geom: g,
-                    weight,
-                    bias,
-                    act: a,
-                } => ops::conv2d(
-                    &exec,
-                    x,
-                    g,
-                    self.weights[weight],
-                    float(bias),
-                    self.act(a),
-                    &mut y,
-                ),
-                Op::GroupedConv {
-                    geom: g,
-                    weights,
-                    bias,
-                    act: a,
-                } => {
-                    let ws: Vec<&Weight> = weights.iter().map(|w| self.weights[w]).collect();
-                    ops::grouped_conv2d(&exec, x, g, &ws, float(bias), self.act(a), &mut y)
-                }
-                Op::Depthwise {
-                    geom: g,
-                    weight,
-                    bias,
-                    act: a,
-                } => ops::depthwise_conv2d(
-                    &exec,
-                    x,
-                    g,
-                    self.depthwise[weight],
-                    float(bias),
-                    self.act(a),
-                    &mut y,
-                ),
-                Op::Pool { geom: g, kind } => match kind {
-                    PoolKind::Max => ops::max_pool(x, g, &mut y),
-                    PoolKind::Average { count_include_pad } => {
-                        ops::average_pool(x, g, *count_include_pad, &mut y)
-                    }
-                },
-                Op::GlobalAveragePool {
-                    batch,
-                    pixels,
-                    channels,
-                } => ops::global_average_pool(x, *batch, *pixels, *channels, &mut y),
-                Op::Pad {
-                    batch,
-                    h,
-                    w,
-                    c,
-                    pads,
-                    value,
-                } => ops::pad_nhwc(x, *batch, *h, *w, *c, *pads, *value, &mut y),
-                Op::Add { act: a } => ops::add(x, &values[step.inputs[1]], self.act(a), &mut y),
-                Op::AddConstant { constant, act: a } => {
-                    ops::add_constant(x, self.floats[constant], self.act(a), &mut y)
-                }
-                Op::MulConstant { constant, act: a } => {
-                    ops::mul_constant(x, self.floats[constant], self.act(a), &mut y)
-                }
-                Op::Activation(a) => ops::activate(x, self.act(a), &mut y),
-                Op::Softmax { outer, len, inner } => ops::softmax(x, *outer, *len, *inner, &mut y),
-                Op::Alias => y.copy_from_slice(x),
-                Op::ToNhwc {
-                    batch,
-                    channels,
-                    pixels,
-                } => ops::nchw_to_nhwc(x, *batch, *channels, *pixels, &mut y),
-                Op::ToNchw {
-                    batch,
-                    pixels,
-                    channels,
-                } => ops::nhwc_to_nchw(x, *batch, *pixels, *channels, &mut y),
-            }
+            self.step(&exec, step, &values, &mut y);
             values[step.output] = y;
         }
         values
+    }
+
+    /// The seconds each step takes, in plan order: the fastest of `rounds`
+    /// passes over the whole model, step after step as the generated
+    /// `forward` runs them (so each finds the caches as the steps before
+    /// left them), after one pass that fills the weight caches.
+    pub fn time_steps(&self, kernels: Kernels, threads: usize, input: &[f32], rounds: usize) -> Vec<f64> {
+        let mut values = self.run_all(kernels, input);
+        let exec = Exec { kernels, threads };
+        let mut best = vec![f64::INFINITY; self.plan.steps.len()];
+        for _ in 0..rounds {
+            for (step, best) in self.plan.steps.iter().zip(&mut best) {
+                let mut y = std::mem::take(&mut values[step.output]);
+                let start = Instant::now();
+                self.step(&exec, step, &values, &mut y);
+                *best = best.min(start.elapsed().as_secs_f64());
+                values[step.output] = y;
+            }
+        }
+        best
+    }
+
+    /// One step's op, from `values` into `y`.
+    fn step(&self, exec: &Exec, step: &Step, values: &[Vec<f32>], y: &mut [f32]) {
+        let x = &values[step.inputs[0]];
+        let float = |name: &Option<String>| name.as_ref().map(|b| self.floats[b]);
+        match &step.op {
+            Op::Dense { weight, bias, act: a } => {
+                ops::dense(exec, x, self.weights[weight], float(bias), self.act(a), y)
+            }
+            Op::Conv {
+                geom: g,
+                weight,
+                bias,
+                act: a,
+            } => ops::conv2d(exec, x, g, self.weights[weight], float(bias), self.act(a), y),
+            Op::GroupedConv {
+                geom: g,
+                weights,
+                bias,
+                act: a,
+            } => {
+                let ws: Vec<&Weight> = weights.iter().map(|w| self.weights[w]).collect();
+                ops::grouped_conv2d(exec, x, g, &ws, float(bias), self.act(a), y)
+            }
+            Op::Depthwise {
+                geom: g,
+                weight,
+                bias,
+                act: a,
+            } => ops::depthwise_conv2d(exec, x, g, self.depthwise[weight], float(bias), self.act(a), y),
+            Op::Pool { geom: g, kind } => match kind {
+                PoolKind::Max => ops::max_pool(x, g, y),
+                PoolKind::Average { count_include_pad } => ops::average_pool(x, g, *count_include_pad, y),
+            },
+            Op::GlobalAveragePool {
+                batch,
+                pixels,
+                channels,
+            } => ops::global_average_pool(x, *batch, *pixels, *channels, y),
+            Op::Pad {
+                batch,
+                h,
+                w,
+                c,
+                pads,
+                value,
+            } => ops::pad_nhwc(x, *batch, *h, *w, *c, *pads, *value, y),
+            Op::Add { act: a } => ops::add(x, &values[step.inputs[1]], self.act(a), y),
+            Op::AddConstant { constant, act: a } => {
+                ops::add_constant(x, self.floats[constant], self.act(a), y)
+            }
+            Op::MulConstant { constant, act: a } => {
+                ops::mul_constant(x, self.floats[constant], self.act(a), y)
+            }
+            Op::Activation(a) => ops::activate(x, self.act(a), y),
+            Op::Softmax { outer, len, inner } => ops::softmax(x, *outer, *len, *inner, y),
+            Op::Alias => y.copy_from_slice(x),
+            Op::ToNhwc {
+                batch,
+                channels,
+                pixels,
+            } => ops::nchw_to_nhwc(x, *batch, *channels, *pixels, y),
+            Op::ToNchw {
+                batch,
+                pixels,
+                channels,
+            } => ops::nhwc_to_nchw(x, *batch, *pixels, *channels, y),
+        }
     }
 }

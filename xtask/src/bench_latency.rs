@@ -152,20 +152,20 @@ pub(crate) fn run_release(root: &Path, task: &str, args: &[String], quiet: bool)
 }
 
 /// One of the real models.
-struct Spec {
-    key: &'static str,
-    name: &'static str,
-    onnx: &'static str,
-    output: Option<&'static str>,
-    photo: &'static str,
-    shape: [usize; 4],
+pub(crate) struct Spec {
+    pub(crate) key: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) onnx: &'static str,
+    pub(crate) output: Option<&'static str>,
+    pub(crate) photo: &'static str,
+    pub(crate) shape: [usize; 4],
     /// The input is `(x - mean) / scale`, NCHW.
-    mean: f32,
-    scale: f32,
-    labels: &'static str,
+    pub(crate) mean: f32,
+    pub(crate) scale: f32,
+    pub(crate) labels: &'static str,
 }
 
-const MODELS: [Spec; 2] = [
+pub(crate) const MODELS: [Spec; 2] = [
     Spec {
         key: "efficientnet_lite0",
         name: "EfficientNet-Lite0",
@@ -521,7 +521,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// The photo as the model's input, `(x - mean) / scale` in NCHW order.
-fn photo_input(path: &Path, spec: &Spec) -> Result<Vec<f32>> {
+pub(crate) fn photo_input(path: &Path, spec: &Spec) -> Result<Vec<f32>> {
     let rgb = image::open(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?
         .to_rgb8();

@@ -2,6 +2,7 @@
 
 mod bench_compile;
 mod bench_latency;
+mod bench_layers;
 mod eval;
 mod fixtures;
 mod import;
@@ -18,6 +19,9 @@ tasks:
              float model, at 1 thread and all cores, with --peers beside ONNX
              Runtime (docs/bench.md;
              target/qbake-bench/latency.json and latency.svg)
+  bench --layers [--runs N]
+             each step of the real models timed in place, in the float model
+             and both kernel families, at 1 thread (docs/bench.md)
   bench --compile [--runs N]
              compile time and rustc memory of baking an 18 MB model, by the
              macro and by a build script (target/qbake-bench/compile.json)
@@ -48,6 +52,9 @@ fn main() -> ExitCode {
                 .transpose();
             runs.map_err(Into::into)
                 .and_then(|runs| bench_compile::run(&workspace_root(), runs.unwrap_or(3).max(1)))
+        }
+        Some("bench") if args.iter().any(|a| a == "--layers") => {
+            bench_layers::main(&workspace_root(), &args[1..])
         }
         Some("bench") => bench_latency::main(&workspace_root(), &args[1..]),
         Some("eval") => eval::run(&workspace_root(), &args[1..]),

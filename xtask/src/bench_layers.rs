@@ -1,0 +1,201 @@
+//! `cargo xtask bench --layers`: where the time of a forward pass goes,
+//! step by step, in the real models (docs/bench.md, "Where the time goes").
+//!
+//! Each model is planned and baked as the macro does it (default options),
+//! then run through the runtime's own ops by `qbake_eval::Executor`, step
+//! after step as the generated `forward` runs them; each step's time is the
+//! fastest of the rounds, which take the three engines in turn: the float
+//! model (`reference = true`'s weights) and the 8-bit one in both kernel
+//! families, at 1 thread.
+
+use crate::bench_latency::{MODELS, Spec, photo_input};
+use qbake::Kernels;
+use qbake_codegen::graph::Op;
+use qbake_codegen::quantize::Baked;
+use qbake_eval::exec::Executor;
+use std::path::Path;
+
+/// How a step is counted: its kind and its multiply-adds.
+fn kind_and_macs(baked: &Baked, op: &Op, output_len: usize) -> (String, usize) {
+    let cols = |name: &str| {
+        baked
+            .weights
+            .iter()
+            .find(|w| w.name == name)
+            .map_or(0, |w| w.cols)
+    };
+    match op {
+        Op::Dense { weight, .. } => {
+            let k = cols(weight);
+            (format!("dense, K = {k}"), output_len * k)
+        }
+        Op::Conv { geom: g, .. } if g.is_pointwise() => ("1x1 conv".into(), output_len * g.patch_len()),
+        Op::Conv { geom: g, .. } | Op::GroupedConv { geom: g, .. } => (
+            format!("{}x{} conv, stride {}", g.kh, g.kw, g.stride[0]),
+            output_len * g.patch_len(),
+        ),
+        Op::Depthwise { geom: g, .. } => (
+            format!("{}x{} depthwise, stride {}", g.kh, g.kw, g.stride[0]),
+            output_len * g.kh * g.kw,
+        ),
+        other => (
+            format!("{other:?}")
+                .split([' ', '{', '('])
+                .next()
+                .unwrap_or("op")
+                .to_string(),
+            0,
+        ),
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// `cargo xtask bench --layers [--runs N]` (`args` after `bench`).
+pub fn main(root: &Path, args: &[String]) -> Result<()> {
+    if cfg!(debug_assertions) {
+        return crate::bench_latency::run_release(root, "bench", args, false);
+    }
+    let mut rounds = 20;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--layers" => {}
+            "--runs" => {
+                let n = it.next().and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
+                rounds = n.ok_or("--runs takes a positive number")?;
+            }
+            other => return Err(format!("unknown option `{other}` with --layers").into()),
+        }
+    }
+    for spec in &MODELS {
+        model(root, spec, rounds)?;
+    }
+    Ok(())
+}
+
+fn model(root: &Path, spec: &Spec, rounds: usize) -> Result<()> {
+    let options = qbake_codegen::Options {
+        output: spec.output.map(Into::into),
+        ..Default::default()
+    };
+    let file = qbake_codegen::open_model(&root.join(spec.onnx), &options)?;
+    let plan = qbake_codegen::plan_model(&file, &options)?;
+    let baked = qbake_codegen::quantize::bake(&plan, &options)?;
+    let float = qbake_codegen::quantize::float(&plan)?;
+    let input = photo_input(&root.join(spec.photo), spec)?;
+    let engines = [
+        (
+            "f32 reference",
+            Executor::new(plan.clone(), &float),
+            Kernels::Dequant,
+        ),
+        ("Dequant", Executor::new(plan.clone(), &baked), Kernels::Dequant),
+        ("Hybrid", Executor::new(plan.clone(), &baked), Kernels::Hybrid),
+    ];
+    eprintln!("{}: {} steps, {rounds} rounds", spec.name, plan.steps.len());
+    // Rounds outside, engines inside: whatever else the machine does falls
+    // on the three alike.
+    let mut times = vec![vec![f64::INFINITY; plan.steps.len()]; engines.len()];
+    for _ in 0..rounds {
+        for ((_, exec, kernels), best) in engines.iter().zip(&mut times) {
+            for (best, t) in best.iter_mut().zip(exec.time_steps(*kernels, 1, &input, 1)) {
+                *best = best.min(t);
+            }
+        }
+    }
+    let steps: Vec<(String, usize)> = plan
+        .steps
+        .iter()
+        .map(|s| kind_and_macs(&baked, &s.op, plan.values[s.output].len))
+        .collect();
+    let totals: Vec<f64> = times.iter().map(|t| t.iter().sum()).collect();
+    let macs: usize = steps.iter().map(|s| s.1).sum();
+    println!(
+        "\n{} ({} M multiply-adds), 1 thread, each step the fastest of {rounds} passes in order",
+        spec.name,
+        macs / 1_000_000
+    );
+    println!(
+        "  sum of steps: f32 reference {:.2} ms ({:.1} GFLOP/s), Dequant {:.2} ms, Hybrid {:.2} ms ({:.1} GOP/s)",
+        totals[0] * 1e3,
+        2.0 * macs as f64 / totals[0] / 1e9,
+        totals[1] * 1e3,
+        totals[2] * 1e3,
+        2.0 * macs as f64 / totals[2] / 1e9,
+    );
+    // By kind.
+    let mut kinds: Vec<(String, usize, usize, [f64; 3])> = Vec::new();
+    for (i, (kind, m)) in steps.iter().enumerate() {
+        let key = kind.split(',').next().unwrap_or(kind).to_string();
+        let at = match kinds.iter().position(|k| k.0 == key) {
+            Some(at) => at,
+            None => {
+                kinds.push((key, 0, 0, [0.0; 3]));
+                kinds.len() - 1
+            }
+        };
+        kinds[at].1 += 1;
+        kinds[at].2 += m;
+        for e in 0..3 {
+            kinds[at].3[e] += times[e][i];
+        }
+    }
+    kinds.sort_by(|a, b| b.3[0].total_cmp(&a.3[0]));
+    println!(
+        "  {:<22} {:>5} {:>8} | {:>19} | {:>8} | {:>19}",
+        "kind", "steps", "M MACs", "f32 ref ms (GFLOP/s)", "Dequant", "Hybrid ms (GOP/s)"
+    );
+    for (kind, n, m, t) in &kinds {
+        let rate = |t: f64| {
+            if *m > 0 {
+                format!("{:.1}", 2.0 * *m as f64 / t / 1e9)
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "  {:<22} {:>5} {:>8.1} | {:>9.3} ({:>6}) {:>2.0}% | {:>8.3} | {:>9.3} ({:>6}) {:>2.0}%",
+            kind,
+            n,
+            *m as f64 / 1e6,
+            t[0] * 1e3,
+            rate(t[0]),
+            100.0 * t[0] / totals[0],
+            t[1] * 1e3,
+            t[2] * 1e3,
+            rate(t[2]),
+            100.0 * t[2] / totals[2],
+        );
+    }
+    // The slowest steps in the float model.
+    let mut order: Vec<usize> = (0..steps.len()).collect();
+    order.sort_by(|&a, &b| times[0][b].total_cmp(&times[0][a]));
+    println!("  slowest steps (f32 reference):");
+    println!(
+        "  {:<26} {:>22} {:>8} | {:>8} {:>8} | {:>8} {:>8}",
+        "step", "shape (M x K x N)", "M MACs", "f32 ms", "GFLOP/s", "Hybrid", "GOP/s"
+    );
+    for &i in order.iter().take(12) {
+        let step = &plan.steps[i];
+        let (kind, m) = &steps[i];
+        let n = plan.values[step.output].shape.get(1).copied().unwrap_or(0);
+        let rows = if n > 0 {
+            plan.values[step.output].len / n
+        } else {
+            0
+        };
+        let k = if rows * n > 0 { m / (rows * n) } else { 0 };
+        println!(
+            "  {:<26} {:>22} {:>8.1} | {:>8.3} {:>8.1} | {:>8.3} {:>8.1}",
+            kind,
+            format!("{rows} x {k} x {n}"),
+            *m as f64 / 1e6,
+            times[0][i] * 1e3,
+            2.0 * *m as f64 / times[0][i] / 1e9,
+            times[2][i] * 1e3,
+            2.0 * *m as f64 / times[2][i] / 1e9,
+        );
+    }
+    Ok(())
+}
