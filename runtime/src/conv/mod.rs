@@ -43,22 +43,59 @@ pub fn im2col_channels(x: &[f32], g: &Conv2d, channels: Range<usize>, out: &mut 
     let (oh_n, ow_n, c, cs) = (g.out_h(), g.out_w(), g.in_c, channels.len());
     let row_len = g.kh * g.kw * cs;
     assert_eq!(out.len(), g.out_pixels() * row_len);
+    // A kernel row wholly inside the input, over all its channels and
+    // without dilation, is one contiguous run of the input: one copy.
+    let whole_rows = cs == c && g.dilation[1] == 1;
+    let span_w = g.dilation[1] * (g.kw - 1) + 1;
     let mut rows = out.chunks_exact_mut(row_len);
     for b in 0..g.batch {
         let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
         for oh in 0..oh_n {
             for ow in 0..ow_n {
                 let row = rows.next().expect("sized above");
-                for (t, dst) in row.chunks_exact_mut(cs).enumerate() {
-                    match g.tap(oh, ow, t / g.kw, t % g.kw) {
-                        Some((ih, iw)) => {
-                            dst.copy_from_slice(&image[(ih * g.in_w + iw) * c + channels.start..][..cs])
+                let left = (ow * g.stride[1])
+                    .checked_sub(g.pads[1])
+                    .filter(|l| l + span_w <= g.in_w);
+                for (i, dst) in row.chunks_exact_mut(g.kw * cs).enumerate() {
+                    let ih = (oh * g.stride[0] + i * g.dilation[0])
+                        .checked_sub(g.pads[0])
+                        .filter(|&ih| ih < g.in_h);
+                    if let (true, Some(ih), Some(l)) = (whole_rows, ih, left) {
+                        copy(dst, &image[(ih * g.in_w + l) * c..][..g.kw * c]);
+                        continue;
+                    }
+                    for (j, dst) in dst.chunks_exact_mut(cs).enumerate() {
+                        match g.tap(oh, ow, i, j) {
+                            Some((ih, iw)) => {
+                                copy(dst, &image[(ih * g.in_w + iw) * c + channels.start..][..cs])
+                            }
+                            None => dst.fill(0.0),
                         }
-                        None => dst.fill(0.0),
                     }
                 }
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`. Runs of up to 16 values (a stem's kernel
+/// row of 3 pixels of 3 channels is 9) are copied as two overlapping
+/// moves of a fixed length, which compile to a few vector moves: a call to
+/// `memcpy` for each cost more than the copy.
+fn copy(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    assert_eq!(n, src.len());
+    let mut two = |w: usize| {
+        dst[..w].copy_from_slice(&src[..w]);
+        dst[n - w..].copy_from_slice(&src[n - w..]);
+    };
+    match n {
+        0 => {}
+        1 => dst[0] = src[0],
+        2..=3 => two(2),
+        4..=7 => two(4),
+        8..=16 => two(8),
+        _ => dst.copy_from_slice(src),
     }
 }
 

@@ -343,3 +343,13 @@ fn depthwise_threads_split_rows_not_results() {
         }
     }
 }
+
+#[test]
+fn short_copies_copy_every_value() {
+    for n in 0..40 {
+        let src: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
+        let mut dst = vec![f32::NAN; n];
+        super::copy(&mut dst, &src);
+        assert_eq!(dst, src, "{n} values");
+    }
+}
