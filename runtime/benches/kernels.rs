@@ -8,7 +8,8 @@
 //!   separately, in the fully connected comparison), against the u8 x s8
 //!   peak: a register-only loop of `maddubs` + `madd` + `add`, the shortest
 //!   exact u8 x s8 -> i32 step.
-//! - f32: the Dequant GEMM on cached panels, against a register-only FMA loop.
+//! - f32: the Dequant GEMM on cached panels, against a register-only FMA loop
+//!   on the kernel's vectors (16 lanes with AVX-512, else 8).
 //! - A fully connected layer, Hybrid (quantize + int8 GEMM) against Dequant
 //!   (f32 GEMM), at K >= 256.
 //! - Both GEMMs on 2 threads against 1.
@@ -55,7 +56,10 @@ fn main() {
     let picked: Vec<&String> = args.iter().filter(|a| a.contains('x')).collect();
     let budget = Duration::from_millis(if quick { 150 } else { 600 });
     if args.iter().any(|a| a == "depthwise") {
-        println!("peaks: f32 FMA {:.1} GFLOP/s", peaks().1 / 1e9);
+        println!(
+            "peaks: f32 FMA on 8 lanes (the depthwise kernel's) {:.1} GFLOP/s",
+            peaks().1 / 1e9
+        );
         return depthwise(budget);
     }
     let hybrid_kernel = hybrid::Kernel::detect();
@@ -64,11 +68,12 @@ fn main() {
 
     // The machine is shared: each shape's figures are shares of a peak
     // measured right beside them, so a neighbour's load skews both alike.
-    let (peak_u8s8, peak_fma) = peaks();
+    let (peak_u8s8, peak_fma) = (peaks().0, f32_gemm_peak());
     println!(
-        "peaks (1 thread, register-only, at start): u8s8 maddubs+madd+add {:.1} GOP/s, f32 FMA {:.1} GFLOP/s\n",
+        "peaks (1 thread, register-only, at start): u8s8 maddubs+madd+add {:.1} GOP/s, f32 FMA {:.1} GFLOP/s ({} lanes, as the f32 kernel)\n",
         peak_u8s8 / 1e9,
-        peak_fma / 1e9
+        peak_fma / 1e9,
+        f32_kernel_lanes()
     );
 
     println!(
@@ -157,7 +162,7 @@ fn main() {
         )
         .try_into()
         .unwrap();
-        let (peak_u8s8, peak_fma) = peaks();
+        let (peak_u8s8, peak_fma) = (peaks().0, f32_gemm_peak());
         let (g8, g32) = (ops / t_int8, ops / t_f32);
         int8_share.push(g8 / peak_u8s8);
         signed_share.push(ops / t_signed / peak_u8s8);
@@ -201,7 +206,8 @@ fn main() {
 }
 
 /// The depthwise kernel alone, f32 on both families' taps: GFLOP/s and its
-/// share of the FMA peak, and 2 threads against 1.
+/// share of the 8-lane FMA peak (it is an AVX2 kernel), and 2 threads
+/// against 1.
 fn depthwise(budget: Duration) {
     let kernel = conv::Kernel::detect();
     println!(
@@ -341,15 +347,39 @@ fn geomean(v: &[f64]) -> f64 {
     (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
 }
 
-/// (u8s8 ops/s, f32 FMA flops/s), each the best of several runs.
+/// (u8s8 ops/s, f32 FMA flops/s on 8 lanes), each the best of several runs.
 fn peaks() -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        let best = |f: &dyn Fn(u64) -> f64| (0..5).map(|_| f(1 << 20)).fold(0.0, f64::max);
         // SAFETY: AVX2 and FMA were detected.
         return unsafe { (best(&|n| peak::u8s8(n)), best(&|n| peak::fma(n))) };
     }
     (f64::NAN, f64::NAN)
+}
+
+/// The f32 FMA peak of the vectors the f32 GEMM kernel uses: 16 lanes
+/// with AVX-512, else 8 (`peaks`).
+fn f32_gemm_peak() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if gemm_f32::Kernel::detect() == gemm_f32::Kernel::Avx512 {
+        // SAFETY: `detect` checked AVX-512F.
+        return unsafe { best(&|n| peak::fma512(n)) };
+    }
+    peaks().1
+}
+
+/// The f32 GEMM kernel's vector width.
+fn f32_kernel_lanes() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if gemm_f32::Kernel::detect() == gemm_f32::Kernel::Avx512 {
+        return 16;
+    }
+    8
+}
+
+/// The best of five runs of a peak loop.
+fn best(f: &dyn Fn(u64) -> f64) -> f64 {
+    (0..5).map(|_| f(1 << 20)).fold(0.0, f64::max)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -390,6 +420,23 @@ mod peak {
         let secs = t.elapsed().as_secs_f64();
         black_box(acc);
         (iters * 6 * 64) as f64 / secs
+    }
+
+    /// Flops/s of 12 independent FMA chains on sixteen lanes.
+    #[target_feature(enable = "avx512f")]
+    pub fn fma512(iters: u64) -> f64 {
+        let a = black_box(_mm512_set1_ps(0.999));
+        let b = black_box(_mm512_set1_ps(0.001));
+        let mut acc = [_mm512_setzero_ps(); 12];
+        let t = Instant::now();
+        for _ in 0..iters {
+            for acc in acc.iter_mut() {
+                *acc = _mm512_fmadd_ps(*acc, a, b);
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        black_box(acc);
+        (iters * 12 * 32) as f64 / secs
     }
 
     /// Flops/s of 12 independent FMA chains on eight lanes.

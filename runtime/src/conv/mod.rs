@@ -147,6 +147,9 @@ pub fn depthwise_threads(
         // and `split_rows` gives `y` exactly the rows of `rows`.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma => unsafe { avx2::depthwise(x, g, taps, bias, act, rows, y) },
+        // SAFETY: as above: `detect` offers AVX-512 only with AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx2::depthwise(x, g, taps, bias, act, rows, y) },
     };
     let rows = g.batch * g.out_h();
     let macs = g.out_pixels() * g.out_c * g.kh * g.kw;

@@ -15,6 +15,8 @@ use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 pub mod scalar;
 
 /// Rows of a kernel tile.
@@ -78,16 +80,40 @@ pub enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    /// AVX-512F for the GEMM; the depthwise kernel, which shares this
+    /// choice, runs its AVX2+FMA code on such a CPU.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (every op asks: no allocation).
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
             return Kernel::Avx2Fma;
         }
         Kernel::Scalar
+    }
+
+    /// Every kernel this CPU runs, slowest first (tests compare them all):
+    /// each needs what the ones before it do.
+    pub fn available() -> Vec<Self> {
+        let all = [
+            Kernel::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512,
+        ];
+        let fastest = all
+            .iter()
+            .position(|&k| k == Self::detect())
+            .expect("detect picks one of them");
+        all[..=fastest].to_vec()
     }
 }
 
@@ -221,6 +247,9 @@ fn drive(
                     // `check` proved the bounds the kernel reads and writes.
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx2Fma => unsafe { avx2::strip(strip) },
+                    // SAFETY: as above, AVX-512F.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512 => unsafe { avx512::strip(strip) },
                 }
             }
         }
@@ -277,11 +306,7 @@ mod tests {
     }
 
     fn kernels() -> Vec<Kernel> {
-        let mut k = vec![Kernel::Scalar];
-        if Kernel::detect() != Kernel::Scalar {
-            k.push(Kernel::detect());
-        }
-        k
+        Kernel::available()
     }
 
     fn values(seed: u64, len: usize, scale: f32) -> Vec<f32> {

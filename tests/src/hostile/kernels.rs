@@ -153,11 +153,7 @@ fn hybrid_kernels() -> Vec<hybrid::Kernel> {
 }
 
 fn f32_kernels() -> Vec<gemm_f32::Kernel> {
-    let mut k = vec![gemm_f32::Kernel::Scalar];
-    if gemm_f32::Kernel::detect() != gemm_f32::Kernel::Scalar {
-        k.push(gemm_f32::Kernel::detect());
-    }
-    k
+    gemm_f32::Kernel::available()
 }
 
 /// The same value, NaNs equal whatever their payload.
