@@ -280,9 +280,10 @@ fn run(root: &Path, args: &Args) -> Result<()> {
     // two processes left free would each meet different ones.
     let pin_core = if args.pin { affinity::last_allowed() } else { None };
     say(&format!(
-        "machine: {}, {cores} threads available, AVX2+FMA kernels: {}, load average {}",
+        "machine: {}, {cores} threads available, kernels: f32 {:?}, int8 {:?}, load average {}",
         cpu_model(),
-        if avx2() { "yes" } else { "no (scalar)" },
+        qbake::gemm_f32::Kernel::detect(),
+        qbake::hybrid::Kernel::detect(),
         load_before
     ));
 
@@ -407,6 +408,8 @@ fn run(root: &Path, args: &Args) -> Result<()> {
             "cpu": cpu_model(),
             "threads_available": cores,
             "avx2_fma": avx2(),
+            "f32_kernel": format!("{:?}", qbake::gemm_f32::Kernel::detect()),
+            "int8_kernel": format!("{:?}", qbake::hybrid::Kernel::detect()),
             "load_average_before": load_before,
             "load_average_after": load_average(),
         },
