@@ -137,8 +137,8 @@ fn model(root: &Path, spec: &Spec, rounds: usize) -> Result<()> {
         };
         kinds[at].1 += 1;
         kinds[at].2 += m;
-        for e in 0..3 {
-            kinds[at].3[e] += times[e][i];
+        for (sum, t) in kinds[at].3.iter_mut().zip(&times) {
+            *sum += t[i];
         }
     }
     kinds.sort_by(|a, b| b.3[0].total_cmp(&a.3[0]));
@@ -180,12 +180,8 @@ fn model(root: &Path, spec: &Spec, rounds: usize) -> Result<()> {
         let step = &plan.steps[i];
         let (kind, m) = &steps[i];
         let n = plan.values[step.output].shape.get(1).copied().unwrap_or(0);
-        let rows = if n > 0 {
-            plan.values[step.output].len / n
-        } else {
-            0
-        };
-        let k = if rows * n > 0 { m / (rows * n) } else { 0 };
+        let rows = plan.values[step.output].len.checked_div(n).unwrap_or(0);
+        let k = m.checked_div(rows * n).unwrap_or(0);
         println!(
             "  {:<26} {:>22} {:>8.1} | {:>8.3} {:>8.1} | {:>8.3} {:>8.1}",
             kind,
