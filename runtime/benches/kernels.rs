@@ -7,7 +7,8 @@
 //! - int8: the hybrid GEMM on quantized activations (the quantizer is timed
 //!   separately, in the fully connected comparison), against the u8 x s8
 //!   peak: a register-only loop of `maddubs` + `madd` + `add`, the shortest
-//!   exact u8 x s8 -> i32 step.
+//!   exact u8 x s8 -> i32 step on AVX2, or of `vpdpbusd` when the kernel
+//!   uses AVX-512 VNNI.
 //! - f32: the Dequant GEMM on cached panels, against a register-only FMA loop
 //!   on the kernel's vectors (16 lanes with AVX-512, else 8).
 //! - A fully connected layer, Hybrid (quantize + int8 GEMM) against Dequant
@@ -68,10 +69,11 @@ fn main() {
 
     // The machine is shared: each shape's figures are shares of a peak
     // measured right beside them, so a neighbour's load skews both alike.
-    let (peak_u8s8, peak_fma) = (peaks().0, f32_gemm_peak());
+    let (peak_u8s8, peak_fma) = (int8_peak(), f32_gemm_peak());
     println!(
-        "peaks (1 thread, register-only, at start): u8s8 maddubs+madd+add {:.1} GOP/s, f32 FMA {:.1} GFLOP/s ({} lanes, as the f32 kernel)\n",
+        "peaks (1 thread, register-only, at start): int8 {:.1} GOP/s ({}), f32 FMA {:.1} GFLOP/s ({} lanes, as the f32 kernel)\n",
         peak_u8s8 / 1e9,
+        int8_peak_name(),
         peak_fma / 1e9,
         f32_kernel_lanes()
     );
@@ -162,7 +164,7 @@ fn main() {
         )
         .try_into()
         .unwrap();
-        let (peak_u8s8, peak_fma) = (peaks().0, f32_gemm_peak());
+        let (peak_u8s8, peak_fma) = (int8_peak(), f32_gemm_peak());
         let (g8, g32) = (ops / t_int8, ops / t_f32);
         int8_share.push(g8 / peak_u8s8);
         signed_share.push(ops / t_signed / peak_u8s8);
@@ -357,6 +359,27 @@ fn peaks() -> (f64, f64) {
     (f64::NAN, f64::NAN)
 }
 
+/// The int8 peak of the instructions the int8 kernel uses on non-negative
+/// rows: `vpdpbusd` on 16 lanes with AVX-512 VNNI, else `maddubs` + `madd`
+/// + `add` on 8 (`peaks`).
+fn int8_peak() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if hybrid::Kernel::detect() == hybrid::Kernel::Avx512Vnni {
+        // SAFETY: `detect` checked AVX-512F and VNNI.
+        return unsafe { best(&|n| peak::vnni(n)) };
+    }
+    peaks().0
+}
+
+/// What [`int8_peak`] measures.
+fn int8_peak_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if hybrid::Kernel::detect() == hybrid::Kernel::Avx512Vnni {
+        return "vpdpbusd, 16 lanes";
+    }
+    "maddubs+madd+add, 8 lanes"
+}
+
 /// The f32 FMA peak of the vectors the f32 GEMM kernel uses: 16 lanes
 /// with AVX-512, else 8 (`peaks`).
 fn f32_gemm_peak() -> f64 {
@@ -420,6 +443,24 @@ mod peak {
         let secs = t.elapsed().as_secs_f64();
         black_box(acc);
         (iters * 6 * 64) as f64 / secs
+    }
+
+    /// Ops/s of 12 independent `vpdpbusd` chains: 64 multiply-adds (128
+    /// ops) per instruction.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub fn vnni(iters: u64) -> f64 {
+        let a = black_box(_mm512_set1_epi8(3));
+        let b = black_box(_mm512_set1_epi8(-2));
+        let mut acc = [_mm512_setzero_si512(); 12];
+        let t = Instant::now();
+        for _ in 0..iters {
+            for acc in acc.iter_mut() {
+                *acc = _mm512_dpbusd_epi32(*acc, a, b);
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        black_box(acc);
+        (iters * 12 * 128) as f64 / secs
     }
 
     /// Flops/s of 12 independent FMA chains on sixteen lanes.

@@ -37,6 +37,8 @@ pub use qbake_format::MAX_EXACT_K;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod scalar;
 
 /// Rows of a kernel tile.
@@ -57,16 +59,40 @@ pub enum Kernel {
     /// AVX2 for the products, FMA for the epilogue's zero-point correction.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// [`Kernel::Avx2`], with the products of non-negative rows by AVX-512
+    /// VNNI (`vpdpbusd`), the same integers.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (every op asks: no allocation).
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+                return Kernel::Avx512Vnni;
+            }
             return Kernel::Avx2;
         }
         Kernel::Scalar
+    }
+
+    /// Every kernel this CPU runs, slowest first (tests compare them all):
+    /// each needs what the ones before it do.
+    pub fn available() -> Vec<Self> {
+        let all = [
+            Kernel::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni,
+        ];
+        let fastest = all
+            .iter()
+            .position(|&k| k == Self::detect())
+            .expect("detect picks one of them");
+        all[..=fastest].to_vec()
     }
 }
 
@@ -150,7 +176,7 @@ impl QuantizedRows {
                 Kernel::Scalar => scalar::quantize_row(x_row, q_row),
                 // SAFETY: `detect` (or the test choosing it) checked AVX2.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 => unsafe { avx2::quantize_row(x_row, q_row) },
+                Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { avx2::quantize_row(x_row, q_row) },
             };
             self.scales[r] = scale;
             self.sums[r] = sum;
@@ -367,6 +393,9 @@ fn drive(
                 // SAFETY: AVX2 and FMA were detected; `check` proved the bounds.
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => unsafe { avx2::strip(strip) },
+                // SAFETY: as above, and AVX-512F and VNNI were detected.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni => unsafe { avx2::strip_vnni(strip) },
             }
         }
     }

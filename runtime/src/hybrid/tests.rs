@@ -62,11 +62,7 @@ impl Rng {
 }
 
 fn kernels() -> Vec<Kernel> {
-    let mut k = vec![Kernel::Scalar];
-    if Kernel::detect() != Kernel::Scalar {
-        k.push(Kernel::detect());
-    }
-    k
+    Kernel::available()
 }
 
 /// Every kernel gives the reference's bits.

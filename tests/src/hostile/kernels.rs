@@ -145,11 +145,7 @@ enum Style {
 
 /// Kernels this CPU runs, the scalar definition's twin first.
 fn hybrid_kernels() -> Vec<hybrid::Kernel> {
-    let mut k = vec![hybrid::Kernel::Scalar];
-    if hybrid::Kernel::detect() != hybrid::Kernel::Scalar {
-        k.push(hybrid::Kernel::detect());
-    }
-    k
+    hybrid::Kernel::available()
 }
 
 fn f32_kernels() -> Vec<gemm_f32::Kernel> {
