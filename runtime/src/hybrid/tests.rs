@@ -277,8 +277,9 @@ fn zero_rows_take_the_short_path() {
     }
 }
 
-/// Extremes, on every kernel, bit for bit with the reference and with exact
-/// integer arithmetic: weights all 0 or all 255, activations ±127, every
+/// Extremes, on every kernel and every tile height, bit for bit with the
+/// reference and with exact integer arithmetic: weights all 0 or all 255,
+/// activations ±127, every
 /// product at its largest, summed over the largest exact K, and on both
 /// sides of the largest K whose zero-point correction the AVX2 epilogue
 /// makes in f32. Sums of two 16-bit products (255 * 127 * 2 = 64770) would
@@ -295,15 +296,16 @@ fn extreme_operands_sum_exactly() {
             (128, -127, 0),
         ] {
             let w = weight(1, k, &vec![q_w; k], &[1.0], &[zp]);
-            let x = rows(&vec![q_x; k], k, 1.0);
+            // Nine rows: a full 8-row tile (AVX-512 VNNI), or two 4-row
+            // ones (AVX2), and a lone row after them.
+            let x = rows(&vec![q_x; 9 * k], k, 1.0);
             let exact = (i64::from(q_w) - i64::from(zp)) * i64::from(q_x) * k as i64;
             for kernel in kernels() {
-                let mut y = [0.0];
+                let mut y = [0.0; 9];
                 gemm_with(kernel, &x, &w, None, Activation::None, &mut y);
-                assert_eq!(
-                    y[0], exact as f32,
-                    "{kernel:?} k {k}: q_w {q_w} q_x {q_x} zp {zp}"
-                );
+                for y in y {
+                    assert_eq!(y, exact as f32, "{kernel:?} k {k}: q_w {q_w} q_x {q_x} zp {zp}");
+                }
             }
         }
     }
