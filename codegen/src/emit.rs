@@ -249,12 +249,16 @@ fn weight_static(w: &BakedWeight, ident: &Ident, depthwise: bool, sink: &mut Byt
             let field = |f: fn(&QParams) -> f32| params.iter().map(move |p| Literal::f32_unsuffixed(f(p)));
             let (mins, maxs, scales) = (field(|p| p.min), field(|p| p.max), field(|p| p.scale));
             let zero_points = Literal::byte_string(&params.iter().map(|p| p.zero_point).collect::<Vec<_>>());
+            let s8_sums = qbake_format::s8_row_sums(data, w.rows, w.cols)
+                .into_iter()
+                .map(Literal::i32_unsuffixed);
             let weight = quote! {
                 ::qbake::Weight::U8(::qbake::QuantWeight {
                     name: #name,
                     rows: #rows,
                     cols: #cols,
                     packed: &#bytes_ident.0,
+                    s8_sums: &[#(#s8_sums),*],
                     params: ::qbake::QuantParams {
                         min: &[#(#mins),*],
                         max: &[#(#maxs),*],

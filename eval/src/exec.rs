@@ -39,6 +39,7 @@ fn weight(w: &qbake_codegen::quantize::BakedWeight) -> Weight {
                 rows: w.rows,
                 cols: w.cols,
                 packed: leak(qbake::format::pack_b_s8(data, w.rows, w.cols).into_boxed_slice()),
+                s8_sums: leak(qbake::format::s8_row_sums(data, w.rows, w.cols).into_boxed_slice()),
                 params: QuantParams {
                     min: field(|p| p.min),
                     max: field(|p| p.max),

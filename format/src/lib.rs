@@ -69,6 +69,20 @@ pub fn pack_b_s8(q: &[u8], n: usize, k: usize) -> Vec<u8> {
     packed
 }
 
+/// `sum_k (q[n, k] - 128)` of each row of a row-major `[n, k]` u8 matrix:
+/// the s8 weights' sum per output channel. A kernel that needs an unsigned
+/// activation operand (AVX-512 VNNI: `vpdpbusd` is u8 x s8) multiplies
+/// `q_x + 128` instead of `q_x` and takes `128 * sum` back out.
+pub fn s8_row_sums(q: &[u8], n: usize, k: usize) -> Vec<i32> {
+    assert_eq!(q.len(), n * k, "the matrix is not n x k");
+    if k == 0 {
+        return vec![0; n];
+    }
+    q.chunks_exact(k)
+        .map(|row| row.iter().map(|&v| i32::from(to_s8(v))).sum())
+        .collect()
+}
+
 /// The one definition of 8-bit dequantization: `(q - zero_point) * scale`.
 #[inline]
 pub fn dequantize(q: u8, scale: f32, zero_point: u8) -> f32 {
@@ -81,6 +95,19 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn row_sums_are_the_packed_channels_sums(n in 1usize..40, k in 1usize..40, seed in any::<u8>()) {
+            let q: Vec<u8> = (0..n * k).map(|i| (i * 31 + usize::from(seed)) as u8).collect();
+            let packed = pack_b_s8(&q, n, k);
+            let sums = s8_row_sums(&q, n, k);
+            prop_assert_eq!(sums.len(), n);
+            for (row, &sum) in sums.iter().enumerate() {
+                // Over the padded row too: the padding adds nothing.
+                let packed_sum: i32 = (0..padded_k(k)).map(|col| i32::from(packed[packed_index(row, col, k)] as i8)).sum();
+                prop_assert_eq!(sum, packed_sum);
+            }
+        }
+
         #[test]
         fn packing_is_a_bijection_onto_its_cells(n in 1usize..40, k in 1usize..40) {
             let q: Vec<u8> = (0..n * k).map(|i| (i * 7 + 3) as u8).collect();

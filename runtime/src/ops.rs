@@ -384,6 +384,7 @@ mod tests {
             rows,
             cols,
             packed: Box::leak(crate::format::pack_b_s8(q, rows, cols).into_boxed_slice()),
+            s8_sums: Box::leak(crate::format::s8_row_sums(q, rows, cols).into_boxed_slice()),
             params: QuantParams {
                 min: &[],
                 max: &[],
@@ -841,6 +842,7 @@ mod tests {
                 rows: 20,
                 cols: g.patch_len(),
                 packed: Box::leak(crate::format::pack_b_s8(&q, 20, g.patch_len()).into_boxed_slice()),
+                s8_sums: Box::leak(crate::format::s8_row_sums(&q, 20, g.patch_len()).into_boxed_slice()),
                 params: QuantParams {
                     min: &[],
                     max: &[],

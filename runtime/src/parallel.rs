@@ -123,6 +123,7 @@ mod tests {
                 rows: n,
                 cols: k,
                 packed: Box::leak(crate::format::pack_b_s8(&q, n, k).into_boxed_slice()),
+                s8_sums: Box::leak(crate::format::s8_row_sums(&q, n, k).into_boxed_slice()),
                 params: QuantParams {
                     min: &[],
                     max: &[],

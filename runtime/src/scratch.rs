@@ -16,6 +16,8 @@ thread_local! {
     pub(crate) static PANEL_PARTS: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// Zeros, for a missing bias.
     pub(crate) static ZEROS: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
+    /// A block of quantized activation rows as u8 `q + 128` (the VNNI kernel's operand).
+    pub(crate) static OFFSET_ROWS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The activations of a hybrid GEMM, quantized.
     pub(crate) static ROWS: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::default());
 }
@@ -45,6 +47,20 @@ pub(crate) fn with_zeros<R>(len: usize, f: impl FnOnce(&[f32]) -> R) -> R {
     with_f32(&ZEROS, len, |z| {
         z.fill(0.0);
         f(z)
+    })
+}
+
+/// Runs `f` on `len` bytes of the thread's buffer of unsigned activation
+/// rows (contents left over; a fresh buffer if in use, as above).
+pub(crate) fn with_offset_rows<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    OFFSET_ROWS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0; len]),
     })
 }
 

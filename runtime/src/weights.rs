@@ -47,6 +47,12 @@ pub struct QuantWeight {
     pub rows: usize,
     pub cols: usize,
     pub packed: &'static [u8],
+    /// `sum_k (q[n, k] - 128)` of each output channel, baked beside the
+    /// bytes (`qbake_format::s8_row_sums`): the AVX-512 VNNI kernel
+    /// multiplies `q_x + 128` by the weights and takes `128 * sum` back out.
+    /// The kernels trust it as they trust the bytes; another value changes
+    /// that kernel's outputs, and nothing else.
+    pub s8_sums: &'static [i32],
     pub params: QuantParams,
     /// The f32 panels for [`Kernels::Dequant`](crate::Kernels::Dequant), filled on first use.
     pub cache: DequantCache,
@@ -76,6 +82,7 @@ impl QuantWeight {
     pub fn panel_params(&self, p: usize, bias: Option<&[f32]>) -> PanelParams {
         let mut params = PanelParams {
             zero_point: [0; NR],
+            offset_correction: [0; NR],
             scale: [0.0; NR],
             bias: [0.0; NR],
         };
@@ -83,6 +90,9 @@ impl QuantWeight {
             let n = p * NR + j;
             let (scale, zp) = self.params.of_row(n);
             params.zero_point[j] = i32::from(zp) - 128;
+            // Wrapping, as the kernels' sums are: a sum that is not the
+            // weights' own (a hand-built weight) gives wrong values, not a panic.
+            params.offset_correction[j] = self.s8_sums[n].wrapping_mul(-128);
             params.scale[j] = scale;
             params.bias[j] = bias.map_or(0.0, |b| b[n]);
         }
@@ -265,6 +275,7 @@ mod tests {
                 rows: c,
                 cols: taps,
                 packed: Box::leak(qbake_format::pack_b_s8(q, c, taps).into_boxed_slice()),
+                s8_sums: Box::leak(qbake_format::s8_row_sums(q, c, taps).into_boxed_slice()),
                 params: QuantParams {
                     min: &[],
                     max: &[],
@@ -352,6 +363,7 @@ mod tests {
             rows: 2,
             cols: 3,
             packed,
+            s8_sums: Box::leak(qbake_format::s8_row_sums(&rows, 2, 3).into_boxed_slice()),
             params: QuantParams {
                 min: &[-1.0, 0.0],
                 max: &[1.0, 2.55],

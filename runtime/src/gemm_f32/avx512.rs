@@ -83,7 +83,7 @@ unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
 /// [`Activation::apply`] on sixteen lanes, with the same results (as the
 /// AVX2 `activate`: `max_ps` keeps its second operand when the first is NaN).
 #[target_feature(enable = "avx512f")]
-fn activate(v: __m512, act: Activation) -> __m512 {
+pub(crate) fn activate(v: __m512, act: Activation) -> __m512 {
     match act {
         Activation::None => v,
         Activation::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),

@@ -9,47 +9,21 @@ use std::arch::x86_64::*;
 /// The CPU must have AVX2 and FMA, and `s` must have passed `Strip::check`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn strip(s: Strip<'_>) {
-    // SAFETY: as this function's contract.
-    unsafe { strip_with::<false>(s) }
-}
-
-/// [`strip`] with the non-negative rows' products by AVX-512 VNNI.
-///
-/// # Safety
-/// As [`strip`], and the CPU must have AVX-512F and AVX-512 VNNI.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn strip_vnni(s: Strip<'_>) {
-    // SAFETY: as this function's contract.
-    unsafe { strip_with::<true>(s) }
-}
-
-/// # Safety
-/// As [`strip`], and with `VNNI` as [`strip_vnni`].
-#[target_feature(enable = "avx2,fma")]
-unsafe fn strip_with<const VNNI: bool>(s: Strip<'_>) {
     let c = s.c.as_mut_ptr();
     // SAFETY: `check` proved every row and column a tile touches; each tile
     // call covers rows `m0..m0 + R` of the strip.
     unsafe {
         let mut m0 = 0;
-        // With VNNI a row's 16 channels are one accumulator: eight rows give
-        // eight independent `vpdpbusd` chains, enough to hide its latency.
-        if VNNI {
-            while m0 + 2 * MR <= s.rows {
-                tile::<{ 2 * MR }, VNNI>(&s, m0, c);
-                m0 += 2 * MR;
-            }
-        }
         while m0 + MR <= s.rows {
-            tile::<MR, VNNI>(&s, m0, c);
+            tile::<MR>(&s, m0, c);
             m0 += MR;
         }
         // Edge rows: a kernel of their own count, so no work is wasted.
         match s.rows - m0 {
             0 => {}
-            1 => tile::<1, VNNI>(&s, m0, c),
-            2 => tile::<2, VNNI>(&s, m0, c),
-            _ => tile::<3, VNNI>(&s, m0, c),
+            1 => tile::<1>(&s, m0, c),
+            2 => tile::<2>(&s, m0, c),
+            _ => tile::<3>(&s, m0, c),
         }
     }
 }
@@ -61,10 +35,9 @@ unsafe fn strip_with<const VNNI: bool>(s: Strip<'_>) {
 /// cannot be forced inline, and this one was not).
 ///
 /// # Safety
-/// AVX2 and FMA (and AVX-512 VNNI if `VNNI`), `s` checked, `m0 + R <=
-/// s.rows`, and `c` is `s.c`'s start.
+/// AVX2 and FMA, `s` checked, `m0 + R <= s.rows`, and `c` is `s.c`'s start.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const R: usize, const VNNI: bool>(s: &Strip<'_>, m0: usize, c: *mut f32) {
+unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
     let rows: [*const i8; R] = std::array::from_fn(|r| s.a[(m0 + r) * s.lda..].as_ptr());
     let nonnegative = s.nonnegative[m0..m0 + R].iter().all(|&n| n);
     // The zero-point correction `dot - z * sum` in f32, one FMA, while
@@ -76,9 +49,7 @@ unsafe fn tile<const R: usize, const VNNI: bool>(s: &Strip<'_>, m0: usize, c: *m
     // panel's extent, and R rows of `ldc` with `cols` columns at row m0 of
     // `c`; the parameter arrays have NR entries.
     unsafe {
-        let dot = if nonnegative && VNNI {
-            super::avx512::dot_tile_nonnegative::<R>(rows, s.panel.as_ptr(), s.groups)
-        } else if nonnegative {
+        let dot = if nonnegative {
             dot_tile_nonnegative::<R>(rows, s.panel.as_ptr(), s.groups)
         } else {
             dot_tile_signed::<R>(rows, s.panel.as_ptr(), s.groups)

@@ -1,35 +1,116 @@
-//! The AVX-512 VNNI int8 products, for the AVX2 tile to call: `vpdpbusd`
-//! multiplies four unsigned by four signed bytes and adds the four products
-//! to an i32 lane, in one instruction and without the 16-bit saturation of
-//! `maddubs`. One packed group (16 channels x 4 inputs, 64 bytes) is one
-//! register.
+//! The x86-64 AVX-512 VNNI hybrid kernel: an 8 x 16 int8 tile, one 16-lane
+//! i32 register per row.
+//!
+//! `vpdpbusd` multiplies four unsigned by four signed bytes and adds the
+//! four products to an i32 lane, in one instruction and without the 16-bit
+//! saturation of `maddubs`; one packed group (16 channels x 4 inputs, 64
+//! bytes) is one register. The weights are the signed operand. The
+//! activations must be the unsigned one:
+//!
+//! - rows with no negative value are already `0..=127`;
+//! - other rows are read as `q_x + 128` (`0..=255`, a copy the driver makes
+//!   of the block's rows), and the accumulator starts at `-128 * sum_k w[k]`
+//!   (baked per channel), so it ends at the same `sum_k w[k] q_x[k]`.
+//!
+//! No sum passes `i32`: a partial sum is `sum_{k<j} w q_x - 128 sum_{k>=j} w`,
+//! at most `128 * 128 * K` in magnitude, under `2^31` for every `K <=`
+//! [`super::MAX_EXACT_K`]. The epilogue is the AVX2 one's on 16 lanes, with
+//! the same operations in the same order: the same bits.
 
+use super::{MAX_F32_EXACT_K, Strip};
+use crate::gemm_f32::avx512::activate;
 use qbake_format::{KG, NR};
 use std::arch::x86_64::*;
 
-/// `dot[r][h]`: rows with no negative value (the unsigned operand, `0..=127`)
-/// against the s8 weights, channels `8 h..8 h + 8`: the same integers as the
-/// AVX2 `maddubs` + `madd` + `add` chain, which are exact too.
+/// Rows of a tile: eight independent `vpdpbusd` chains hide its latency.
+pub const MR: usize = 8;
+
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512 VNNI, and `s` must have passed
+/// `Strip::check`.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub unsafe fn strip(s: Strip<'_>) {
+    assert!(
+        s.offset.is_some() || s.nonnegative[..s.rows].iter().all(|&n| n),
+        "rows with negative values need their unsigned copy"
+    );
+    let c = s.c.as_mut_ptr();
+    // SAFETY: `check` proved every row and column a tile touches; each tile
+    // call covers rows `m0..m0 + R` of the strip.
+    unsafe {
+        let mut m0 = 0;
+        while m0 + MR <= s.rows {
+            tile::<MR>(&s, m0, c);
+            m0 += MR;
+        }
+        // Edge rows: a kernel of their own count, so no work is wasted.
+        match s.rows - m0 {
+            0 => {}
+            1 => tile::<1>(&s, m0, c),
+            2 => tile::<2>(&s, m0, c),
+            3 => tile::<3>(&s, m0, c),
+            4 => tile::<4>(&s, m0, c),
+            5 => tile::<5>(&s, m0, c),
+            6 => tile::<6>(&s, m0, c),
+            _ => tile::<7>(&s, m0, c),
+        }
+    }
+}
+
+/// Rows `m0..m0 + R` of the strip, with the float epilogue
+/// `act((dot - z * sum) as f32 * (scale_w * scale_x) + bias)`.
 ///
 /// # Safety
-/// AVX-512F and AVX-512 VNNI; each `a[r]` has `groups * KG` readable bytes,
-/// none negative; `b` has `groups * NR * KG`.
+/// AVX-512F and VNNI, `s` checked, `m0 + R <= s.rows`, `c` is `s.c`'s
+/// start, and `s.offset` is given if any of the rows has a negative value.
 #[target_feature(enable = "avx512f,avx512vnni")]
-pub(super) unsafe fn dot_tile_nonnegative<const R: usize>(
-    a: [*const i8; R],
-    b: *const u8,
-    groups: usize,
-) -> [[__m256i; 2]; R] {
-    // SAFETY (whole body): offsets stay within the extents above; loads are unaligned.
+unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
+    let p = s.params;
+    let nonnegative = s.nonnegative[m0..m0 + R].iter().all(|&n| n);
+    // SAFETY (whole body): `check` proved `groups * KG` bytes per row of
+    // `a` and of `offset`, the panel's extent, and R rows of `ldc` with
+    // `cols` columns at row m0 of `c`; the parameter arrays have NR entries;
+    // the masked stores touch only the first `cols` columns.
     unsafe {
-        let mut acc = [_mm512_setzero_si512(); R];
-        for g in 0..groups {
+        let (base, start) = match s.offset {
+            Some(offset) if !nonnegative => (
+                offset.as_ptr(),
+                _mm512_loadu_si512(p.offset_correction.as_ptr().cast()),
+            ),
+            _ => (s.a.as_ptr().cast::<u8>(), _mm512_setzero_si512()),
+        };
+        let rows: [*const u8; R] = std::array::from_fn(|r| base.add((m0 + r) * s.lda));
+        let mut acc = [start; R];
+        let b = s.panel.as_ptr();
+        for g in 0..s.groups {
             let w = _mm512_loadu_si512(b.add(g * NR * KG).cast());
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_epi32(a[r].add(g * KG).cast::<i32>().read_unaligned());
+                let x = _mm512_set1_epi32(rows[r].add(g * KG).cast::<i32>().read_unaligned());
                 *acc = _mm512_dpbusd_epi32(*acc, x, w);
             }
         }
-        acc.map(|v| [_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v)])
+
+        // As the AVX2 epilogue: the zero-point correction in f32 (one FMA,
+        // exact) while K allows, else in i32.
+        let in_f32 = s.groups * KG <= MAX_F32_EXACT_K;
+        let zp = _mm512_loadu_si512(p.zero_point.as_ptr().cast());
+        let zp_f = _mm512_cvtepi32_ps(zp);
+        let scale_w = _mm512_loadu_ps(p.scale.as_ptr());
+        let bias = _mm512_loadu_ps(p.bias.as_ptr());
+        let mask: __mmask16 = if s.cols == NR { !0 } else { (1u16 << s.cols) - 1 };
+        let c = c.add(m0 * s.ldc);
+        for (r, &dot) in acc.iter().enumerate() {
+            let (sum, scale_x) = (s.sums[m0 + r], _mm512_set1_ps(s.scales[m0 + r]));
+            let acc = if in_f32 {
+                _mm512_fnmadd_ps(zp_f, _mm512_set1_ps(sum as f32), _mm512_cvtepi32_ps(dot))
+            } else {
+                _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                    dot,
+                    _mm512_mullo_epi32(zp, _mm512_set1_epi32(sum)),
+                ))
+            };
+            let v = _mm512_add_ps(_mm512_mul_ps(acc, _mm512_mul_ps(scale_w, scale_x)), bias);
+            _mm512_mask_storeu_ps(c.add(r * s.ldc), mask, activate(v, s.act));
+        }
     }
 }

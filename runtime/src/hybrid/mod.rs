@@ -9,8 +9,7 @@
 //! ```
 //!
 //! This is DESIGN §3's formula with the activation zero point at 0, so the
-//! `z_x sum_k q_w` and `K z_w z_x` terms vanish (and with them the need for
-//! per-channel weight sums). Every term is an exact integer while
+//! `z_x sum_k q_w` and `K z_w z_x` terms vanish. Every term is an exact integer while
 //! `K * 255 * 127 <= i32::MAX` ([`MAX_EXACT_K`]); the code generator
 //! refuses larger K.
 //!
@@ -25,8 +24,12 @@
 //! - other rows take the weight's sign (`sign_epi8`) and multiply `|w| <= 128`
 //!   by `±q_x`: the same bound, for one more instruction per product.
 //!
+//! The AVX-512 VNNI kernel (`avx512`) multiplies four bytes per lane with
+//! no 16-bit step; rows with a negative value go in as `q_x + 128`, which the
+//! weights' baked per-channel sums (`QuantWeight::s8_sums`) take back out.
+//!
 //! [`quantize_row`] and [`gemm_reference`] are the definitions; the kernels
-//! in [`scalar`] and [`avx2`] give the same bits.
+//! in [`scalar`], [`avx2`] and `avx512` give the same bits.
 
 use crate::QuantWeight;
 use crate::ops::Activation;
@@ -225,6 +228,9 @@ pub fn gemm_reference(
 pub struct PanelParams {
     /// s8 zero points: `z_w - 128`.
     pub zero_point: [i32; NR],
+    /// `-128 * sum_k w_s8[n, k]`: what multiplying `q_x + 128` instead of
+    /// `q_x` adds to each channel's dot product, negated.
+    pub offset_correction: [i32; NR],
     pub scale: [f32; NR],
     pub bias: [f32; NR],
 }
@@ -236,6 +242,10 @@ pub struct Strip<'a> {
     /// `a[r * lda + i]`: row `r`, input `i` (rows padded to whole groups).
     pub a: &'a [i8],
     pub lda: usize,
+    /// The same rows as u8 `a + 128`, laid out as `a`, for kernels whose
+    /// activation operand is unsigned ([`Kernel::Avx512Vnni`]); given when
+    /// such a kernel runs and a row has a negative value.
+    pub offset: Option<&'a [u8]>,
     pub rows: usize,
     /// `groups * NR * KG` packed s8 weights.
     pub panel: &'a [u8],
@@ -256,6 +266,9 @@ impl Strip<'_> {
     fn check(&self) {
         assert!(self.rows >= 1 && self.cols >= 1 && self.cols <= NR);
         assert!(self.a.len() >= (self.rows - 1) * self.lda + self.groups * KG);
+        if let Some(offset) = self.offset {
+            assert!(offset.len() >= (self.rows - 1) * self.lda + self.groups * KG);
+        }
         assert!(self.panel.len() >= self.groups * NR * KG);
         assert!(
             self.sums.len() >= self.rows
@@ -302,6 +315,7 @@ pub fn gemm_threads(
         qbake_format::packed_len(n, k),
         "weights are not packed for n x k"
     );
+    assert_eq!(w.s8_sums.len(), n, "one weight sum per output channel");
     let m = x.rows();
     assert_eq!(y.len(), m * n, "y has the wrong size");
     if let Some(b) = bias {
@@ -369,35 +383,50 @@ fn drive(
     let panel_len = NR * stride;
     for m0 in rows.clone().step_by(MC) {
         let count = MC.min(rows.end - m0);
-        for p in panels.clone() {
-            let n0 = p * NR;
-            let params = w.panel_params(p, bias);
-            let strip = Strip {
-                a: &x.values[m0 * stride..],
-                lda: stride,
-                rows: count,
-                panel: &w.packed[p * panel_len..(p + 1) * panel_len],
-                groups: stride / KG,
-                sums: &x.sums[m0..],
-                scales: &x.scales[m0..],
-                nonnegative: &x.nonnegative[m0..],
-                params: &params,
-                act,
-                c: &mut y[(m0 - rows.start) * ldc + n0 - panels.start * NR..],
-                ldc,
-                cols: NR.min(n - n0),
-            };
-            strip.check();
-            match kernel {
-                Kernel::Scalar => scalar::strip(strip),
-                // SAFETY: AVX2 and FMA were detected; `check` proved the bounds.
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 => unsafe { avx2::strip(strip) },
-                // SAFETY: as above, and AVX-512F and VNNI were detected.
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512Vnni => unsafe { avx2::strip_vnni(strip) },
+        let block = &x.values[m0 * stride..(m0 + count) * stride];
+        // The VNNI kernel's unsigned copy of the block's rows, made once for
+        // all panels, when a row needs it.
+        let offset_len = match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni if !x.nonnegative[m0..m0 + count].iter().all(|&n| n) => block.len(),
+            _ => 0,
+        };
+        crate::scratch::with_offset_rows(offset_len, |offset| {
+            for (u, &q) in offset.iter_mut().zip(block) {
+                *u = (q as u8) ^ 0x80;
             }
-        }
+            for p in panels.clone() {
+                let n0 = p * NR;
+                let params = w.panel_params(p, bias);
+                let strip = Strip {
+                    a: block,
+                    lda: stride,
+                    offset: (offset_len > 0).then_some(&*offset),
+                    rows: count,
+                    panel: &w.packed[p * panel_len..(p + 1) * panel_len],
+                    groups: stride / KG,
+                    sums: &x.sums[m0..],
+                    scales: &x.scales[m0..],
+                    nonnegative: &x.nonnegative[m0..],
+                    params: &params,
+                    act,
+                    c: &mut y[(m0 - rows.start) * ldc + n0 - panels.start * NR..],
+                    ldc,
+                    cols: NR.min(n - n0),
+                };
+                strip.check();
+                match kernel {
+                    Kernel::Scalar => scalar::strip(strip),
+                    // SAFETY: AVX2 and FMA were detected; `check` proved the bounds.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => unsafe { avx2::strip(strip) },
+                    // SAFETY: AVX-512F and VNNI were detected; `check` proved
+                    // the bounds, and rows with a negative value have their copy.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512Vnni => unsafe { avx512::strip(strip) },
+                }
+            }
+        });
     }
 }
 

@@ -32,7 +32,7 @@
 
 use super::{Expect, Source, StaticSlice, expect, f32_kernels, same};
 use qbake::conv::{self, Conv2d};
-use qbake::format::{dequantize, pack_b_s8};
+use qbake::format::{dequantize, pack_b_s8, s8_row_sums};
 use qbake::hybrid::{self, QuantizedRows};
 use qbake::{
     Activation, DepthwiseWeight, DequantCache, Exec, FloatWeight, Kernels, QuantParams, QuantWeight,
@@ -223,6 +223,7 @@ fn check_against_exact(
 struct Quantized {
     q: Vec<u8>,
     packed: StaticSlice<u8>,
+    s8_sums: StaticSlice<i32>,
     scale: StaticSlice<f32>,
     zero_point: StaticSlice<u8>,
 }
@@ -249,6 +250,7 @@ impl Quantized {
             .collect();
         Quantized {
             packed: StaticSlice::new(pack_b_s8(&q, n, k)),
+            s8_sums: StaticSlice::new(s8_row_sums(&q, n, k)),
             q,
             scale: StaticSlice::new(scale),
             zero_point: StaticSlice::new(zero_point),
@@ -265,6 +267,7 @@ impl Quantized {
                 rows: n,
                 cols: k,
                 packed: self.packed.get(),
+                s8_sums: self.s8_sums.get(),
                 params: QuantParams {
                     min: &[],
                     max: &[],
