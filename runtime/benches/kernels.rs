@@ -58,8 +58,9 @@ fn main() {
     let budget = Duration::from_millis(if quick { 150 } else { 600 });
     if args.iter().any(|a| a == "depthwise") {
         println!(
-            "peaks: f32 FMA on 8 lanes (the depthwise kernel's) {:.1} GFLOP/s",
-            peaks().1 / 1e9
+            "peaks: f32 FMA on {} lanes (the depthwise kernel's) {:.1} GFLOP/s",
+            f32_kernel_lanes(),
+            f32_gemm_peak() / 1e9
         );
         return depthwise(budget);
     }
@@ -208,15 +209,22 @@ fn main() {
 }
 
 /// The depthwise kernel alone, f32 on both families' taps: GFLOP/s and its
-/// share of the 8-lane FMA peak (it is an AVX2 kernel), and 2 threads
-/// against 1.
+/// share of the FMA peak at its vector width, 2 threads against 1, and
+/// against the AVX2 kernel where a wider one runs.
 fn depthwise(budget: Duration) {
     let kernel = conv::Kernel::detect();
+    // The narrower SIMD kernel, to compare with in the same rounds.
+    let narrower = conv::Kernel::available()
+        .into_iter()
+        .rfind(|&k| k != conv::Kernel::Scalar && k != kernel);
     println!(
-        "\ndepthwise ({kernel:?}) | {:>11} {:>7} | {:>9}",
-        "GFLOP/s", "% peak", "2 threads"
+        "\ndepthwise ({kernel:?}) | {:>11} {:>7} | {:>9} | {:>9}",
+        "GFLOP/s",
+        "% peak",
+        "2 threads",
+        narrower.map_or(String::new(), |k| format!("vs {k:?}"))
     );
-    let (mut shares, mut two) = (Vec::new(), Vec::new());
+    let (mut shares, mut two, mut wider) = (Vec::new(), Vec::new(), Vec::new());
     for &(hw, c, k, stride) in DEPTHWISE {
         let pad = k / 2;
         let g = Conv2d {
@@ -239,36 +247,44 @@ fn depthwise(budget: Duration) {
             .for_each(|(i, v)| *v = (i % 251) as f32 / 251.0 - 0.5);
         let taps: Vec<f32> = (0..k * k * c).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
         let bias = vec![0.1f32; c];
-        let (mut y1, mut y2) = (
-            AlignedVec::zeroed(g.out_pixels() * c),
-            AlignedVec::zeroed(g.out_pixels() * c),
-        );
+        let [mut y1, mut y2, mut y3] = [0; 3].map(|_| AlignedVec::zeroed(g.out_pixels() * c));
         let act = Activation::Clip { min: 0.0, max: 6.0 };
-        let [t1, t2] = best_of_rounds(
+        let times = best_of_rounds(
             budget,
             &mut [
                 &mut || conv::depthwise_threads(kernel, 1, &x, &g, &taps, Some(&bias), act, &mut y1),
                 &mut || conv::depthwise_threads(kernel, 2, &x, &g, &taps, Some(&bias), act, &mut y2),
+                &mut || {
+                    if let Some(narrower) = narrower {
+                        conv::depthwise_threads(narrower, 1, &x, &g, &taps, Some(&bias), act, &mut y3)
+                    }
+                },
             ],
-        )
-        .try_into()
-        .unwrap();
-        let (_, peak_fma) = peaks();
+        );
+        let (t1, t2, t_narrower) = (times[0], times[1], times[2]);
+        let peak_fma = f32_gemm_peak();
         let flops = 2.0 * (g.out_pixels() * c * k * k) as f64 / t1;
         shares.push(flops / peak_fma);
         two.push(t1 / t2);
+        wider.push(t_narrower / t1);
         println!(
-            "{:>24} | {:>11.1} {:>6.1}% | {:>8.2}x",
+            "{:>24} | {:>11.1} {:>6.1}% | {:>8.2}x | {:>8}",
             format!("{hw}x{hw}x{c} {k}x{k}/{stride}"),
             flops / 1e9,
             100.0 * flops / peak_fma,
-            t1 / t2
+            t1 / t2,
+            narrower.map_or(String::new(), |_| format!("{:.2}x", t_narrower / t1))
         );
     }
     println!(
-        "depthwise geomean: {:.1}% of FMA peak; 2 threads vs 1 geomean {:.2}x",
+        "depthwise geomean: {:.1}% of FMA peak ({} lanes); 2 threads vs 1 geomean {:.2}x{}",
         100.0 * geomean(&shares),
-        geomean(&two)
+        f32_kernel_lanes(),
+        geomean(&two),
+        narrower.map_or(String::new(), |k| format!(
+            "; vs {k:?} geomean {:.2}x",
+            geomean(&wider)
+        ))
     );
 }
 

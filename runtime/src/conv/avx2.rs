@@ -1,133 +1,33 @@
-//! The x86-64 AVX2+FMA depthwise kernel: eight channels per vector, four
-//! neighbouring output pixels at a time where their windows do not cross
-//! the left or right edge.
+//! The x86-64 AVX2+FMA depthwise kernel: eight channels per vector.
 
-use super::Conv2d;
+use super::depthwise::Pixels;
 use crate::gemm_f32::avx2::activate;
 use crate::ops::Activation;
 use std::arch::x86_64::*;
-use std::ops::Range;
 
-/// Output pixels computed together: each tap vector loaded once serves
-/// all of them, and two channel blocks of each give eight independent FMA
-/// chains, enough to hide the FMA latency.
-const PIXELS: usize = 4;
+/// Eight channels per vector.
+pub(super) struct Avx2;
 
-/// # Safety
-/// The CPU must have AVX2 and FMA; the slices have the sizes
-/// `super::depthwise_with` checks, `y` holding the output rows `rows`
-/// (`batch * out_h` in all).
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn depthwise(
-    x: &[f32],
-    g: &Conv2d,
-    taps: &[f32],
-    bias: &[f32],
-    act: Activation,
-    rows: Range<usize>,
-    y: &mut [f32],
-) {
-    let c = g.in_c;
-    let (oh_n, ow_n) = (g.out_h(), g.out_w());
-    let kk = g.kh * g.kw;
-    // (pixel offset, tap offset) of the taps inside the input, for one
-    // output pixel: on the stack for kernels up to 7x7.
-    let mut stack = [(0usize, 0usize); 49];
-    let mut heap = Vec::new();
-    let inside: &mut [(usize, usize)] = if kk <= stack.len() {
-        &mut stack
-    } else {
-        heap.resize(kk, (0, 0));
-        &mut heap
-    };
-    // Output columns whose window lies inside the input horizontally: in
-    // them every tap sits at a fixed offset from the window's corner, and
-    // the next pixel's window is `stride * c` values further on.
-    let span_w = g.dilation[1] * (g.kw - 1) + 1;
-    let (sw, left_pad) = (g.stride[1], g.pads[1]);
-    let first = left_pad.div_ceil(sw).min(ow_n);
-    let end = if g.in_w + left_pad >= span_w {
-        ((g.in_w + left_pad - span_w) / sw + 1).clamp(first, ow_n)
-    } else {
-        first
-    };
-    // Used only between pixels of one image row, where it cannot overflow;
-    // a (hostile) stride wider than the image has one such pixel at most.
-    let step = sw.saturating_mul(c);
-    for (row, y_row) in rows.zip(y.chunks_exact_mut(ow_n * c)) {
-        let (b, oh) = (row / oh_n, row % oh_n);
-        let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
-        // The columns first..end, taken together: their windows share the
-        // taps inside (all columns of the kernel; the rows of it that fall
-        // inside the input in this output row), at a fixed offset from the
-        // window's corner.
-        if first < end {
-            let l = first * sw - left_pad;
-            let mut count = 0;
-            for i in 0..g.kh {
-                let Some(ih) = (oh * g.stride[0] + i * g.dilation[0])
-                    .checked_sub(g.pads[0])
-                    .filter(|&ih| ih < g.in_h)
-                else {
-                    continue;
-                };
-                for j in 0..g.kw {
-                    let iw = l + j * g.dilation[1];
-                    inside[count] = ((ih * g.in_w + iw) * c, (i * g.kw + j) * c);
-                    count += 1;
-                }
-            }
-            let offsets = &inside[..count];
-            let mut done = 0;
-            while done + PIXELS <= end - first {
-                let out = &mut y_row[(first + done) * c..(first + done + PIXELS) * c];
-                // SAFETY: the window of pixel `first + done + p` is the
-                // first one's moved by `(done + p) * step`, and its taps in
-                // `offsets` are inside the image for every p < PIXELS, since
-                // that pixel is < end.
-                unsafe { pixels::<PIXELS, 2>(image, done * step, step, taps, bias, offsets, act, out) };
-                done += PIXELS;
-            }
-            let out = &mut y_row[(first + done) * c..end * c];
-            // SAFETY: as above, for the end - first - done < PIXELS pixels left.
-            unsafe {
-                match end - first - done {
-                    0 => {}
-                    1 => pixels::<1, 4>(image, done * step, step, taps, bias, offsets, act, out),
-                    2 => pixels::<2, 2>(image, done * step, step, taps, bias, offsets, act, out),
-                    _ => pixels::<3, 2>(image, done * step, step, taps, bias, offsets, act, out),
-                }
-            }
-        }
-        // The columns whose window crosses the left or right edge: one by
-        // one, with only their taps inside.
-        for ow in (0..first).chain(end.max(first)..ow_n) {
-            let mut count = 0;
-            for i in 0..g.kh {
-                for j in 0..g.kw {
-                    if let Some((ih, iw)) = g.tap(oh, ow, i, j) {
-                        inside[count] = ((ih * g.in_w + iw) * c, (i * g.kw + j) * c);
-                        count += 1;
-                    }
-                }
-            }
-            let out = &mut y_row[ow * c..(ow + 1) * c];
-            // SAFETY: the offsets are of in-bounds pixels of `image` and
-            // taps of `taps`, c values each.
-            unsafe { pixels::<1, 4>(image, 0, 0, taps, bias, &inside[..count], act, out) };
-        }
+impl Pixels for Avx2 {
+    unsafe fn pixels<const P: usize, const B: usize>(
+        image: &[f32],
+        base: usize,
+        step: usize,
+        taps: &[f32],
+        bias: &[f32],
+        inside: &[(usize, usize)],
+        act: Activation,
+        out: &mut [f32],
+    ) {
+        // SAFETY: the caller's contract, and this kernel's CPU.
+        unsafe { pixels::<P, B>(image, base, step, taps, bias, inside, act, out) }
     }
 }
 
-/// `P` output pixels, `out.len() / P` channels each: for each pixel `p` and
-/// channel, `bias + sum over inside of x[base + p * step + offset] * tap`,
-/// one FMA per tap in tap order, whatever `P` and `B` are (so an output
-/// does not depend on which pixels it was computed with). `B` blocks of 8
-/// channels at a time: `P * B` independent FMA chains.
+/// [`Pixels::pixels`] with blocks of 8 channels.
 ///
 /// # Safety
-/// AVX2 and FMA; `c = out.len() / P = bias.len()`; each `(o, t)` in `inside`
-/// has `base + (P - 1) * step + o + c <= image.len()` and `t + c <= taps.len()`.
+/// AVX2 and FMA, and the contract of [`Pixels::pixels`].
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pixels<const P: usize, const B: usize>(

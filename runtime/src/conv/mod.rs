@@ -5,7 +5,7 @@
 //! contiguous row: a 1x1 convolution is then a plain GEMM (pixels x
 //! channels) and a k x k one a GEMM over [`im2col`] rows, in either kernel
 //! family. Depthwise convolutions (one filter per channel) have a direct
-//! kernel that runs eight channels per vector.
+//! kernel that runs eight or sixteen channels per vector.
 //!
 //! Weights of a convolution are `[out_c, kh, kw, in_c / groups]` (the code
 //! generator reorders ONNX's `[out_c, in_c / groups, kh, kw]` at compile
@@ -17,7 +17,11 @@
 //! are the kernels and their definitions, tested against each other.
 
 #[cfg(target_arch = "x86_64")]
-pub mod avx2;
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod depthwise;
 pub mod scalar;
 
 use crate::ops::Activation;
@@ -146,10 +150,10 @@ pub fn depthwise_threads(
         // SAFETY: AVX2 and FMA were detected; the sizes were checked above
         // and `split_rows` gives `y` exactly the rows of `rows`.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => unsafe { avx2::depthwise(x, g, taps, bias, act, rows, y) },
-        // SAFETY: as above: `detect` offers AVX-512 only with AVX2 and FMA.
+        Kernel::Avx2Fma => unsafe { depthwise::rows::<avx2::Avx2>(x, g, taps, bias, act, rows, y) },
+        // SAFETY: as above, AVX-512F.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { avx2::depthwise(x, g, taps, bias, act, rows, y) },
+        Kernel::Avx512 => unsafe { depthwise::rows::<avx512::Avx512>(x, g, taps, bias, act, rows, y) },
     };
     let rows = g.batch * g.out_h();
     let macs = g.out_pixels() * g.out_c * g.kh * g.kw;

@@ -150,12 +150,13 @@ proptest! {
     }
 }
 
-/// The AVX2 depthwise kernel, whichever pixels it computes together,
-/// gives each output exactly `bias` followed by one FMA per tap inside the
-/// input, in tap order: the same bits as this plain loop. Runs both on
-/// inputs from `seed` and returns the first output that differs.
+/// Each SIMD depthwise kernel (AVX2, AVX-512), whichever pixels it
+/// computes together, gives each output exactly `bias` followed by one FMA
+/// per tap inside the input, in tap order: the same bits as this plain
+/// loop. Runs them on inputs from `seed` and returns the first output that
+/// differs.
 #[cfg(target_arch = "x86_64")]
-fn avx2_depthwise_differs_from_the_fma_chain(g: &Conv2d, seed: u64) -> Option<String> {
+fn simd_depthwise_differs_from_the_fma_chain(g: &Conv2d, seed: u64) -> Option<String> {
     let c = g.in_c;
     let x = values(seed, g.batch * g.in_h * g.in_w * c);
     let taps = values(seed ^ 3, g.kh * g.kw * c);
@@ -182,47 +183,52 @@ fn avx2_depthwise_differs_from_the_fma_chain(g: &Conv2d, seed: u64) -> Option<St
             }
         }
     }
-    let mut got = vec![f32::NAN; want.len()];
-    depthwise_with(Kernel::Avx2Fma, &x, g, &taps, Some(&bias), act, &mut got);
-    let (i, (a, b)) = got
-        .iter()
-        .zip(&want)
-        .enumerate()
-        .find(|(_, (a, b))| a.to_bits() != b.to_bits())?;
-    Some(format!("[{i}]: {a} vs {b} in {g:?}"))
+    for kernel in kernels().into_iter().filter(|&k| k != Kernel::Scalar) {
+        let mut got = vec![f32::NAN; want.len()];
+        depthwise_with(kernel, &x, g, &taps, Some(&bias), act, &mut got);
+        if let Some((i, (a, b))) = got
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .find(|(_, (a, b))| a.to_bits() != b.to_bits())
+        {
+            return Some(format!("{kernel:?} [{i}]: {a} vs {b} in {g:?}"));
+        }
+    }
+    None
 }
 
 #[cfg(target_arch = "x86_64")]
 proptest! {
     /// Bit for bit: wide rows (several groups of pixels computed together,
     /// and the remainders), strides, dilations, uneven padding, two images,
-    /// channel counts around the 16- and 8-channel blocks.
+    /// channel counts around the kernels' 8- to 64-channel blocks.
     #[test]
-    fn depthwise_avx2_is_the_fma_chain(
-        c in 1usize..50, h in 1usize..8, w in 1usize..24, k in 1usize..6, stride in 1usize..4,
+    fn depthwise_simd_is_the_fma_chain(
+        c in 1usize..70, h in 1usize..8, w in 1usize..24, k in 1usize..6, stride in 1usize..4,
         dilation in 1usize..3, pads in prop::array::uniform4(0usize..3), seed in any::<u64>(),
     ) {
         prop_assume!(has_avx2_fma());
         let g = Conv2d { batch: 2, ..with(geometry(c, c, [h, w], [k, k], c), stride, dilation, pads) };
         prop_assume!(g.check().is_ok());
-        let differs = avx2_depthwise_differs_from_the_fma_chain(&g, seed);
+        let differs = simd_depthwise_differs_from_the_fma_chain(&g, seed);
         prop_assert!(differs.is_none(), "{}", differs.unwrap_or_default());
     }
 }
 
 /// Stride 1 with the real models' kernel widths, bit for bit: rows of 8 to
 /// 40 pixels (whole and partial groups of four), kernels taller, shorter or
-/// as tall as wide, channel counts around the 8- and 16-channel blocks.
+/// as tall as wide, channel counts around the 8- to 64-channel blocks.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn depthwise_avx2_stride_1_rows_are_the_fma_chain() {
+fn depthwise_simd_stride_1_rows_are_the_fma_chain() {
     if !has_avx2_fma() {
         return;
     }
     let mut seed = 1;
     for (kh, kw) in [(3, 3), (5, 5), (1, 3), (5, 3), (3, 5), (7, 5), (8, 3)] {
         for w in [8, 9, 15, 16, 17, 24, 40] {
-            for c in [1, 7, 8, 9, 16, 17, 33] {
+            for c in [1, 7, 8, 9, 16, 17, 31, 33, 48, 64, 65, 81] {
                 for pads in [
                     [0; 4],
                     [1, 1, 1, 1],
@@ -239,7 +245,7 @@ fn depthwise_avx2_stride_1_rows_are_the_fma_chain() {
                         continue;
                     }
                     seed += 1;
-                    if let Some(differs) = avx2_depthwise_differs_from_the_fma_chain(&g, seed) {
+                    if let Some(differs) = simd_depthwise_differs_from_the_fma_chain(&g, seed) {
                         panic!("{differs}");
                     }
                 }

@@ -83,8 +83,7 @@ pub enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
-    /// AVX-512F for the GEMM; the depthwise kernel, which shares this
-    /// choice, runs its AVX2+FMA code on such a CPU.
+    /// AVX-512F, for the GEMM and the depthwise kernel (which share this choice).
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
