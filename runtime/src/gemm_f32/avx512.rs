@@ -62,7 +62,19 @@ unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
             }
         }
         let b = s.panel.as_ptr();
-        for kk in 0..s.kc {
+        // Four inputs per pass: the rows' addresses (more than the free
+        // registers) are recomputed once per pass rather than per input.
+        let mut kk = 0;
+        while kk + 4 <= s.kc {
+            for u in 0..4 {
+                let w = _mm512_loadu_ps(b.add((kk + u) * NR));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*rows[r].add(kk + u)), w, *acc);
+                }
+            }
+            kk += 4;
+        }
+        for kk in kk..s.kc {
             let w = _mm512_loadu_ps(b.add(kk * NR));
             for (r, acc) in acc.iter_mut().enumerate() {
                 *acc = _mm512_fmadd_ps(_mm512_set1_ps(*rows[r].add(kk)), w, *acc);
