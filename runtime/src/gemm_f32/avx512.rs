@@ -1,13 +1,14 @@
-//! The x86-64 AVX-512 f32 microkernel: a 12 x 16 tile, one 16-lane
-//! register per row, on the same packed panels as the AVX2 one (16
-//! channels per panel, so one vector per K step).
+//! The x86-64 AVX-512 f32 microkernel: a 12 x 32 tile over two panels side
+//! by side (12 x 16 for a lone last panel), one 16-lane register per row
+//! and panel, on the same packed panels as the AVX2 one (16 channels per
+//! panel, so one vector per K step).
 
 use super::{Epilogue, NR, Strip};
 use crate::ops::Activation;
 use std::arch::x86_64::*;
 
-/// Rows of a tile: 12 accumulators, the panel's vector, and room for the
-/// broadcasts, of 32 registers.
+/// Rows of a tile: 24 accumulators (two panels), the panels' two vectors
+/// and a broadcast, of 32 registers. Each broadcast input feeds two FMAs.
 pub const MR: usize = 12;
 
 /// # Safety
@@ -18,76 +19,120 @@ pub unsafe fn strip(s: Strip<'_>) {
     // SAFETY: `check` proved every row and column a tile touches; each tile
     // call covers rows `m0..m0 + R` of the strip.
     unsafe {
+        if s.cols > NR {
+            rows_of::<true>(&s, c)
+        } else {
+            rows_of::<false>(&s, c)
+        }
+    }
+}
+
+/// The strip's tiles, over two panels if `TWO`.
+///
+/// # Safety
+/// As [`strip`], with `c` `s.c`'s start.
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_of<const TWO: bool>(s: &Strip<'_>, c: *mut f32) {
+    // SAFETY: as the caller's.
+    unsafe {
         let mut m0 = 0;
         while m0 + MR <= s.rows {
-            tile::<MR>(&s, m0, c);
+            tile::<MR, TWO>(s, m0, c);
             m0 += MR;
         }
         // Edge rows: a kernel of their own count, so no work is wasted.
         match s.rows - m0 {
             0 => {}
-            1 => tile::<1>(&s, m0, c),
-            2 => tile::<2>(&s, m0, c),
-            3 => tile::<3>(&s, m0, c),
-            4 => tile::<4>(&s, m0, c),
-            5 => tile::<5>(&s, m0, c),
-            6 => tile::<6>(&s, m0, c),
-            7 => tile::<7>(&s, m0, c),
-            8 => tile::<8>(&s, m0, c),
-            9 => tile::<9>(&s, m0, c),
-            10 => tile::<10>(&s, m0, c),
-            _ => tile::<11>(&s, m0, c),
+            1 => tile::<1, TWO>(s, m0, c),
+            2 => tile::<2, TWO>(s, m0, c),
+            3 => tile::<3, TWO>(s, m0, c),
+            4 => tile::<4, TWO>(s, m0, c),
+            5 => tile::<5, TWO>(s, m0, c),
+            6 => tile::<6, TWO>(s, m0, c),
+            7 => tile::<7, TWO>(s, m0, c),
+            8 => tile::<8, TWO>(s, m0, c),
+            9 => tile::<9, TWO>(s, m0, c),
+            10 => tile::<10, TWO>(s, m0, c),
+            _ => tile::<11, TWO>(s, m0, c),
         }
     }
 }
 
-/// Rows `m0..m0 + R` of the strip: the first `s.cols` columns through a
-/// lane mask (the panel is padded to 16 channels, the output is not).
+/// Rows `m0..m0 + R` of the strip: the first `s.cols` columns of one panel,
+/// or of two (`TWO`: all 16 of the first and `s.cols - 16` of the second),
+/// through lane masks (panels are padded to 16 channels, the output is not).
 ///
 /// # Safety
-/// AVX-512F, `s` checked, `m0 + R <= s.rows`, and `c` is `s.c`'s start.
+/// AVX-512F, `s` checked, `m0 + R <= s.rows`, `c` is `s.c`'s start, and
+/// `TWO` only if `s.cols > NR`.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
+unsafe fn tile<const R: usize, const TWO: bool>(s: &Strip<'_>, m0: usize, c: *mut f32) {
+    const { assert!(R <= MR) };
     let rows: [*const f32; R] = std::array::from_fn(|r| s.a[(m0 + r) * s.lda..].as_ptr());
-    let mask: __mmask16 = if s.cols == NR { !0 } else { (1u16 << s.cols) - 1 };
-    // SAFETY (whole body): `check` proved `kc` floats per row, the panel's
-    // extent, and R rows of `ldc` with `cols` columns at row m0 of `c`; the
-    // masked loads and stores touch only those columns.
+    let lanes = |cols: usize| -> __mmask16 { if cols >= NR { !0 } else { (1u16 << cols) - 1 } };
+    let masks = if TWO {
+        [!0, lanes(s.cols - NR)]
+    } else {
+        [lanes(s.cols), 0]
+    };
+    let panels = if TWO { 2 } else { 1 };
+    // SAFETY (whole body): `check` proved `kc` floats per row, the panels'
+    // extents (the second at `panel_stride`), the bias of both, and R rows
+    // of `ldc` with `cols` columns at row m0 of `c`; the masked loads and
+    // stores touch only those columns.
     unsafe {
         let c = c.add(m0 * s.ldc);
-        let mut acc = [_mm512_setzero_ps(); R];
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         if !s.first {
             for (r, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_maskz_loadu_ps(mask, c.add(r * s.ldc));
+                for h in 0..panels {
+                    acc[h] = _mm512_maskz_loadu_ps(masks[h], c.add(r * s.ldc + h * NR));
+                }
             }
         }
-        let b = s.panel.as_ptr();
+        let b = [
+            s.panel.as_ptr(),
+            s.panel.as_ptr().add(if TWO { s.panel_stride } else { 0 }),
+        ];
+        let step = |acc: &mut [[__m512; 2]; R], kk: usize| {
+            let w = [
+                _mm512_loadu_ps(b[0].add(kk * NR)),
+                _mm512_loadu_ps(b[1].add(kk * NR)),
+            ];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*rows[r].add(kk));
+                for h in 0..panels {
+                    acc[h] = _mm512_fmadd_ps(x, w[h], acc[h]);
+                }
+            }
+        };
         // Four inputs per pass: the rows' addresses (more than the free
         // registers) are recomputed once per pass rather than per input.
         let mut kk = 0;
         while kk + 4 <= s.kc {
             for u in 0..4 {
-                let w = _mm512_loadu_ps(b.add((kk + u) * NR));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*rows[r].add(kk + u)), w, *acc);
-                }
+                step(&mut acc, kk + u);
             }
             kk += 4;
         }
         for kk in kk..s.kc {
-            let w = _mm512_loadu_ps(b.add(kk * NR));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*rows[r].add(kk)), w, *acc);
-            }
+            step(&mut acc, kk);
         }
         if let Some(Epilogue { bias, act }) = s.epilogue {
-            let bias = _mm512_loadu_ps(bias.as_ptr());
+            let bias = [
+                _mm512_loadu_ps(bias.as_ptr()),
+                _mm512_loadu_ps(bias.as_ptr().add(if TWO { NR } else { 0 })),
+            ];
             for acc in acc.iter_mut() {
-                *acc = activate(_mm512_add_ps(*acc, bias), act);
+                for h in 0..panels {
+                    acc[h] = activate(_mm512_add_ps(acc[h], bias[h]), act);
+                }
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(c.add(r * s.ldc), mask, *acc);
+            for h in 0..panels {
+                _mm512_mask_storeu_ps(c.add(r * s.ldc + h * NR), masks[h], acc[h]);
+            }
         }
     }
 }

@@ -72,8 +72,9 @@ impl PackedF32 {
         self.data[Self::index(row, col, self.k)]
     }
 
-    fn panel(&self, p: usize) -> &[f32] {
-        &self.data[p * NR * self.k..(p + 1) * NR * self.k]
+    /// Panel `p` and every panel after it.
+    fn panels_from(&self, p: usize) -> &[f32] {
+        &self.data[p * NR * self.k..]
     }
 }
 
@@ -89,6 +90,16 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Panels a tile of this kernel covers side by side: its [`Strip`]s are
+    /// up to this many times [`NR`] columns wide.
+    pub const fn panels_per_tile(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => 2,
+            _ => 1,
+        }
+    }
+
     /// The fastest kernel this CPU runs (every op asks: no allocation).
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -122,21 +133,25 @@ impl Kernel {
 /// What a tile does after its last block of inputs.
 #[derive(Clone, Copy, Debug)]
 pub struct Epilogue<'a> {
-    /// Bias of the tile's [`NR`] channels (zero past `n`).
-    pub bias: &'a [f32; NR],
+    /// Bias of the strip's channels, zero past `n`: whole panels, `NR`
+    /// values per panel the strip covers.
+    pub bias: &'a [f32],
     pub act: Activation,
 }
 
-/// The arguments of one kernel call: `c[r][j] (+)= sum_k a[r][k] * panel[k][j]`
-/// for `r < rows`, `j < cols`, over `kc` inputs. Kernels walk the strip in
-/// tiles of [`MR`] rows.
+/// The arguments of one kernel call: `c[r][j] (+)= sum_k a[r][k] * w[k][j]`
+/// for `r < rows`, `j < cols`, over `kc` inputs, where column `j` is in
+/// panel `j / NR` of the strip (up to `Kernel::panels_per_tile` panels).
+/// Kernels walk the strip in tiles of [`MR`] rows (`avx512::MR`).
 pub struct Strip<'a> {
     /// `a[r * lda + kk]` is row `r`, input `kk` of the block.
     pub a: &'a [f32],
     pub lda: usize,
     pub rows: usize,
-    /// `kc * NR` packed weights of the block.
+    /// The block's `kc * NR` packed weights of the strip's first panel,
+    /// then (for a second panel) those of the next at `panel_stride`.
     pub panel: &'a [f32],
+    pub panel_stride: usize,
     pub kc: usize,
     /// `c[r * ldc + j]`.
     pub c: &'a mut [f32],
@@ -151,9 +166,13 @@ pub struct Strip<'a> {
 impl Strip<'_> {
     /// The bounds every kernel relies on.
     fn check(&self) {
-        assert!(self.rows >= 1 && self.cols >= 1 && self.cols <= NR && self.kc >= 1);
+        assert!(self.rows >= 1 && self.cols >= 1 && self.cols <= 2 * NR && self.kc >= 1);
         assert!(self.a.len() >= (self.rows - 1) * self.lda + self.kc);
-        assert!(self.panel.len() >= self.kc * NR);
+        let panels = self.cols.div_ceil(NR);
+        assert!(self.panel.len() >= (panels - 1) * self.panel_stride + self.kc * NR);
+        if let Some(e) = self.epilogue {
+            assert!(e.bias.len() >= panels * NR);
+        }
         assert!(self.c.len() >= (self.rows - 1) * self.ldc + self.cols);
     }
 }
@@ -216,29 +235,32 @@ fn drive(
     ldc: usize,
 ) {
     let (n, k) = (w.n, w.k);
+    let per_tile = kernel.panels_per_tile();
     for m0 in rows.clone().step_by(MC) {
-        for p in panels.clone() {
+        for p in panels.clone().step_by(per_tile) {
             let n0 = p * NR;
-            let cols = NR.min(n - n0);
-            let mut panel_bias = [0.0f32; NR];
+            // Up to `per_tile` panels, within this part's.
+            let cols = (per_tile.min(panels.end - p) * NR).min(n - n0);
+            let mut strip_bias = [0.0f32; 2 * NR];
             if let Some(b) = bias {
-                panel_bias[..cols].copy_from_slice(&b[n0..n0 + cols]);
+                strip_bias[..cols].copy_from_slice(&b[n0..n0 + cols]);
             }
-            let panel = w.panel(p);
+            let weights = w.panels_from(p);
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
                 let strip = Strip {
                     a: &x[m0 * k + k0..],
                     lda: k,
                     rows: MC.min(rows.end - m0),
-                    panel: &panel[k0 * NR..],
+                    panel: &weights[k0 * NR..],
+                    panel_stride: NR * k,
                     kc,
                     c: &mut y[(m0 - rows.start) * ldc + n0 - panels.start * NR..],
                     ldc,
                     cols,
                     first: k0 == 0,
                     epilogue: (k0 + kc == k).then_some(Epilogue {
-                        bias: &panel_bias,
+                        bias: &strip_bias,
                         act,
                     }),
                 };
