@@ -9,6 +9,7 @@ use std::arch::x86_64::*;
 /// The CPU must have AVX2 and FMA, and `s` must have passed `Strip::check`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn strip(s: Strip<'_>) {
+    assert!(s.cols <= NR, "one panel per strip");
     let c = s.c.as_mut_ptr();
     // SAFETY: `check` proved every row and column a tile touches; each tile
     // call covers rows `m0..m0 + R` of the strip.
@@ -61,7 +62,7 @@ unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
         } else {
             (buf.as_mut_ptr().cast::<f32>(), NR)
         };
-        let p = s.params;
+        let p = &s.params[0];
         let half = |h: usize| {
             let zp = _mm256_loadu_si256(p.zero_point.as_ptr().add(8 * h).cast());
             (

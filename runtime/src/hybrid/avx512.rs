@@ -1,5 +1,6 @@
-//! The x86-64 AVX-512 VNNI hybrid kernel: an 8 x 16 int8 tile, one 16-lane
-//! i32 register per row.
+//! The x86-64 AVX-512 VNNI hybrid kernel: an 8 x 32 int8 tile over two
+//! panels side by side (8 x 16 for a lone last panel), one 16-lane i32
+//! register per row and panel.
 //!
 //! `vpdpbusd` multiplies four unsigned by four signed bytes and adds the
 //! four products to an i32 lane, in one instruction and without the 16-bit
@@ -22,7 +23,8 @@ use crate::gemm_f32::avx512::activate;
 use qbake_format::{KG, NR};
 use std::arch::x86_64::*;
 
-/// Rows of a tile: eight independent `vpdpbusd` chains hide its latency.
+/// Rows of a tile: with two panels, sixteen independent `vpdpbusd`
+/// chains, and each broadcast activation word feeds two of them.
 pub const MR: usize = 8;
 
 /// # Safety
@@ -35,82 +37,113 @@ pub unsafe fn strip(s: Strip<'_>) {
         "rows with negative values need their unsigned copy"
     );
     let c = s.c.as_mut_ptr();
-    // SAFETY: `check` proved every row and column a tile touches; each tile
-    // call covers rows `m0..m0 + R` of the strip.
+    // SAFETY: `check` proved every row and column a tile touches.
+    unsafe {
+        if s.cols > NR {
+            rows_of::<true>(&s, c)
+        } else {
+            rows_of::<false>(&s, c)
+        }
+    }
+}
+
+/// The strip's tiles, over two panels if `TWO`.
+///
+/// # Safety
+/// As [`strip`], with `c` `s.c`'s start.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn rows_of<const TWO: bool>(s: &Strip<'_>, c: *mut f32) {
+    // SAFETY: as the caller's; each tile call covers rows `m0..m0 + R`.
     unsafe {
         let mut m0 = 0;
         while m0 + MR <= s.rows {
-            tile::<MR>(&s, m0, c);
+            tile::<MR, TWO>(s, m0, c);
             m0 += MR;
         }
         // Edge rows: a kernel of their own count, so no work is wasted.
         match s.rows - m0 {
             0 => {}
-            1 => tile::<1>(&s, m0, c),
-            2 => tile::<2>(&s, m0, c),
-            3 => tile::<3>(&s, m0, c),
-            4 => tile::<4>(&s, m0, c),
-            5 => tile::<5>(&s, m0, c),
-            6 => tile::<6>(&s, m0, c),
-            _ => tile::<7>(&s, m0, c),
+            1 => tile::<1, TWO>(s, m0, c),
+            2 => tile::<2, TWO>(s, m0, c),
+            3 => tile::<3, TWO>(s, m0, c),
+            4 => tile::<4, TWO>(s, m0, c),
+            5 => tile::<5, TWO>(s, m0, c),
+            6 => tile::<6, TWO>(s, m0, c),
+            _ => tile::<7, TWO>(s, m0, c),
         }
     }
 }
 
-/// Rows `m0..m0 + R` of the strip, with the float epilogue
-/// `act((dot - z * sum) as f32 * (scale_w * scale_x) + bias)`.
+/// Rows `m0..m0 + R` of the strip, one panel or two (`TWO`), with the
+/// float epilogue `act((dot - z * sum) as f32 * (scale_w * scale_x) + bias)`.
 ///
 /// # Safety
 /// AVX-512F and VNNI, `s` checked, `m0 + R <= s.rows`, `c` is `s.c`'s
-/// start, and `s.offset` is given if any of the rows has a negative value.
+/// start, `TWO` only if `s.cols > NR`, and `s.offset` is given if any of
+/// the rows has a negative value.
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
-    let p = s.params;
+unsafe fn tile<const R: usize, const TWO: bool>(s: &Strip<'_>, m0: usize, c: *mut f32) {
+    let panels = if TWO { 2 } else { 1 };
+    let params = [&s.params[0], &s.params[panels - 1]];
+    let lanes = |cols: usize| -> __mmask16 { if cols >= NR { !0 } else { (1u16 << cols) - 1 } };
+    let masks = if TWO {
+        [!0, lanes(s.cols - NR)]
+    } else {
+        [lanes(s.cols), 0]
+    };
     let nonnegative = s.nonnegative[m0..m0 + R].iter().all(|&n| n);
     // SAFETY (whole body): `check` proved `groups * KG` bytes per row of
-    // `a` and of `offset`, the panel's extent, and R rows of `ldc` with
-    // `cols` columns at row m0 of `c`; the parameter arrays have NR entries;
-    // the masked stores touch only the first `cols` columns.
+    // `a` and of `offset`, the panels' extents (the second at
+    // `panel_stride`), one parameter set per panel, and R rows of `ldc`
+    // with `cols` columns at row m0 of `c`; the parameter arrays have NR
+    // entries; the masked stores touch only the strip's columns.
     unsafe {
         let (base, start) = match s.offset {
             Some(offset) if !nonnegative => (
                 offset.as_ptr(),
-                _mm512_loadu_si512(p.offset_correction.as_ptr().cast()),
+                params.map(|p| _mm512_loadu_si512(p.offset_correction.as_ptr().cast())),
             ),
-            _ => (s.a.as_ptr().cast::<u8>(), _mm512_setzero_si512()),
+            _ => (s.a.as_ptr().cast::<u8>(), [_mm512_setzero_si512(); 2]),
         };
         let rows: [*const u8; R] = std::array::from_fn(|r| base.add((m0 + r) * s.lda));
         let mut acc = [start; R];
-        let b = s.panel.as_ptr();
+        let b = [
+            s.panel.as_ptr(),
+            s.panel.as_ptr().add(if TWO { s.panel_stride } else { 0 }),
+        ];
         for g in 0..s.groups {
-            let w = _mm512_loadu_si512(b.add(g * NR * KG).cast());
+            let w = b.map(|b| _mm512_loadu_si512(b.add(g * NR * KG).cast()));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let x = _mm512_set1_epi32(rows[r].add(g * KG).cast::<i32>().read_unaligned());
-                *acc = _mm512_dpbusd_epi32(*acc, x, w);
+                for h in 0..panels {
+                    acc[h] = _mm512_dpbusd_epi32(acc[h], x, w[h]);
+                }
             }
         }
 
         // As the AVX2 epilogue: the zero-point correction in f32 (one FMA,
         // exact) while K allows, else in i32.
         let in_f32 = s.groups * KG <= MAX_F32_EXACT_K;
-        let zp = _mm512_loadu_si512(p.zero_point.as_ptr().cast());
-        let zp_f = _mm512_cvtepi32_ps(zp);
-        let scale_w = _mm512_loadu_ps(p.scale.as_ptr());
-        let bias = _mm512_loadu_ps(p.bias.as_ptr());
-        let mask: __mmask16 = if s.cols == NR { !0 } else { (1u16 << s.cols) - 1 };
         let c = c.add(m0 * s.ldc);
-        for (r, &dot) in acc.iter().enumerate() {
-            let (sum, scale_x) = (s.sums[m0 + r], _mm512_set1_ps(s.scales[m0 + r]));
-            let acc = if in_f32 {
-                _mm512_fnmadd_ps(zp_f, _mm512_set1_ps(sum as f32), _mm512_cvtepi32_ps(dot))
-            } else {
-                _mm512_cvtepi32_ps(_mm512_sub_epi32(
-                    dot,
-                    _mm512_mullo_epi32(zp, _mm512_set1_epi32(sum)),
-                ))
-            };
-            let v = _mm512_add_ps(_mm512_mul_ps(acc, _mm512_mul_ps(scale_w, scale_x)), bias);
-            _mm512_mask_storeu_ps(c.add(r * s.ldc), mask, activate(v, s.act));
+        for h in 0..panels {
+            let p = params[h];
+            let zp = _mm512_loadu_si512(p.zero_point.as_ptr().cast());
+            let zp_f = _mm512_cvtepi32_ps(zp);
+            let scale_w = _mm512_loadu_ps(p.scale.as_ptr());
+            let bias = _mm512_loadu_ps(p.bias.as_ptr());
+            for (r, acc) in acc.iter().enumerate() {
+                let (sum, scale_x) = (s.sums[m0 + r], _mm512_set1_ps(s.scales[m0 + r]));
+                let v = if in_f32 {
+                    _mm512_fnmadd_ps(zp_f, _mm512_set1_ps(sum as f32), _mm512_cvtepi32_ps(acc[h]))
+                } else {
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                        acc[h],
+                        _mm512_mullo_epi32(zp, _mm512_set1_epi32(sum)),
+                    ))
+                };
+                let v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_mul_ps(scale_w, scale_x)), bias);
+                _mm512_mask_storeu_ps(c.add(r * s.ldc + h * NR), masks[h], activate(v, s.act));
+            }
         }
     }
 }

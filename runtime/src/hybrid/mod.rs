@@ -69,6 +69,16 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Panels a tile of this kernel covers side by side: its [`Strip`]s are
+    /// up to this many times [`NR`] columns wide.
+    pub const fn panels_per_tile(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => 2,
+            _ => 1,
+        }
+    }
+
     /// The fastest kernel this CPU runs (every op asks: no allocation).
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -236,8 +246,10 @@ pub struct PanelParams {
 }
 
 /// The arguments of one kernel call: `rows` rows of the quantized
-/// activations against one panel, written to `c[r * ldc + j]` for `j < cols`.
-/// Kernels walk the strip in tiles of [`MR`] rows.
+/// activations against the strip's panels (up to
+/// `Kernel::panels_per_tile`), written to `c[r * ldc + j]` for `j < cols`,
+/// column `j` from panel `j / NR`. Kernels walk the strip in tiles of
+/// [`MR`] rows (`avx512::MR`).
 pub struct Strip<'a> {
     /// `a[r * lda + i]`: row `r`, input `i` (rows padded to whole groups).
     pub a: &'a [i8],
@@ -247,14 +259,17 @@ pub struct Strip<'a> {
     /// such a kernel runs and a row has a negative value.
     pub offset: Option<&'a [u8]>,
     pub rows: usize,
-    /// `groups * NR * KG` packed s8 weights.
+    /// `groups * NR * KG` packed s8 weights of the first panel; the next
+    /// panel's at `panel_stride`.
     pub panel: &'a [u8],
+    pub panel_stride: usize,
     pub groups: usize,
     pub sums: &'a [i32],
     pub scales: &'a [f32],
     /// Whether each row has no negative value.
     pub nonnegative: &'a [bool],
-    pub params: &'a PanelParams,
+    /// One per panel of the strip.
+    pub params: &'a [PanelParams],
     pub act: Activation,
     pub c: &'a mut [f32],
     pub ldc: usize,
@@ -264,12 +279,13 @@ pub struct Strip<'a> {
 impl Strip<'_> {
     /// The bounds every kernel relies on.
     fn check(&self) {
-        assert!(self.rows >= 1 && self.cols >= 1 && self.cols <= NR);
+        let panels = self.cols.div_ceil(NR);
+        assert!(self.rows >= 1 && self.cols >= 1 && panels <= 2 && self.params.len() >= panels);
         assert!(self.a.len() >= (self.rows - 1) * self.lda + self.groups * KG);
         if let Some(offset) = self.offset {
             assert!(offset.len() >= (self.rows - 1) * self.lda + self.groups * KG);
         }
-        assert!(self.panel.len() >= self.groups * NR * KG);
+        assert!(self.panel.len() >= (panels - 1) * self.panel_stride + self.groups * NR * KG);
         assert!(
             self.sums.len() >= self.rows
                 && self.scales.len() >= self.rows
@@ -381,6 +397,7 @@ fn drive(
 ) {
     let (n, stride) = (w.rows, x.stride);
     let panel_len = NR * stride;
+    let per_tile = kernel.panels_per_tile();
     for m0 in rows.clone().step_by(MC) {
         let count = MC.min(rows.end - m0);
         let block = &x.values[m0 * stride..(m0 + count) * stride];
@@ -395,24 +412,30 @@ fn drive(
             for (u, &q) in offset.iter_mut().zip(block) {
                 *u = (q as u8) ^ 0x80;
             }
-            for p in panels.clone() {
+            for p in panels.clone().step_by(per_tile) {
                 let n0 = p * NR;
-                let params = w.panel_params(p, bias);
+                // Up to `per_tile` panels, within this part's.
+                let count_p = per_tile.min(panels.end - p);
+                let params = [
+                    w.panel_params(p, bias),
+                    w.panel_params((p + 1).min(p + count_p - 1), bias),
+                ];
                 let strip = Strip {
                     a: block,
                     lda: stride,
                     offset: (offset_len > 0).then_some(&*offset),
                     rows: count,
-                    panel: &w.packed[p * panel_len..(p + 1) * panel_len],
+                    panel: &w.packed[p * panel_len..],
+                    panel_stride: panel_len,
                     groups: stride / KG,
                     sums: &x.sums[m0..],
                     scales: &x.scales[m0..],
                     nonnegative: &x.nonnegative[m0..],
-                    params: &params,
+                    params: &params[..count_p],
                     act,
                     c: &mut y[(m0 - rows.start) * ldc + n0 - panels.start * NR..],
                     ldc,
-                    cols: NR.min(n - n0),
+                    cols: (count_p * NR).min(n - n0),
                 };
                 strip.check();
                 match kernel {
