@@ -216,18 +216,19 @@ proptest! {
     }
 }
 
-/// Stride 1 with the real models' kernel widths, bit for bit: rows of 8 to
-/// 40 pixels (whole and partial groups of four), kernels taller, shorter or
-/// as tall as wide, channel counts around the 8- to 64-channel blocks.
+/// Strides 1 and 2 with the real models' kernel widths, bit for bit: rows
+/// of 8 to 40 pixels (whole and partial groups of four and of eight, the
+/// windowed path's), kernels taller, shorter or as tall as wide, channel
+/// counts around the 8- to 64-channel blocks.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn depthwise_simd_stride_1_rows_are_the_fma_chain() {
+fn depthwise_simd_rows_are_the_fma_chain() {
     if !has_avx2_fma() {
         return;
     }
     let mut seed = 1;
     for (kh, kw) in [(3, 3), (5, 5), (1, 3), (5, 3), (3, 5), (7, 5), (8, 3)] {
-        for w in [8, 9, 15, 16, 17, 24, 40] {
+        for (w, stride) in [8, 9, 15, 16, 17, 24, 40].into_iter().flat_map(|w| [(w, 1), (2 * w + 3, 2)]) {
             for c in [1, 7, 8, 9, 16, 17, 31, 33, 48, 64, 65, 81] {
                 for pads in [
                     [0; 4],
@@ -239,6 +240,7 @@ fn depthwise_simd_stride_1_rows_are_the_fma_chain() {
                         kh,
                         kw,
                         pads,
+                        stride: [stride; 2],
                         ..geometry(c, c, [kh + 2, w], [kh, kw], c)
                     };
                     if g.check().is_err() {
