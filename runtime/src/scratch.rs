@@ -3,7 +3,7 @@
 //! a model needs, a forward pass on one thread allocates nothing.
 
 use crate::alloc::AlignedVec;
-use crate::hybrid::QuantizedRows;
+use crate::hybrid::{PanelParams, QuantizedRows};
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
@@ -18,6 +18,8 @@ thread_local! {
     pub(crate) static ZEROS: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// A block of quantized activation rows as u8 `q + 128` (the VNNI kernel's operand).
     pub(crate) static OFFSET_ROWS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The per-channel constants of a hybrid GEMM's panels.
+    pub(crate) static PANEL_PARAMS: RefCell<Vec<PanelParams>> = const { RefCell::new(Vec::new()) };
     /// The activations of a hybrid GEMM, quantized.
     pub(crate) static ROWS: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::default());
 }
@@ -50,17 +52,21 @@ pub(crate) fn with_zeros<R>(len: usize, f: impl FnOnce(&[f32]) -> R) -> R {
     })
 }
 
-/// Runs `f` on `len` bytes of the thread's buffer of unsigned activation
-/// rows (contents left over; a fresh buffer if in use, as above).
-pub(crate) fn with_offset_rows<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    OFFSET_ROWS.with(|cell| match cell.try_borrow_mut() {
+/// Runs `f` on `len` values of the thread's buffer `key` (contents left
+/// over; a fresh buffer if in use, as above).
+pub(crate) fn with_vec<T: Clone + Default, R>(
+    key: &'static LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
-                buf.resize(len, 0);
+                buf.resize(len, T::default());
             }
             f(&mut buf[..len])
         }
-        Err(_) => f(&mut vec![0; len]),
+        Err(_) => f(&mut vec![T::default(); len]),
     })
 }
 

@@ -228,7 +228,10 @@ fn depthwise_simd_rows_are_the_fma_chain() {
     }
     let mut seed = 1;
     for (kh, kw) in [(3, 3), (5, 5), (1, 3), (5, 3), (3, 5), (7, 5), (8, 3)] {
-        for (w, stride) in [8, 9, 15, 16, 17, 24, 40].into_iter().flat_map(|w| [(w, 1), (2 * w + 3, 2)]) {
+        for (w, stride) in [8, 9, 15, 16, 17, 24, 40]
+            .into_iter()
+            .flat_map(|w| [(w, 1), (2 * w + 3, 2)])
+        {
             for c in [1, 7, 8, 9, 16, 17, 31, 33, 48, 64, 65, 81] {
                 for pads in [
                     [0; 4],

@@ -175,13 +175,16 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
     // bytes at 8 * i < 8 * chunks.
     unsafe {
         let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-        let (mut m, mut nan) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        // Four maxima, so that the pass is not one chain of `max` latencies;
+        // the maximum is the same whichever order it is taken in.
+        let (mut ms, mut nan) = ([_mm256_setzero_ps(); 4], _mm256_setzero_ps());
         for i in 0..chunks {
             let v = _mm256_loadu_ps(x.as_ptr().add(8 * i));
             // max_ps(|v|, m) keeps m when |v| is NaN, as the scalar fold does.
-            m = _mm256_max_ps(_mm256_and_ps(v, abs_mask), m);
+            ms[i % 4] = _mm256_max_ps(_mm256_and_ps(v, abs_mask), ms[i % 4]);
             nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
         }
+        let m = _mm256_max_ps(_mm256_max_ps(ms[0], ms[1]), _mm256_max_ps(ms[2], ms[3]));
         // The lanes' maximum (no NaN in m: it starts at 0 and keeps m).
         let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
         let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));

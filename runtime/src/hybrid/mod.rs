@@ -234,7 +234,7 @@ pub fn gemm_reference(
 }
 
 /// Per-channel constants of one panel, padded to [`NR`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PanelParams {
     /// s8 zero points: `z_w - 128`.
     pub zero_point: [i32; NR],
@@ -398,59 +398,62 @@ fn drive(
     let (n, stride) = (w.rows, x.stride);
     let panel_len = NR * stride;
     let per_tile = kernel.panels_per_tile();
-    for m0 in rows.clone().step_by(MC) {
-        let count = MC.min(rows.end - m0);
-        let block = &x.values[m0 * stride..(m0 + count) * stride];
-        // The VNNI kernel's unsigned copy of the block's rows, made once for
-        // all panels, when a row needs it.
-        let offset_len = match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni if !x.nonnegative[m0..m0 + count].iter().all(|&n| n) => block.len(),
-            _ => 0,
-        };
-        crate::scratch::with_offset_rows(offset_len, |offset| {
-            for (u, &q) in offset.iter_mut().zip(block) {
-                *u = (q as u8) ^ 0x80;
-            }
-            for p in panels.clone().step_by(per_tile) {
-                let n0 = p * NR;
-                // Up to `per_tile` panels, within this part's.
-                let count_p = per_tile.min(panels.end - p);
-                let params = [
-                    w.panel_params(p, bias),
-                    w.panel_params((p + 1).min(p + count_p - 1), bias),
-                ];
-                let strip = Strip {
-                    a: block,
-                    lda: stride,
-                    offset: (offset_len > 0).then_some(&*offset),
-                    rows: count,
-                    panel: &w.packed[p * panel_len..],
-                    panel_stride: panel_len,
-                    groups: stride / KG,
-                    sums: &x.sums[m0..],
-                    scales: &x.scales[m0..],
-                    nonnegative: &x.nonnegative[m0..],
-                    params: &params[..count_p],
-                    act,
-                    c: &mut y[(m0 - rows.start) * ldc + n0 - panels.start * NR..],
-                    ldc,
-                    cols: (count_p * NR).min(n - n0),
-                };
-                strip.check();
-                match kernel {
-                    Kernel::Scalar => scalar::strip(strip),
-                    // SAFETY: AVX2 and FMA were detected; `check` proved the bounds.
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2 => unsafe { avx2::strip(strip) },
-                    // SAFETY: AVX-512F and VNNI were detected; `check` proved
-                    // the bounds, and rows with a negative value have their copy.
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx512Vnni => unsafe { avx512::strip(strip) },
+    // The part's panels' constants, once for all its row blocks.
+    crate::scratch::with_vec(&crate::scratch::PANEL_PARAMS, panels.len(), |params| {
+        for (params, p) in params.iter_mut().zip(panels.clone()) {
+            *params = w.panel_params(p, bias);
+        }
+        for m0 in rows.clone().step_by(MC) {
+            let count = MC.min(rows.end - m0);
+            let block = &x.values[m0 * stride..(m0 + count) * stride];
+            // The VNNI kernel's unsigned copy of the block's rows, made once
+            // for all panels, when a row needs it.
+            let offset_len = match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni if !x.nonnegative[m0..m0 + count].iter().all(|&n| n) => block.len(),
+                _ => 0,
+            };
+            crate::scratch::with_vec(&crate::scratch::OFFSET_ROWS, offset_len, |offset| {
+                for (u, &q) in offset.iter_mut().zip(block) {
+                    *u = (q as u8) ^ 0x80;
                 }
-            }
-        });
-    }
+                for p in panels.clone().step_by(per_tile) {
+                    let n0 = p * NR;
+                    // Up to `per_tile` panels, within this part's.
+                    let count_p = per_tile.min(panels.end - p);
+                    let strip = Strip {
+                        a: block,
+                        lda: stride,
+                        offset: (offset_len > 0).then_some(&*offset),
+                        rows: count,
+                        panel: &w.packed[p * panel_len..],
+                        panel_stride: panel_len,
+                        groups: stride / KG,
+                        sums: &x.sums[m0..],
+                        scales: &x.scales[m0..],
+                        nonnegative: &x.nonnegative[m0..],
+                        params: &params[p - panels.start..][..count_p],
+                        act,
+                        c: &mut y[(m0 - rows.start) * ldc + n0 - panels.start * NR..],
+                        ldc,
+                        cols: (count_p * NR).min(n - n0),
+                    };
+                    strip.check();
+                    match kernel {
+                        Kernel::Scalar => scalar::strip(strip),
+                        // SAFETY: AVX2 and FMA were detected; `check` proved the bounds.
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2 => unsafe { avx2::strip(strip) },
+                        // SAFETY: AVX-512F and VNNI were detected; `check`
+                        // proved the bounds, and rows with a negative value
+                        // have their copy.
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx512Vnni => unsafe { avx512::strip(strip) },
+                    }
+                }
+            });
+        }
+    });
 }
 
 #[cfg(test)]
