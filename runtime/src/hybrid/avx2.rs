@@ -178,11 +178,20 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
         // Four maxima, so that the pass is not one chain of `max` latencies;
         // the maximum is the same whichever order it is taken in.
         let (mut ms, mut nan) = ([_mm256_setzero_ps(); 4], _mm256_setzero_ps());
-        for i in 0..chunks {
+        let mut fold = |m: &mut __m256, i: usize| {
             let v = _mm256_loadu_ps(x.as_ptr().add(8 * i));
             // max_ps(|v|, m) keeps m when |v| is NaN, as the scalar fold does.
-            ms[i % 4] = _mm256_max_ps(_mm256_and_ps(v, abs_mask), ms[i % 4]);
+            *m = _mm256_max_ps(_mm256_and_ps(v, abs_mask), *m);
             nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        };
+        // Unrolled by hand: indexing `ms` by `i % 4` kept it in memory.
+        for b in 0..blocks {
+            for (j, m) in ms.iter_mut().enumerate() {
+                fold(m, 4 * b + j);
+            }
+        }
+        for i in 4 * blocks..chunks {
+            fold(&mut ms[0], i);
         }
         let m = _mm256_max_ps(_mm256_max_ps(ms[0], ms[1]), _mm256_max_ps(ms[2], ms[3]));
         // The lanes' maximum (no NaN in m: it starts at 0 and keeps m).
