@@ -123,19 +123,24 @@ impl Executor {
     /// passes over the whole model, step after step as the generated
     /// `forward` runs them (so each finds the caches as the steps before
     /// left them), after one pass that fills the weight caches.
+    ///
+    /// With threads, the passes run as a forward does (`Exec::run`: on the
+    /// pool, so each op splits from inside it).
     pub fn time_steps(&self, kernels: Kernels, threads: usize, input: &[f32], rounds: usize) -> Vec<f64> {
         let mut values = self.run_all(kernels, input);
         let exec = Exec { kernels, threads };
         let mut best = vec![f64::INFINITY; self.plan.steps.len()];
-        for _ in 0..rounds {
-            for (step, best) in self.plan.steps.iter().zip(&mut best) {
-                let mut y = std::mem::take(&mut values[step.output]);
-                let start = Instant::now();
-                self.step(&exec, step, &values, &mut y);
-                *best = best.min(start.elapsed().as_secs_f64());
-                values[step.output] = y;
+        exec.run(|| {
+            for _ in 0..rounds {
+                for (step, best) in self.plan.steps.iter().zip(&mut best) {
+                    let mut y = std::mem::take(&mut values[step.output]);
+                    let start = Instant::now();
+                    self.step(&exec, step, &values, &mut y);
+                    *best = best.min(start.elapsed().as_secs_f64());
+                    values[step.output] = y;
+                }
             }
-        }
+        });
         best
     }
 

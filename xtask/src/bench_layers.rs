@@ -6,7 +6,8 @@
 //! after step as the generated `forward` runs them; each step's time is the
 //! fastest of the rounds, which take the three engines in turn: the float
 //! model (`reference = true`'s weights) and the 8-bit one in both kernel
-//! families, at 1 thread.
+//! families, at 1 thread (or `--threads N`: which steps gain from more
+//! cores, and which do not).
 
 use crate::bench_latency::{MODELS, Spec, photo_input};
 use qbake::Kernels;
@@ -51,30 +52,32 @@ fn kind_and_macs(baked: &Baked, op: &Op, output_len: usize) -> (String, usize) {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// `cargo xtask bench --layers [--runs N]` (`args` after `bench`).
+/// `cargo xtask bench --layers [--runs N] [--threads N]` (`args` after `bench`).
 pub fn main(root: &Path, args: &[String]) -> Result<()> {
     if cfg!(debug_assertions) {
         return crate::bench_latency::run_release(root, "bench", args, false);
     }
-    let mut rounds = 20;
+    let (mut rounds, mut threads) = (20, 1);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
+        let mut count = |what: &str| {
+            let n = it.next().and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
+            n.ok_or(format!("{what} takes a positive number"))
+        };
         match arg.as_str() {
             "--layers" => {}
-            "--runs" => {
-                let n = it.next().and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
-                rounds = n.ok_or("--runs takes a positive number")?;
-            }
+            "--runs" => rounds = count("--runs")?,
+            "--threads" => threads = count("--threads")?,
             other => return Err(format!("unknown option `{other}` with --layers").into()),
         }
     }
     for spec in &MODELS {
-        model(root, spec, rounds)?;
+        model(root, spec, rounds, threads)?;
     }
     Ok(())
 }
 
-fn model(root: &Path, spec: &Spec, rounds: usize) -> Result<()> {
+fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize) -> Result<()> {
     let options = qbake_codegen::Options {
         output: spec.output.map(Into::into),
         ..Default::default()
@@ -99,7 +102,7 @@ fn model(root: &Path, spec: &Spec, rounds: usize) -> Result<()> {
     let mut times = vec![vec![f64::INFINITY; plan.steps.len()]; engines.len()];
     for _ in 0..rounds {
         for ((_, exec, kernels), best) in engines.iter().zip(&mut times) {
-            for (best, t) in best.iter_mut().zip(exec.time_steps(*kernels, 1, &input, 1)) {
+            for (best, t) in best.iter_mut().zip(exec.time_steps(*kernels, threads, &input, 1)) {
                 *best = best.min(t);
             }
         }
@@ -112,9 +115,10 @@ fn model(root: &Path, spec: &Spec, rounds: usize) -> Result<()> {
     let totals: Vec<f64> = times.iter().map(|t| t.iter().sum()).collect();
     let macs: usize = steps.iter().map(|s| s.1).sum();
     println!(
-        "\n{} ({} M multiply-adds), 1 thread, each step the fastest of {rounds} passes in order",
+        "\n{} ({} M multiply-adds), {threads} thread{}, each step the fastest of {rounds} passes in order",
         spec.name,
-        macs / 1_000_000
+        macs / 1_000_000,
+        if threads == 1 { "" } else { "s" }
     );
     println!(
         "  sum of steps: f32 reference {:.2} ms ({:.1} GFLOP/s), Dequant {:.2} ms, Hybrid {:.2} ms ({:.1} GOP/s)",
