@@ -42,40 +42,40 @@ pub fn im2col(x: &[f32], g: &Conv2d, out: &mut [f32]) {
 /// [`im2col`] of the input channels `channels` only (one group of a grouped
 /// convolution): each row holds, for each tap, those channels of the pixel.
 pub fn im2col_channels(x: &[f32], g: &Conv2d, channels: Range<usize>, out: &mut [f32]) {
+    im2col_pixels(x, g, channels, 0..g.out_pixels(), out);
+}
+
+/// [`im2col_channels`] of the output pixels `pixels` only (in `(b, oh, ow)`
+/// order): the rows of one part of a convolution split across threads.
+pub fn im2col_pixels(x: &[f32], g: &Conv2d, channels: Range<usize>, pixels: Range<usize>, out: &mut [f32]) {
     assert_eq!(x.len(), g.batch * g.in_h * g.in_w * g.in_c);
     assert!(channels.start < channels.end && channels.end <= g.in_c);
+    assert!(pixels.start <= pixels.end && pixels.end <= g.out_pixels());
     let (oh_n, ow_n, c, cs) = (g.out_h(), g.out_w(), g.in_c, channels.len());
     let row_len = g.kh * g.kw * cs;
-    assert_eq!(out.len(), g.out_pixels() * row_len);
+    assert_eq!(out.len(), pixels.len() * row_len);
     // A kernel row wholly inside the input, over all its channels and
     // without dilation, is one contiguous run of the input: one copy.
     let whole_rows = cs == c && g.dilation[1] == 1;
     let span_w = g.dilation[1] * (g.kw - 1) + 1;
-    let mut rows = out.chunks_exact_mut(row_len);
-    for b in 0..g.batch {
+    for (p, row) in pixels.zip(out.chunks_exact_mut(row_len)) {
+        let (b, oh, ow) = (p / (oh_n * ow_n), p / ow_n % oh_n, p % ow_n);
         let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
-        for oh in 0..oh_n {
-            for ow in 0..ow_n {
-                let row = rows.next().expect("sized above");
-                let left = (ow * g.stride[1])
-                    .checked_sub(g.pads[1])
-                    .filter(|l| l + span_w <= g.in_w);
-                for (i, dst) in row.chunks_exact_mut(g.kw * cs).enumerate() {
-                    let ih = (oh * g.stride[0] + i * g.dilation[0])
-                        .checked_sub(g.pads[0])
-                        .filter(|&ih| ih < g.in_h);
-                    if let (true, Some(ih), Some(l)) = (whole_rows, ih, left) {
-                        copy(dst, &image[(ih * g.in_w + l) * c..][..g.kw * c]);
-                        continue;
-                    }
-                    for (j, dst) in dst.chunks_exact_mut(cs).enumerate() {
-                        match g.tap(oh, ow, i, j) {
-                            Some((ih, iw)) => {
-                                copy(dst, &image[(ih * g.in_w + iw) * c + channels.start..][..cs])
-                            }
-                            None => dst.fill(0.0),
-                        }
-                    }
+        let left = (ow * g.stride[1])
+            .checked_sub(g.pads[1])
+            .filter(|l| l + span_w <= g.in_w);
+        for (i, dst) in row.chunks_exact_mut(g.kw * cs).enumerate() {
+            let ih = (oh * g.stride[0] + i * g.dilation[0])
+                .checked_sub(g.pads[0])
+                .filter(|&ih| ih < g.in_h);
+            if let (true, Some(ih), Some(l)) = (whole_rows, ih, left) {
+                copy(dst, &image[(ih * g.in_w + l) * c..][..g.kw * c]);
+                continue;
+            }
+            for (j, dst) in dst.chunks_exact_mut(cs).enumerate() {
+                match g.tap(oh, ow, i, j) {
+                    Some((ih, iw)) => copy(dst, &image[(ih * g.in_w + iw) * c + channels.start..][..cs]),
+                    None => dst.fill(0.0),
                 }
             }
         }
