@@ -293,8 +293,7 @@ pub fn nhwc_to_nchw(x: &[f32], batch: usize, pixels: usize, channels: usize, y: 
     transpose_batches(x, batch, pixels, channels, y);
 }
 
-/// Transposes each of `batch` row-major `[rows, cols]` matrices, in square
-/// blocks so that both sides are read and written a few cache lines at a time.
+/// Transposes each of `batch` row-major `[rows, cols]` matrices.
 fn transpose_batches(x: &[f32], batch: usize, rows: usize, cols: usize, y: &mut [f32]) {
     const B: usize = 16;
     assert!(
@@ -305,12 +304,38 @@ fn transpose_batches(x: &[f32], batch: usize, rows: usize, cols: usize, y: &mut 
         return;
     }
     for (x, y) in x.chunks_exact(rows * cols).zip(y.chunks_exact_mut(rows * cols)) {
-        for r0 in (0..rows).step_by(B) {
-            for c0 in (0..cols).step_by(B) {
-                for r in r0..(r0 + B).min(rows) {
-                    for c in c0..(c0 + B).min(cols) {
-                        y[c * rows + r] = x[r * cols + c];
-                    }
+        // A few rows (an image's colour planes into NHWC): interleaved in
+        // one pass, a column of `rows` values at a time (the blocked loop
+        // below took 1-2% of EfficientNet-Lite0's forward for its input).
+        match rows {
+            1 => y.copy_from_slice(x),
+            2 => interleave::<2>(x, y),
+            3 => interleave::<3>(x, y),
+            4 => interleave::<4>(x, y),
+            _ => transpose_blocked::<B>(x, rows, cols, y),
+        }
+    }
+}
+
+/// `y[c * R + r] = x[r * cols + c]`: `R` planes of `cols` values interleaved.
+fn interleave<const R: usize>(x: &[f32], y: &mut [f32]) {
+    let cols = x.len() / R;
+    let planes: [&[f32]; R] = std::array::from_fn(|r| &x[r * cols..(r + 1) * cols]);
+    for (c, out) in y.chunks_exact_mut(R).enumerate() {
+        for (out, plane) in out.iter_mut().zip(&planes) {
+            *out = plane[c];
+        }
+    }
+}
+
+/// One `rows x cols` transpose in blocks of `B x B`, so that reads and
+/// writes both stay within a few cache lines.
+fn transpose_blocked<const B: usize>(x: &[f32], rows: usize, cols: usize, y: &mut [f32]) {
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    y[c * rows + r] = x[r * cols + c];
                 }
             }
         }
@@ -880,6 +905,26 @@ mod tests {
         let mut back = vec![f32::NAN; x.len()];
         nhwc_to_nchw(&nhwc, batch, pixels, channels, &mut back);
         assert_eq!(back, x);
+        // One to four planes (interleaved in one pass), against the
+        // definition, both ways.
+        for channels in 1..=5 {
+            let x = values(52 + channels as u64, batch * channels * pixels);
+            let mut nhwc = vec![f32::NAN; x.len()];
+            nchw_to_nhwc(&x, batch, channels, pixels, &mut nhwc);
+            for (b, c, p) in
+                (0..batch).flat_map(|b| (0..channels).flat_map(move |c| (0..pixels).map(move |p| (b, c, p))))
+            {
+                let at = b * channels * pixels;
+                assert_eq!(
+                    nhwc[at + p * channels + c],
+                    x[at + c * pixels + p],
+                    "{channels} channels"
+                );
+            }
+            let mut back = vec![f32::NAN; x.len()];
+            nhwc_to_nchw(&nhwc, batch, pixels, channels, &mut back);
+            assert_eq!(back, x);
+        }
     }
 
     #[test]
