@@ -414,7 +414,8 @@ fn weights_doc(display_path: &str, baked: &Baked, options: &Options) -> String {
          (`x = (q - zero_point) * scale`, 0.0 exact); smaller ones, biases and constants stay f32. \
          SQNR is the signal-to-quantization-noise ratio of the stored weights against the file's floats. \
          The bytes of each `*_S8` array are `q - 128`, packed at compile time in the panel order the int8 \
-         kernels read (`qbake::format::packed_index`); `QuantWeight::q(n, k)` reads one weight back.\n\n\
+         kernels read (`qbake::format::packed_index`); `QuantWeight::q(n, k)` reads one weight back. \
+         `s8_sums` holds each output channel's sum of those bytes, for the AVX-512 VNNI kernel.\n\n\
          | tensor | shape (out, in) | stored as | bytes | min | max | SQNR |\n|---|---|---|---|---|---|---|\n",
             options.keep_float_below,
             if options.per_channel {
