@@ -29,6 +29,8 @@ pub mod parallel;
 mod scratch;
 #[cfg(test)]
 mod test_values;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 mod weights;
 
 pub use alloc::{AlignedVec, Zeroable, boxed_zeroed};

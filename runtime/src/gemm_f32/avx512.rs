@@ -5,6 +5,7 @@
 
 use super::{Epilogue, NR, Strip};
 use crate::ops::Activation;
+use crate::tiles::row_tiles;
 use std::arch::x86_64::*;
 
 /// Rows of a tile: 24 accumulators (two panels), the panels' two vectors
@@ -35,26 +36,7 @@ pub unsafe fn strip(s: Strip<'_>) {
 unsafe fn rows_of<const TWO: bool>(s: &Strip<'_>, c: *mut f32) {
     // SAFETY: as the caller's.
     unsafe {
-        let mut m0 = 0;
-        while m0 + MR <= s.rows {
-            tile::<MR, TWO>(s, m0, c);
-            m0 += MR;
-        }
-        // Edge rows: a kernel of their own count, so no work is wasted.
-        match s.rows - m0 {
-            0 => {}
-            1 => tile::<1, TWO>(s, m0, c),
-            2 => tile::<2, TWO>(s, m0, c),
-            3 => tile::<3, TWO>(s, m0, c),
-            4 => tile::<4, TWO>(s, m0, c),
-            5 => tile::<5, TWO>(s, m0, c),
-            6 => tile::<6, TWO>(s, m0, c),
-            7 => tile::<7, TWO>(s, m0, c),
-            8 => tile::<8, TWO>(s, m0, c),
-            9 => tile::<9, TWO>(s, m0, c),
-            10 => tile::<10, TWO>(s, m0, c),
-            _ => tile::<11, TWO>(s, m0, c),
-        }
+        row_tiles!(s.rows, MR, |m0, R| tile::<R, TWO>(s, m0, c), [1 2 3 4 5 6 7 8 9 10 11]);
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::{MAX_F32_EXACT_K, MR, Strip};
 use crate::gemm_f32::avx2::activate;
+use crate::tiles::row_tiles;
 use qbake_format::{KG, NR};
 use std::arch::x86_64::*;
 
@@ -14,18 +15,7 @@ pub unsafe fn strip(s: Strip<'_>) {
     // SAFETY: `check` proved every row and column a tile touches; each tile
     // call covers rows `m0..m0 + R` of the strip.
     unsafe {
-        let mut m0 = 0;
-        while m0 + MR <= s.rows {
-            tile::<MR>(&s, m0, c);
-            m0 += MR;
-        }
-        // Edge rows: a kernel of their own count, so no work is wasted.
-        match s.rows - m0 {
-            0 => {}
-            1 => tile::<1>(&s, m0, c),
-            2 => tile::<2>(&s, m0, c),
-            _ => tile::<3>(&s, m0, c),
-        }
+        row_tiles!(s.rows, MR, |m0, R| tile::<R>(&s, m0, c), [1 2 3]);
     }
 }
 

@@ -20,6 +20,7 @@
 
 use super::{MAX_F32_EXACT_K, Strip};
 use crate::gemm_f32::avx512::activate;
+use crate::tiles::row_tiles;
 use qbake_format::{KG, NR};
 use std::arch::x86_64::*;
 
@@ -55,22 +56,7 @@ pub unsafe fn strip(s: Strip<'_>) {
 unsafe fn rows_of<const TWO: bool>(s: &Strip<'_>, c: *mut f32) {
     // SAFETY: as the caller's; each tile call covers rows `m0..m0 + R`.
     unsafe {
-        let mut m0 = 0;
-        while m0 + MR <= s.rows {
-            tile::<MR, TWO>(s, m0, c);
-            m0 += MR;
-        }
-        // Edge rows: a kernel of their own count, so no work is wasted.
-        match s.rows - m0 {
-            0 => {}
-            1 => tile::<1, TWO>(s, m0, c),
-            2 => tile::<2, TWO>(s, m0, c),
-            3 => tile::<3, TWO>(s, m0, c),
-            4 => tile::<4, TWO>(s, m0, c),
-            5 => tile::<5, TWO>(s, m0, c),
-            6 => tile::<6, TWO>(s, m0, c),
-            _ => tile::<7, TWO>(s, m0, c),
-        }
+        row_tiles!(s.rows, MR, |m0, R| tile::<R, TWO>(s, m0, c), [1 2 3 4 5 6 7]);
     }
 }
 
