@@ -133,3 +133,70 @@ unsafe fn tile<const R: usize, const TWO: bool>(s: &Strip<'_>, m0: usize, c: *mu
         }
     }
 }
+
+/// [`super::quantize_row`] sixteen values at a time, the last ones through
+/// a lane mask (no scalar tail), with the same bits; returns `(scale, sum of
+/// q, no q negative)`. Rows with NaN, and the short and subnormal-scale
+/// paths, go to the scalar definition, as in the AVX2 quantizer.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
+    assert_eq!(x.len(), q.len());
+    let (full, rest) = (x.len() / 16, x.len() % 16);
+    let tail: __mmask16 = ((1u32 << rest) - 1) as u16;
+    // SAFETY: every load and store touches 16 values at 16 * i for i <
+    // full, or the `rest` lanes of `tail` at 16 * full: all within x and q.
+    unsafe {
+        let load = |i: usize, lanes: __mmask16| _mm512_maskz_loadu_ps(lanes, x.as_ptr().add(16 * i));
+        let abs_mask = _mm512_set1_epi32(0x7fff_ffff);
+        // Four maxima, so that the pass is not one chain of `max` latencies.
+        let (mut ms, mut nan) = ([_mm512_setzero_ps(); 4], 0 as __mmask16);
+        let mut fold = |m: &mut __m512, v: __m512| {
+            let abs = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask));
+            // max_ps(|v|, m) keeps m when |v| is NaN, as the scalar fold does.
+            *m = _mm512_max_ps(abs, *m);
+            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        };
+        for b in 0..full / 4 {
+            for (j, m) in ms.iter_mut().enumerate() {
+                fold(m, load(4 * b + j, !0));
+            }
+        }
+        for i in full / 4 * 4..full {
+            fold(&mut ms[0], load(i, !0));
+        }
+        // Masked-off lanes load 0, which raises no maximum.
+        fold(&mut ms[1], load(full, tail));
+        let m = _mm512_max_ps(_mm512_max_ps(ms[0], ms[1]), _mm512_max_ps(ms[2], ms[3]));
+        let amax = _mm512_reduce_max_ps(m);
+        let scale = amax / 127.0;
+        let inv = 127.0 / amax;
+        if nan != 0 || scale <= 0.0 || !scale.is_finite() || !inv.is_finite() {
+            return super::scalar::quantize_row(x, q);
+        }
+        let vinv = _mm512_set1_ps(inv);
+        let (mut sum, mut min) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let mut put = |i: usize, lanes: __mmask16| {
+            // `cvtps` rounds to nearest, ties to even (Rust never changes
+            // MXCSR); |x * inv| <= 127, so the narrowing never saturates.
+            // Masked-off lanes are 0 and add nothing.
+            let r = _mm512_cvtps_epi32(_mm512_mul_ps(load(i, lanes), vinv));
+            _mm512_mask_cvtsepi32_storeu_epi8(q.as_mut_ptr().add(16 * i), lanes, r);
+            sum = _mm512_add_epi32(sum, r);
+            min = _mm512_min_epi32(min, r);
+        };
+        for i in 0..full {
+            put(i, !0);
+        }
+        if rest > 0 {
+            put(full, tail);
+        }
+        (
+            scale,
+            _mm512_reduce_add_epi32(sum),
+            _mm512_reduce_min_epi32(min) >= 0,
+        )
+    }
+}

@@ -189,7 +189,10 @@ impl QuantizedRows {
                 Kernel::Scalar => scalar::quantize_row(x_row, q_row),
                 // SAFETY: `detect` (or the test choosing it) checked AVX2.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { avx2::quantize_row(x_row, q_row) },
+                Kernel::Avx2 => unsafe { avx2::quantize_row(x_row, q_row) },
+                // SAFETY: `detect` (or the test choosing it) checked AVX-512F.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni => unsafe { avx512::quantize_row(x_row, q_row) },
             };
             self.scales[r] = scale;
             self.sums[r] = sum;
