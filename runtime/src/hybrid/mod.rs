@@ -184,7 +184,12 @@ impl QuantizedRows {
         for (r, x_row) in x.chunks_exact(k).enumerate() {
             let row = &mut self.values[r * stride..(r + 1) * stride];
             let (q_row, padding) = row.split_at_mut(k);
-            padding.fill(0);
+            // Most rows have none (K a multiple of 4); `fill` on an empty
+            // slice still cost a call to memset per row (1.2% of a hybrid
+            // forward in a profile).
+            if !padding.is_empty() {
+                padding.fill(0);
+            }
             let (scale, sum, nonnegative) = match kernel {
                 Kernel::Scalar => scalar::quantize_row(x_row, q_row),
                 // SAFETY: `detect` (or the test choosing it) checked AVX2.
