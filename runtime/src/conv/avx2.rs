@@ -9,6 +9,11 @@ use std::arch::x86_64::*;
 pub(super) struct Avx2;
 
 impl Pixels for Avx2 {
+    /// With blocks of 8 channels.
+    ///
+    /// # Safety
+    /// AVX2 and FMA, and the contract of [`Pixels::pixels`].
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn pixels<const P: usize, const B: usize>(
         image: &[f32],
         base: usize,
@@ -19,72 +24,52 @@ impl Pixels for Avx2 {
         act: Activation,
         out: &mut [f32],
     ) {
-        // SAFETY: the caller's contract, and this kernel's CPU.
-        unsafe { pixels::<P, B>(image, base, step, taps, bias, inside, act, out) }
-    }
-}
-
-/// [`Pixels::pixels`] with blocks of 8 channels.
-///
-/// # Safety
-/// AVX2 and FMA, and the contract of [`Pixels::pixels`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pixels<const P: usize, const B: usize>(
-    image: &[f32],
-    base: usize,
-    step: usize,
-    taps: &[f32],
-    bias: &[f32],
-    inside: &[(usize, usize)],
-    act: Activation,
-    out: &mut [f32],
-) {
-    let c = bias.len();
-    debug_assert_eq!(out.len(), P * c);
-    let (img, tp, o) = (image.as_ptr(), taps.as_ptr(), out.as_mut_ptr());
-    let mut ch = 0;
-    // SAFETY (every block below): ch + 8 * blocks <= c, and the caller's offsets.
-    unsafe {
-        while ch + 8 * B <= c {
-            let b = bias.as_ptr().add(ch);
-            let mut acc: [[__m256; B]; P] = [std::array::from_fn(|k| _mm256_loadu_ps(b.add(8 * k))); P];
-            for &(off, t) in inside {
-                let w: [__m256; B] = std::array::from_fn(|k| _mm256_loadu_ps(tp.add(t + ch + 8 * k)));
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    let v = img.add(base + p * step + off + ch);
-                    for (k, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(8 * k)), w[k], *acc);
+        let c = bias.len();
+        debug_assert_eq!(out.len(), P * c);
+        let (img, tp, o) = (image.as_ptr(), taps.as_ptr(), out.as_mut_ptr());
+        let mut ch = 0;
+        // SAFETY (every block below): ch + 8 * blocks <= c, and the caller's offsets.
+        unsafe {
+            while ch + 8 * B <= c {
+                let b = bias.as_ptr().add(ch);
+                let mut acc: [[__m256; B]; P] = [std::array::from_fn(|k| _mm256_loadu_ps(b.add(8 * k))); P];
+                for &(off, t) in inside {
+                    let w: [__m256; B] = std::array::from_fn(|k| _mm256_loadu_ps(tp.add(t + ch + 8 * k)));
+                    for (p, acc) in acc.iter_mut().enumerate() {
+                        let v = img.add(base + p * step + off + ch);
+                        for (k, acc) in acc.iter_mut().enumerate() {
+                            *acc = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(8 * k)), w[k], *acc);
+                        }
                     }
                 }
-            }
-            for (p, acc) in acc.iter().enumerate() {
-                for (k, acc) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(o.add(p * c + ch + 8 * k), activate(*acc, act));
+                for (p, acc) in acc.iter().enumerate() {
+                    for (k, acc) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(o.add(p * c + ch + 8 * k), activate(*acc, act));
+                    }
                 }
+                ch += 8 * B;
             }
-            ch += 8 * B;
-        }
-        while ch + 8 <= c {
-            let mut acc = [_mm256_loadu_ps(bias.as_ptr().add(ch)); P];
-            for &(off, t) in inside {
-                let w = _mm256_loadu_ps(tp.add(t + ch));
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(_mm256_loadu_ps(img.add(base + p * step + off + ch)), w, *acc);
+            while ch + 8 <= c {
+                let mut acc = [_mm256_loadu_ps(bias.as_ptr().add(ch)); P];
+                for &(off, t) in inside {
+                    let w = _mm256_loadu_ps(tp.add(t + ch));
+                    for (p, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm256_fmadd_ps(_mm256_loadu_ps(img.add(base + p * step + off + ch)), w, *acc);
+                    }
                 }
+                for (p, acc) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(o.add(p * c + ch), activate(*acc, act));
+                }
+                ch += 8;
             }
-            for (p, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(o.add(p * c + ch), activate(*acc, act));
-            }
-            ch += 8;
         }
-    }
-    for p in 0..P {
-        for ch in ch..c {
-            let acc = inside.iter().fold(bias[ch], |acc, &(off, t)| {
-                image[base + p * step + off + ch].mul_add(taps[t + ch], acc)
-            });
-            out[p * c + ch] = act.apply(acc);
+        for p in 0..P {
+            for ch in ch..c {
+                let acc = inside.iter().fold(bias[ch], |acc, &(off, t)| {
+                    image[base + p * step + off + ch].mul_add(taps[t + ch], acc)
+                });
+                out[p * c + ch] = act.apply(acc);
+            }
         }
     }
 }
