@@ -24,23 +24,29 @@ thread_local! {
     pub(crate) static ROWS: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::default());
 }
 
-/// Runs `f` on `len` values of the thread's buffer `key` (their contents
-/// are whatever was left there). A buffer already in use on this thread
-/// gives a fresh one: no op nests itself, but on rayon's pool a thread
-/// waiting inside an op's join may run another forward's op meanwhile.
+/// Runs `f` on the thread's buffer `key`. A buffer already in use on this
+/// thread gives a fresh one: no op nests itself, but on rayon's pool a
+/// thread waiting inside an op's join may run another forward's op
+/// meanwhile.
+fn with_buffer<B: Default, R>(key: &'static LocalKey<RefCell<B>>, f: impl FnOnce(&mut B) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut B::default()),
+    })
+}
+
+/// Runs `f` on `len` values of the thread's buffer `key` ([`with_buffer`]),
+/// grown as needed; their contents are whatever was left there.
 pub(crate) fn with_f32<R>(
     key: &'static LocalKey<RefCell<AlignedVec>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len);
-            }
-            f(&mut buf[..len])
+    with_buffer(key, |buf| {
+        if buf.len() < len {
+            buf.resize(len);
         }
-        Err(_) => f(&mut vec![0.0; len]),
+        f(&mut buf[..len])
     })
 }
 
@@ -52,30 +58,23 @@ pub(crate) fn with_zeros<R>(len: usize, f: impl FnOnce(&[f32]) -> R) -> R {
     })
 }
 
-/// Runs `f` on `len` values of the thread's buffer `key` (contents left
-/// over; a fresh buffer if in use, as above).
+/// [`with_f32`] for a buffer of any `T`.
 pub(crate) fn with_vec<T: Clone + Default, R>(
     key: &'static LocalKey<RefCell<Vec<T>>>,
     len: usize,
     f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, T::default());
-            }
-            f(&mut buf[..len])
+    with_buffer(key, |buf| {
+        if buf.len() < len {
+            buf.resize(len, T::default());
         }
-        Err(_) => f(&mut vec![T::default(); len]),
+        f(&mut buf[..len])
     })
 }
 
-/// Runs `f` on the thread's quantized-rows buffer (or a fresh one, as above).
+/// Runs `f` on the thread's quantized-rows buffer ([`with_buffer`]).
 pub(crate) fn with_rows<R>(f: impl FnOnce(&mut QuantizedRows) -> R) -> R {
-    ROWS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut rows) => f(&mut rows),
-        Err(_) => f(&mut QuantizedRows::default()),
-    })
+    with_buffer(&ROWS, f)
 }
 
 /// Runs `f` on a baked model's per-thread scratch `key`: one buffer per
