@@ -423,7 +423,8 @@ fn drive(
             };
             crate::scratch::with_vec(&crate::scratch::OFFSET_ROWS, offset_len, |offset| {
                 for (u, &q) in offset.iter_mut().zip(block) {
-                    *u = (q as u8) ^ 0x80;
+                    // `q + 128` as u8: the format's s8 -> u8 bit flip.
+                    *u = qbake_format::from_s8(q);
                 }
                 for p in panels.clone().step_by(per_tile) {
                     let n0 = p * NR;
