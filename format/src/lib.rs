@@ -46,11 +46,13 @@ pub const fn packed_index(n: usize, k: usize, k_total: usize) -> usize {
 }
 
 /// The s8 operand of a u8 weight: `q - 128`, a bit flip. Its zero point moves by the same 128.
+#[inline]
 pub const fn to_s8(q: u8) -> i8 {
     (q ^ 0x80) as i8
 }
 
 /// The u8 weight of an s8 operand (the inverse of [`to_s8`]).
+#[inline]
 pub const fn from_s8(s: i8) -> u8 {
     (s as u8) ^ 0x80
 }
