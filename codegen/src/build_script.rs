@@ -85,7 +85,7 @@ impl Model {
         self
     }
 
-    /// MSE-optimal weight ranges (default `false`; see `Options`).
+    /// MSE-optimal weight ranges (default `true`; see `Options`).
     pub fn mse_ranges(mut self, on: bool) -> Self {
         self.options.mse_ranges = on;
         self

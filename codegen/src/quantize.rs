@@ -405,7 +405,9 @@ mod tests {
             row in proptest::collection::vec(-3.0f32..3.0, 1..300),
             per_channel in any::<bool>(),
         ) {
-            let options = Options { balanced_rounding: true, per_channel, keep_float_below: 0, ..Options::default() };
+            // On the data's own range: clipped values (MSE ranges) err by
+            // more than a step, which this bound is not about.
+            let options = Options { balanced_rounding: true, per_channel, keep_float_below: 0, mse_ranges: false, ..Options::default() };
             let plain = bake_weight("w", 1, row.len(), row.clone(), &Options { balanced_rounding: false, ..options.clone() }).unwrap();
             let balanced = bake_weight("w", 1, row.len(), row.clone(), &options).unwrap();
             let Storage::U8 { params, .. } = &balanced.storage else { unreachable!() };

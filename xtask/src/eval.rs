@@ -18,8 +18,8 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --keep-float-below N
   --bias-correction B  true (default) or false
   --equalize B       false (default) or true
-  --balanced-rounding B  false (default) or true
-  --mse-ranges B     false (default) or true
+  --balanced-rounding B  true (default) or false
+  --mse-ranges B     true (default) or false
   --json             the report as JSON on stdout";
 
 /// Inputs, flattened, and a name for each.
