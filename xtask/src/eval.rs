@@ -12,6 +12,8 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --inputs FILE      a safetensors file whose tensor (--tensor NAME, or its only one) is [N, input shape...]
   --photos DIR       every PNG/JPEG in DIR, squared and resized to the model's input, with 22
                      crops and mirrorings of each; input = (pixel - mean) / scale, NCHW RGB
+  --variants V       with --photos: standard (the 22 above, default) or dense (56 each:
+                     crops of 6/7, 5/7 and 4/7 of the side on a 3 x 3 grid, and mirrored)
   --labels FILE      one class index per line, per input (per photo variant, in order)
   --output NAME      ONNX models: the graph output to measure
   --per-channel B    true (default) or false
@@ -37,6 +39,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     let (mut mean, mut scale) = (None, None);
     let mut labels_file = None;
     let mut json = false;
+    let mut dense = false;
     let mut options = Options::default();
     let mut args = args.iter();
     let value = |args: &mut std::slice::Iter<String>, flag: &str| -> Result<String, Box<dyn Error>> {
@@ -61,6 +64,17 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
             "--balanced-rounding" => options.balanced_rounding = value(&mut args, arg)?.parse()?,
             "--mse-ranges" => options.mse_ranges = value(&mut args, arg)?.parse()?,
             "--json" => json = true,
+            "--variants" => {
+                dense = match value(&mut args, arg)?.as_str() {
+                    "standard" => false,
+                    "dense" => true,
+                    other => {
+                        return Err(
+                            format!("--variants is standard or dense, not `{other}`\n\n{USAGE}").into(),
+                        );
+                    }
+                }
+            }
             other => return Err(format!("unknown argument `{other}`\n\n{USAGE}").into()),
         }
     }
@@ -74,7 +88,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
             let (Some(mean), Some(scale)) = (mean, scale) else {
                 return Err(format!("--photos needs --mean and --scale\n\n{USAGE}").into());
             };
-            from_photos(&dir, &shape, mean, scale)?
+            from_photos(&dir, &shape, mean, scale, dense)?
         }
         _ => return Err(format!("give --inputs or --photos\n\n{USAGE}").into()),
     };
@@ -148,7 +162,13 @@ fn from_tensor(file: &Path, name: Option<&str>, shape: &[usize]) -> Result<Named
 }
 
 /// Every photo in `dir`, fit to the model's `[1, 3, H, W]` input, with its variants.
-fn from_photos(dir: &Path, shape: &[usize], mean: f32, scale: f32) -> Result<Named, Box<dyn Error>> {
+fn from_photos(
+    dir: &Path,
+    shape: &[usize],
+    mean: f32,
+    scale: f32,
+    dense: bool,
+) -> Result<Named, Box<dyn Error>> {
     let &[1, 3, h, w] = shape else {
         return Err(format!("--photos needs a model input of shape [1, 3, H, W], not {shape:?}").into());
     };
@@ -174,7 +194,13 @@ fn from_photos(dir: &Path, shape: &[usize], mean: f32, scale: f32) -> Result<Nam
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        for (variant, v) in photos::variants(&photos::square(&img, h as u32)) {
+        let square = photos::square(&img, h as u32);
+        let variants = if dense {
+            photos::dense_variants(&square)
+        } else {
+            photos::variants(&square)
+        };
+        for (variant, v) in variants {
             names.push(format!("{stem} {variant}"));
             inputs.push(photos::nchw(&v, mean, scale));
         }
