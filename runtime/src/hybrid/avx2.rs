@@ -149,6 +149,16 @@ unsafe fn dot_tile_signed<const R: usize>(
     }
 }
 
+/// [`super::QuantizedRows::quantize_into`] with [`quantize_row`] inlined.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_rows(rows: &mut super::QuantizedRows, x: &[f32]) {
+    // SAFETY: this function's caller checked AVX2.
+    super::each_row(rows, x, |x, q| unsafe { quantize_row(x, q) });
+}
+
 /// [`super::quantize_row`] on 32 values at a time, then 8, with the same
 /// bits; returns `(scale, sum of q, no q negative)`. Rows of 8 to 31 values
 /// (the inputs of 1x1 convolutions with K = 16 or 24) take the 8-wide path
@@ -157,6 +167,7 @@ unsafe fn dot_tile_signed<const R: usize>(
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
+#[inline]
 pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
     assert_eq!(x.len(), q.len());
     let (chunks, blocks) = (x.len() / 8, x.len() / 32);

@@ -134,69 +134,101 @@ unsafe fn tile<const R: usize, const TWO: bool>(s: &Strip<'_>, m0: usize, c: *mu
     }
 }
 
-/// [`super::quantize_row`] sixteen values at a time, the last ones through
-/// a lane mask (no scalar tail), with the same bits; returns `(scale, sum of
-/// q, no q negative)`. Rows with NaN, and the short and subnormal-scale
-/// paths, go to the scalar definition, as in the AVX2 quantizer.
+/// [`super::QuantizedRows::quantize_into`] with [`quantize_row`] inlined.
 ///
 /// # Safety
-/// The CPU must have AVX-512F.
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
+/// The CPU must have AVX-512F, BW and VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn quantize_rows(rows: &mut super::QuantizedRows, x: &[f32]) {
+    // SAFETY: this function's caller checked the features `quantize_row` needs.
+    super::each_row(rows, x, |x, q| unsafe { quantize_row(x, q) });
+}
+
+/// [`super::quantize_row`] sixteen values at a time, the last ones through
+/// a lane mask (no scalar tail), with the same bits; returns `(scale, sum of
+/// q, no q negative)`. Rows with NaN or an infinity, and the short and
+/// subnormal-scale paths, go to the scalar definition, as in the AVX2
+/// quantizer.
+///
+/// The largest magnitude is taken as an unsigned integer maximum of the
+/// values' bits with the sign cleared: for non-negative floats the integer
+/// order is the float order, and NaN and infinity (exponent all ones) rank
+/// above every finite value, so one compare after the pass finds them. That
+/// is one 1-cycle operation a vector instead of a float `max` and a NaN
+/// test. Groups of 64 values are narrowed by two packs and stored as one
+/// vector, and summed by one `vpdpbusd` against ones.
+///
+/// # Safety
+/// The CPU must have AVX-512F, BW and VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
     assert_eq!(x.len(), q.len());
     let (full, rest) = (x.len() / 16, x.len() % 16);
     let tail: __mmask16 = ((1u32 << rest) - 1) as u16;
     // SAFETY: every load and store touches 16 values at 16 * i for i <
     // full, or the `rest` lanes of `tail` at 16 * full: all within x and q.
     unsafe {
-        let load = |i: usize, lanes: __mmask16| _mm512_maskz_loadu_ps(lanes, x.as_ptr().add(16 * i));
+        let bits =
+            |i: usize, lanes: __mmask16| _mm512_maskz_loadu_epi32(lanes, x.as_ptr().add(16 * i).cast());
         let abs_mask = _mm512_set1_epi32(0x7fff_ffff);
-        // Four maxima, so that the pass is not one chain of `max` latencies.
-        let (mut ms, mut nan) = ([_mm512_setzero_ps(); 4], 0 as __mmask16);
-        let mut fold = |m: &mut __m512, v: __m512| {
-            let abs = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask));
-            // max_ps(|v|, m) keeps m when |v| is NaN, as the scalar fold does.
-            *m = _mm512_max_ps(abs, *m);
-            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-        };
-        for b in 0..full / 4 {
-            for (j, m) in ms.iter_mut().enumerate() {
-                fold(m, load(4 * b + j, !0));
-            }
+        // Two maxima, so that the pass is not one chain of latencies.
+        let mut ms = [_mm512_setzero_si512(); 2];
+        for i in 0..full {
+            ms[i % 2] = _mm512_max_epu32(ms[i % 2], _mm512_and_si512(bits(i, !0), abs_mask));
         }
-        for i in full / 4 * 4..full {
-            fold(&mut ms[0], load(i, !0));
+        if rest > 0 {
+            // Masked-off lanes load 0, which raises no maximum.
+            ms[1] = _mm512_max_epu32(ms[1], _mm512_and_si512(bits(full, tail), abs_mask));
         }
-        // Masked-off lanes load 0, which raises no maximum.
-        fold(&mut ms[1], load(full, tail));
-        let m = _mm512_max_ps(_mm512_max_ps(ms[0], ms[1]), _mm512_max_ps(ms[2], ms[3]));
-        let amax = _mm512_reduce_max_ps(m);
+        let amax_bits = _mm512_reduce_max_epu32(_mm512_max_epu32(ms[0], ms[1]));
+        let amax = f32::from_bits(amax_bits);
         let scale = amax / 127.0;
         let inv = 127.0 / amax;
-        if nan != 0 || scale <= 0.0 || !scale.is_finite() || !inv.is_finite() {
+        if amax_bits >= f32::INFINITY.to_bits() || scale <= 0.0 || !inv.is_finite() {
             return super::scalar::quantize_row(x, q);
         }
         let vinv = _mm512_set1_ps(inv);
-        let (mut sum, mut min) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        // `cvtps` rounds to nearest, ties to even (Rust never changes
+        // MXCSR); |x * inv| <= 127, so the packs and narrowing never
+        // saturate. Masked-off lanes are 0 and add nothing.
+        let quantize = |i: usize, lanes: __mmask16| {
+            _mm512_cvtps_epi32(_mm512_mul_ps(
+                _mm512_maskz_loadu_ps(lanes, x.as_ptr().add(16 * i)),
+                vinv,
+            ))
+        };
+        // The packs interleave 128-bit lanes; this puts the four vectors' back in order.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let ones = _mm512_set1_epi8(1);
+        let (mut sum, mut signs) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for b in 0..full / 4 {
+            let [r0, r1, r2, r3] = [0, 1, 2, 3].map(|j| quantize(4 * b + j, !0));
+            let bytes = _mm512_packs_epi16(_mm512_packs_epi32(r0, r1), _mm512_packs_epi32(r2, r3));
+            let bytes = _mm512_permutexvar_epi32(order, bytes);
+            _mm512_storeu_si512(q.as_mut_ptr().add(64 * b).cast(), bytes);
+            sum = _mm512_dpbusd_epi32(sum, ones, bytes);
+            signs = _mm512_or_si512(signs, bytes);
+        }
         let mut put = |i: usize, lanes: __mmask16| {
-            // `cvtps` rounds to nearest, ties to even (Rust never changes
-            // MXCSR); |x * inv| <= 127, so the narrowing never saturates.
-            // Masked-off lanes are 0 and add nothing.
-            let r = _mm512_cvtps_epi32(_mm512_mul_ps(load(i, lanes), vinv));
+            let r = quantize(i, lanes);
             _mm512_mask_cvtsepi32_storeu_epi8(q.as_mut_ptr().add(16 * i), lanes, r);
             sum = _mm512_add_epi32(sum, r);
-            min = _mm512_min_epi32(min, r);
+            signs = _mm512_or_si512(signs, r);
         };
-        for i in 0..full {
+        for i in full / 4 * 4..full {
             put(i, !0);
         }
         if rest > 0 {
             put(full, tail);
         }
+        // `signs` or-s bytes and i32 lanes: a value is negative only if its
+        // top bit is set, and that of a value in 0..=127 is clear, as are
+        // all its other bytes' top bits.
         (
             scale,
             _mm512_reduce_add_epi32(sum),
-            _mm512_reduce_min_epi32(min) >= 0,
+            _mm512_movepi8_mask(signs) == 0,
         )
     }
 }

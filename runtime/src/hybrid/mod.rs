@@ -83,7 +83,10 @@ impl Kernel {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
                 return Kernel::Avx512Vnni;
             }
             return Kernel::Avx2;
@@ -181,27 +184,15 @@ impl QuantizedRows {
         self.scales.resize(m, 0.0);
         self.sums.resize(m, 0);
         self.nonnegative.resize(m, false);
-        for (r, x_row) in x.chunks_exact(k).enumerate() {
-            let row = &mut self.values[r * stride..(r + 1) * stride];
-            let (q_row, padding) = row.split_at_mut(k);
-            // Most rows have none (K a multiple of 4); `fill` on an empty
-            // slice still cost a call to memset per row (1.2% of a hybrid
-            // forward in a profile).
-            if !padding.is_empty() {
-                padding.fill(0);
-            }
-            let (scale, sum, nonnegative) = match kernel {
-                Kernel::Scalar => scalar::quantize_row(x_row, q_row),
-                // SAFETY: `detect` (or the test choosing it) checked AVX2.
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 => unsafe { avx2::quantize_row(x_row, q_row) },
-                // SAFETY: `detect` (or the test choosing it) checked AVX-512F.
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512Vnni => unsafe { avx512::quantize_row(x_row, q_row) },
-            };
-            self.scales[r] = scale;
-            self.sums[r] = sum;
-            self.nonnegative[r] = nonnegative;
+        match kernel {
+            Kernel::Scalar => each_row(self, x, scalar::quantize_row),
+            // SAFETY: `detect` (or the test choosing it) checked AVX2.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::quantize_rows(self, x) },
+            // SAFETY: `detect` (or the test choosing it) checked AVX-512F,
+            // BW and VNNI.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => unsafe { avx512::quantize_rows(self, x) },
         }
     }
 
@@ -212,6 +203,27 @@ impl QuantizedRows {
     /// Row `r`'s `k` values.
     pub fn row(&self, r: usize) -> &[i8] {
         &self.values[r * self.stride..r * self.stride + self.k]
+    }
+}
+
+/// Quantizes each of `x`'s rows into `rows` (sized by
+/// [`QuantizedRows::quantize_into`]) with `row`, which returns `(scale, sum
+/// of q, no q negative)`. Inlined into each kernel's `quantize_rows`, so
+/// that its SIMD row function inlines here too: a call per row (registers
+/// saved, the reductions' results passed back through memory) cost as much
+/// as quantizing a row of 16 values.
+#[inline(always)]
+fn each_row(rows: &mut QuantizedRows, x: &[f32], mut row: impl FnMut(&[f32], &mut [i8]) -> (f32, i32, bool)) {
+    let (k, stride) = (rows.k, rows.stride);
+    for (r, x_row) in x.chunks_exact(k).enumerate() {
+        let (q_row, padding) = rows.values[r * stride..(r + 1) * stride].split_at_mut(k);
+        // Most rows have none (K a multiple of 4); `fill` on an empty
+        // slice still cost a call to memset per row (1.2% of a hybrid
+        // forward in a profile).
+        if !padding.is_empty() {
+            padding.fill(0);
+        }
+        (rows.scales[r], rows.sums[r], rows.nonnegative[r]) = row(x_row, q_row);
     }
 }
 

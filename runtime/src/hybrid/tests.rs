@@ -165,6 +165,53 @@ proptest! {
         quantizers_give_the_definitions_bits(&x)?;
     }
 
+    /// Whole matrices, each row of its own kind (every path of every
+    /// quantizer, one after another through the same buffers): every
+    /// kernel's rows equal the scalar kernel's, padding and flags included.
+    #[test]
+    fn quantizers_agree_row_after_row(
+        k in 1usize..150,
+        kinds in prop::collection::vec(0u8..8, 1..12),
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng(seed | 1);
+        let x: Vec<f32> = kinds
+            .iter()
+            .flat_map(|&kind| (0..k).map(move |i| (kind, i)))
+            .map(|(kind, i)| match kind {
+                // All zeros, either sign: the short path.
+                0 => if i % 2 == 0 { 0.0 } else { -0.0 },
+                // One NaN or one infinity among ordinary values.
+                1 => if i == k / 2 { f32::NAN } else { rng.f32(3.0) },
+                2 => if i == k - 1 { f32::NEG_INFINITY } else { rng.f32(3.0) },
+                // Subnormals only: the division path, or zero scale.
+                3 => f32::from_bits((rng.next() >> 44) as u32) * if i % 3 == 0 { -1.0 } else { 1.0 },
+                // The largest finite magnitudes.
+                4 => if i % 2 == 0 { f32::MAX } else { -f32::MAX * rng.f32(1.0).abs() },
+                // Non-negative (after a ReLU) and mixed-sign rows.
+                5 => rng.f32(6.0).abs(),
+                6 => rng.f32(1e-3),
+                // Exact ties: multiples of half a step of a max of 127.
+                _ => f32::from((rng.next() % 509) as i16 - 254) * 0.5,
+            })
+            .collect();
+        let mut want = QuantizedRows::default();
+        want.quantize_into(Kernel::Scalar, &x, k);
+        for kernel in kernels() {
+            // A reused buffer, dirty from a wider matrix, as in a model.
+            let mut rows = QuantizedRows::default();
+            rows.quantize_into(kernel, &vec![1.0; 2 * kinds.len() * (k + 1)], k + 1);
+            rows.quantize_into(kernel, &x, k);
+            prop_assert_eq!(&rows.values, &want.values, "{:?}", kernel);
+            prop_assert_eq!(
+                rows.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                want.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>()
+            );
+            prop_assert_eq!(&rows.sums, &want.sums);
+            prop_assert_eq!(&rows.nonnegative, &want.nonnegative);
+        }
+    }
+
     #[test]
     fn kernels_match_the_definition(
         m in 1usize..20, n in 1usize..40, k in 1usize..80, seed in any::<u64>(), per_channel in any::<bool>(),
