@@ -9,7 +9,9 @@
 //!   separately, in the fully connected comparison), against the u8 x s8
 //!   peak: a register-only loop of `maddubs` + `madd` + `add`, the shortest
 //!   exact u8 x s8 -> i32 step on AVX2, or of `vpdpbusd` when the kernel
-//!   uses AVX-512 VNNI.
+//!   uses AVX-512 VNNI (also with AMX, whose kernel leaves rows and inputs
+//!   short of a tile to VNNI); with AMX, also against a register-only loop
+//!   of `tdpbssd` on four tiles, and against the next kernel down (VNNI).
 //! - f32: the Dequant GEMM on cached panels, against a register-only FMA loop
 //!   on the kernel's vectors (16 lanes with AVX-512, else 8).
 //! - A fully connected layer, Hybrid (quantize + int8 GEMM) against Dequant
@@ -68,7 +70,19 @@ fn main() {
     }
     let hybrid_kernel = hybrid::Kernel::detect();
     let f32_kernel = gemm_f32::Kernel::detect();
-    println!("kernels: int8 {hybrid_kernel:?}, f32 {f32_kernel:?}");
+    // The int8 kernel one step down, measured beside it.
+    let hybrid_below = {
+        let all = hybrid::Kernel::available();
+        all[all.len().saturating_sub(2)]
+    };
+    println!("kernels: int8 {hybrid_kernel:?} (and {hybrid_below:?}), f32 {f32_kernel:?}");
+    let amx_peak = amx_peak();
+    if let Some(peak) = amx_peak {
+        println!(
+            "AMX peak (1 thread, register-only tdpbssd on four tiles): {:.1} GOP/s",
+            peak / 1e9
+        );
+    }
 
     // The machine is shared: the peaks are measured again beside every
     // shape, and the shares are of the best of all these measurements (the
@@ -84,8 +98,8 @@ fn main() {
     );
 
     // Per shape: (name, int8 ops/s, int8 ops/s on mixed-sign rows, f32
-    // flops/s, hybrid FC vs f32, quantizer share).
-    let mut measured: Vec<(String, f64, f64, f64, f64, f64)> = Vec::new();
+    // flops/s, hybrid FC vs f32, quantizer share, int8 vs the kernel below).
+    let mut measured: Vec<(String, f64, f64, f64, f64, f64, f64)> = Vec::new();
     let mut fc_speedups = Vec::new();
     let mut two_threads: Vec<(f64, f64)> = Vec::new();
     for &(m, k, n) in SHAPES {
@@ -96,14 +110,15 @@ fn main() {
         let ops = 2.0 * (m * k * n) as f64;
         // Each candidate has its own buffers.
         // Aligned as a baked model's scratch is.
-        let mut ys: Vec<AlignedVec> = (0..6).map(|_| AlignedVec::zeroed(m * n)).collect();
-        let [y1, y2, y3, y4, y5, y6] = ys.as_mut_slice() else {
+        let mut ys: Vec<AlignedVec> = (0..7).map(|_| AlignedVec::zeroed(m * n)).collect();
+        let [y1, y2, y3, y4, y5, y6, y7] = ys.as_mut_slice() else {
             unreachable!()
         };
         let (mut rows, mut fc_rows) = (QuantizedRows::default(), QuantizedRows::default());
-        let int8 = |y: &mut [f32], x: &QuantizedRows| {
-            hybrid::gemm_with(hybrid_kernel, x, &case.w, Some(&case.bias), Activation::Relu, y)
+        let int8_with = |kernel, y: &mut [f32], x: &QuantizedRows| {
+            hybrid::gemm_with(kernel, x, &case.w, Some(&case.bias), Activation::Relu, y)
         };
+        let int8 = |y: &mut [f32], x: &QuantizedRows| int8_with(hybrid_kernel, y, x);
         // Interleaved rounds: the candidates see the same machine, and the
         // best time of each is what the kernel can do when not disturbed.
         let [
@@ -114,6 +129,7 @@ fn main() {
             t_fc_hybrid,
             t_int8_2,
             t_f32_2,
+            t_int8_below,
         ] = best_of_rounds(
             budget,
             &mut [
@@ -156,6 +172,7 @@ fn main() {
                         y6,
                     )
                 },
+                &mut || int8_with(hybrid_below, y7, &case.xq),
             ],
         )
         .try_into()
@@ -174,6 +191,7 @@ fn main() {
             ops / t_f32,
             fc,
             t_quantize / t_fc_hybrid,
+            t_int8_below / t_int8,
         ));
     }
     println!(
@@ -182,27 +200,31 @@ fn main() {
         peak_fma / 1e9
     );
     println!(
-        "{:>16} | {:>9} {:>7} {:>8} | {:>10} {:>7} | {:>14} {:>10}",
+        "{:>16} | {:>9} {:>7} {:>8} {:>9} | {:>10} {:>7} | {:>14} {:>10}",
         "M x K x N",
         "int8 GOP/s",
         "% peak",
         "signed",
+        format!("vs {hybrid_below:?}"),
         "f32 GFLOP/s",
         "% peak",
         "hybrid FC vs f32",
         "quantizer"
     );
     let (mut int8_share, mut signed_share, mut f32_share) = (Vec::new(), Vec::new(), Vec::new());
-    for (name, g8, g_signed, g32, fc, quantizer) in &measured {
+    let mut below = Vec::new();
+    for (name, g8, g_signed, g32, fc, quantizer, vs_below) in &measured {
+        below.push(*vs_below);
         int8_share.push(g8 / peak_u8s8);
         signed_share.push(g_signed / peak_u8s8);
         f32_share.push(g32 / peak_fma);
         println!(
-            "{:>16} | {:>10.1} {:>6.1}% {:>7.1}% | {:>11.1} {:>6.1}% | {:>13.2}x {:>9.1}%",
+            "{:>16} | {:>10.1} {:>6.1}% {:>7.1}% {:>8.2}x | {:>11.1} {:>6.1}% | {:>13.2}x {:>9.1}%",
             name,
             g8 / 1e9,
             100.0 * g8 / peak_u8s8,
             100.0 * g_signed / peak_u8s8,
+            vs_below,
             g32 / 1e9,
             100.0 * g32 / peak_fma,
             fc,
@@ -217,6 +239,19 @@ fn main() {
         geomean(&fc_speedups),
         fc_speedups.iter().copied().fold(f64::INFINITY, f64::min)
     );
+    println!(
+        "int8 vs {hybrid_below:?} (same run): geomean {:.2}x",
+        geomean(&below)
+    );
+    if let Some(peak) = amx_peak {
+        let shares: Vec<f64> = measured.iter().map(|m| m.1 / peak).collect();
+        println!(
+            "int8 against the AMX peak ({:.1} GOP/s): geomean {:.1}%, best {:.1}%",
+            peak / 1e9,
+            100.0 * geomean(&shares),
+            100.0 * shares.iter().copied().fold(0.0, f64::max)
+        );
+    }
     let (t8, t32): (Vec<f64>, Vec<f64>) = two_threads.into_iter().unzip();
     println!(
         "2 threads vs 1 (same run): int8 geomean {:.2}x (min {:.2}x), f32 geomean {:.2}x (min {:.2}x)",
@@ -416,17 +451,33 @@ fn peaks() -> (f64, f64) {
 /// + `add` on 8 (`peaks`).
 fn int8_peak() -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if hybrid::Kernel::detect() == hybrid::Kernel::Avx512Vnni {
+    if matches!(
+        hybrid::Kernel::detect(),
+        hybrid::Kernel::Avx512Vnni | hybrid::Kernel::Amx
+    ) {
         // SAFETY: `detect` checked AVX-512F and VNNI.
         return unsafe { best(&|n| peak::vnni(n)) };
     }
     peaks().0
 }
 
+/// The `tdpbssd` peak, where the int8 kernel uses AMX.
+fn amx_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if hybrid::Kernel::detect() == hybrid::Kernel::Amx {
+        // SAFETY: `detect` checked AMX and obtained the tile state.
+        return Some(unsafe { best(&|n| peak::amx(n >> 4)) });
+    }
+    None
+}
+
 /// What [`int8_peak`] measures.
 fn int8_peak_name() -> &'static str {
     #[cfg(target_arch = "x86_64")]
-    if hybrid::Kernel::detect() == hybrid::Kernel::Avx512Vnni {
+    if matches!(
+        hybrid::Kernel::detect(),
+        hybrid::Kernel::Avx512Vnni | hybrid::Kernel::Amx
+    ) {
         return "vpdpbusd, 16 lanes";
     }
     "maddubs+madd+add, 8 lanes"
@@ -513,6 +564,44 @@ mod peak {
         let secs = t.elapsed().as_secs_f64();
         black_box(acc);
         (iters * 12 * 128) as f64 / secs
+    }
+
+    /// Ops/s of `tdpbssd` on four independent 16 x 16 sum tiles, each a
+    /// 16 x 64 by 64 x 16 product (16384 multiply-adds).
+    ///
+    /// # Safety
+    /// The CPU must have AMX-INT8 and the process its tile state.
+    pub unsafe fn amx(iters: u64) -> f64 {
+        #[repr(C, align(64))]
+        struct Config([u8; 16], [u16; 16], [u8; 16]);
+        let mut config = Config([0; 16], [0; 16], [0; 16]);
+        config.0[0] = 1;
+        config.1[..8].fill(64);
+        config.2[..8].fill(16);
+        let data = black_box([1i8; 1024]);
+        let t = Instant::now();
+        // SAFETY: the caller's; the loads read the 1024 bytes of `data`.
+        unsafe {
+            std::arch::asm!(
+                "ldtilecfg [{c}]",
+                "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+                "tileloadd tmm4, [{d} + {s}*1]", "tileloadd tmm5, [{d} + {s}*1]",
+                "tileloadd tmm6, [{d} + {s}*1]", "tileloadd tmm7, [{d} + {s}*1]",
+                c = in(reg) &config, d = in(reg) data.as_ptr(), s = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+            for _ in 0..iters {
+                std::arch::asm!(
+                    "tdpbssd tmm0, tmm4, tmm6",
+                    "tdpbssd tmm1, tmm4, tmm7",
+                    "tdpbssd tmm2, tmm5, tmm6",
+                    "tdpbssd tmm3, tmm5, tmm7",
+                    options(nostack, nomem),
+                );
+            }
+            std::arch::asm!("tilerelease", options(nostack, nomem));
+        }
+        (iters * 4 * 16 * 16 * 64 * 2) as f64 / t.elapsed().as_secs_f64()
     }
 
     /// Flops/s of 12 independent FMA chains on sixteen lanes.

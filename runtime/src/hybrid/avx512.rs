@@ -18,7 +18,7 @@
 //! [`super::MAX_EXACT_K`]. The epilogue is the AVX2 one's on 16 lanes, with
 //! the same operations in the same order: the same bits.
 
-use super::{MAX_F32_EXACT_K, Strip};
+use super::{MAX_F32_EXACT_K, PanelParams, Strip};
 use crate::gemm_f32::avx512::activate;
 use crate::tiles::row_tiles;
 use qbake_format::{KG, NR};
@@ -70,13 +70,7 @@ unsafe fn rows_of<const TWO: bool>(s: &Strip<'_>, c: *mut f32) {
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn tile<const R: usize, const TWO: bool>(s: &Strip<'_>, m0: usize, c: *mut f32) {
     let panels = if TWO { 2 } else { 1 };
-    let params = [&s.params[0], &s.params[panels - 1]];
-    let lanes = |cols: usize| -> __mmask16 { if cols >= NR { !0 } else { (1u16 << cols) - 1 } };
-    let masks = if TWO {
-        [!0, lanes(s.cols - NR)]
-    } else {
-        [lanes(s.cols), 0]
-    };
+    let masks = column_masks(s);
     let nonnegative = s.nonnegative[m0..m0 + R].iter().all(|&n| n);
     // SAFETY (whole body): `check` proved `groups * KG` bytes per row of
     // `a` and of `offset`, the panels' extents (the second at
@@ -87,7 +81,8 @@ unsafe fn tile<const R: usize, const TWO: bool>(s: &Strip<'_>, m0: usize, c: *mu
         let (base, start) = match s.offset {
             Some(offset) if !nonnegative => (
                 offset.as_ptr(),
-                params.map(|p| _mm512_loadu_si512(p.offset_correction.as_ptr().cast())),
+                [&s.params[0], &s.params[panels - 1]]
+                    .map(|p| _mm512_loadu_si512(p.offset_correction.as_ptr().cast())),
             ),
             _ => (s.a.as_ptr().cast::<u8>(), [_mm512_setzero_si512(); 2]),
         };
@@ -107,31 +102,84 @@ unsafe fn tile<const R: usize, const TWO: bool>(s: &Strip<'_>, m0: usize, c: *mu
             }
         }
 
-        // As the AVX2 epilogue: the zero-point correction in f32 (one FMA,
-        // exact) while K allows, else in i32.
-        let in_f32 = s.groups * KG <= MAX_F32_EXACT_K;
         let c = c.add(m0 * s.ldc);
         for h in 0..panels {
-            let p = params[h];
-            let zp = _mm512_loadu_si512(p.zero_point.as_ptr().cast());
-            let zp_f = _mm512_cvtepi32_ps(zp);
-            let scale_w = _mm512_loadu_ps(p.scale.as_ptr());
-            let bias = _mm512_loadu_ps(p.bias.as_ptr());
+            let consts = PanelConsts::new(&s.params[h]);
             for (r, acc) in acc.iter().enumerate() {
-                let (sum, scale_x) = (s.sums[m0 + r], _mm512_set1_ps(s.scales[m0 + r]));
-                let v = if in_f32 {
-                    _mm512_fnmadd_ps(zp_f, _mm512_set1_ps(sum as f32), _mm512_cvtepi32_ps(acc[h]))
-                } else {
-                    _mm512_cvtepi32_ps(_mm512_sub_epi32(
-                        acc[h],
-                        _mm512_mullo_epi32(zp, _mm512_set1_epi32(sum)),
-                    ))
-                };
-                let v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_mul_ps(scale_w, scale_x)), bias);
-                _mm512_mask_storeu_ps(c.add(r * s.ldc + h * NR), masks[h], activate(v, s.act));
+                finish(s, m0 + r, acc[h], &consts, c.add(r * s.ldc + h * NR), masks[h]);
             }
         }
     }
+}
+
+/// The lanes of the strip's columns in each of its panels.
+pub(super) fn column_masks(s: &Strip<'_>) -> [__mmask16; 2] {
+    let lanes = |cols: usize| -> __mmask16 { if cols >= NR { !0 } else { (1u16 << cols) - 1 } };
+    if s.cols > NR {
+        [!0, lanes(s.cols - NR)]
+    } else {
+        [lanes(s.cols), 0]
+    }
+}
+
+/// One panel's epilogue constants, in registers.
+pub(super) struct PanelConsts {
+    zero_point: __m512i,
+    zero_point_f: __m512,
+    scale: __m512,
+    bias: __m512,
+}
+
+impl PanelConsts {
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) fn new(p: &PanelParams) -> Self {
+        // SAFETY: each array has NR = 16 entries.
+        unsafe {
+            let zero_point = _mm512_loadu_si512(p.zero_point.as_ptr().cast());
+            PanelConsts {
+                zero_point,
+                zero_point_f: _mm512_cvtepi32_ps(zero_point),
+                scale: _mm512_loadu_ps(p.scale.as_ptr()),
+                bias: _mm512_loadu_ps(p.bias.as_ptr()),
+            }
+        }
+    }
+}
+
+/// Row `m` of the strip from one panel's i32 sums `acc`, written to `dst`
+/// (the lanes of `mask`): `act((acc - z * sum) as f32 * (scale_w *
+/// scale_x) + bias)`. As the AVX2 epilogue: the zero-point correction in
+/// f32 (one FMA, exact) while K allows, else in i32.
+///
+/// # Safety
+/// `m < s.rows`; `dst` is valid for the lanes of `mask`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn finish(
+    s: &Strip<'_>,
+    m: usize,
+    acc: __m512i,
+    p: &PanelConsts,
+    dst: *mut f32,
+    mask: __mmask16,
+) {
+    let (sum, scale_x) = (s.sums[m], _mm512_set1_ps(s.scales[m]));
+    let v = if s.groups * KG <= MAX_F32_EXACT_K {
+        _mm512_fnmadd_ps(
+            p.zero_point_f,
+            _mm512_set1_ps(sum as f32),
+            _mm512_cvtepi32_ps(acc),
+        )
+    } else {
+        _mm512_cvtepi32_ps(_mm512_sub_epi32(
+            acc,
+            _mm512_mullo_epi32(p.zero_point, _mm512_set1_epi32(sum)),
+        ))
+    };
+    let v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_mul_ps(p.scale, scale_x)), p.bias);
+    // SAFETY: the caller's.
+    unsafe { _mm512_mask_storeu_ps(dst, mask, activate(v, s.act)) };
 }
 
 /// [`super::QuantizedRows::quantize_into`] with [`quantize_row`] inlined.

@@ -39,6 +39,8 @@ use std::ops::Range;
 pub use qbake_format::MAX_EXACT_K;
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -66,6 +68,10 @@ pub enum Kernel {
     /// VNNI (`vpdpbusd`), the same integers.
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
+    /// [`Kernel::Avx512Vnni`], with the products of whole 16-row groups at
+    /// K >= 64 on AMX tiles (`tdpbssd`), the same integers.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
 }
 
 impl Kernel {
@@ -74,7 +80,7 @@ impl Kernel {
     pub const fn panels_per_tile(self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => 2,
+            Kernel::Avx512Vnni | Kernel::Amx => 2,
             _ => 1,
         }
     }
@@ -87,7 +93,11 @@ impl Kernel {
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vnni")
             {
-                return Kernel::Avx512Vnni;
+                return if amx::available() {
+                    Kernel::Amx
+                } else {
+                    Kernel::Avx512Vnni
+                };
             }
             return Kernel::Avx2;
         }
@@ -103,6 +113,8 @@ impl Kernel {
             Kernel::Avx2,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx,
         ];
         let fastest = all
             .iter()
@@ -192,7 +204,7 @@ impl QuantizedRows {
             // SAFETY: `detect` (or the test choosing it) checked AVX-512F,
             // BW and VNNI.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => unsafe { avx512::quantize_rows(self, x) },
+            Kernel::Avx512Vnni | Kernel::Amx => unsafe { avx512::quantize_rows(self, x) },
         }
     }
 
@@ -296,7 +308,21 @@ pub struct Strip<'a> {
     pub cols: usize,
 }
 
-impl Strip<'_> {
+impl<'a> Strip<'a> {
+    /// The strip's rows from `m0` on.
+    fn skip_rows(self, m0: usize) -> Strip<'a> {
+        Strip {
+            a: &self.a[m0 * self.lda..],
+            offset: self.offset.map(|o| &o[m0 * self.lda..]),
+            rows: self.rows - m0,
+            sums: &self.sums[m0..],
+            scales: &self.scales[m0..],
+            nonnegative: &self.nonnegative[m0..],
+            c: &mut self.c[m0 * self.ldc..],
+            ..self
+        }
+    }
+
     /// The bounds every kernel relies on.
     fn check(&self) {
         let panels = self.cols.div_ceil(NR);
@@ -418,6 +444,12 @@ fn drive(
     let (n, stride) = (w.rows, x.stride);
     let panel_len = NR * stride;
     let per_tile = kernel.panels_per_tile();
+    // This thread's tiles, for all of the part's strips.
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Amx {
+        // SAFETY: `detect` (or the test choosing it) checked `amx::available`.
+        unsafe { amx::configure() };
+    }
     // The part's panels' constants, once for all its row blocks.
     crate::scratch::with_vec(&crate::scratch::PANEL_PARAMS, panels.len(), |params| {
         for (params, p) in params.iter_mut().zip(panels.clone()) {
@@ -431,6 +463,15 @@ fn drive(
             let offset_len = match kernel {
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512Vnni if !x.nonnegative[m0..m0 + count].iter().all(|&n| n) => block.len(),
+                // AMX multiplies signed bytes: only the rows left to VNNI count.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Amx
+                    if !x.nonnegative[m0 + amx::rows_on_tiles(count, stride / KG)..m0 + count]
+                        .iter()
+                        .all(|&n| n) =>
+                {
+                    block.len()
+                }
                 _ => 0,
             };
             crate::scratch::with_vec(&crate::scratch::OFFSET_ROWS, offset_len, |offset| {
@@ -470,11 +511,19 @@ fn drive(
                         // have their copy.
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx512Vnni => unsafe { avx512::strip(strip) },
+                        // SAFETY: as for VNNI, with AMX detected and configured above.
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Amx => unsafe { amx::strip(strip) },
                     }
                 }
             });
         }
     });
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Amx {
+        // SAFETY: as for `configure`.
+        unsafe { amx::release() };
+    }
 }
 
 #[cfg(test)]

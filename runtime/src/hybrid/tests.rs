@@ -344,12 +344,13 @@ fn extreme_operands_sum_exactly() {
             (128, -127, 0),
         ] {
             let w = weight(1, k, &vec![q_w; k], &[1.0], &[zp]);
-            // Nine rows: a full 8-row tile (AVX-512 VNNI), or two 4-row
-            // ones (AVX2), and a lone row after them.
-            let x = rows(&vec![q_x; 9 * k], k, 1.0);
+            // 49 rows: a 32-row and a 16-row block of AMX tiles (at K >=
+            // 64), full 8-row (AVX-512 VNNI) and 4-row (AVX2) tiles, and a
+            // lone row after them.
+            let x = rows(&vec![q_x; 49 * k], k, 1.0);
             let exact = (i64::from(q_w) - i64::from(zp)) * i64::from(q_x) * k as i64;
             for kernel in kernels() {
-                let mut y = [0.0; 9];
+                let mut y = [0.0; 49];
                 gemm_with(kernel, &x, &w, None, Activation::None, &mut y);
                 for y in y {
                     assert_eq!(y, exact as f32, "{kernel:?} k {k}: q_w {q_w} q_x {q_x} zp {zp}");
@@ -372,14 +373,31 @@ fn extreme_operands_sum_exactly() {
         gemm_with(kernel, &x, &w, None, Activation::None, &mut y);
         assert_eq!(y[0], -127.0, "{kernel:?}: the correction past the f32-exact K");
     }
-    // Alternating signs and a full tile of 4 x 17 outputs, with a bias.
-    let (m, n, k) = (4, 17, 1001);
+    // Alternating signs and tiles of every kernel (37 x 17 outputs), with a bias.
+    let (m, n, k) = (37, 17, 1001);
     let q: Vec<u8> = (0..n * k)
         .map(|i| if i % 3 == 0 { 255 } else { i as u8 })
         .collect();
     let xs: Vec<i8> = (0..m * k).map(|i| if i % 2 == 0 { 127 } else { -127 }).collect();
     let w = weight(n, k, &q, &vec![0.5; n], &(0..n as u8).collect::<Vec<_>>());
     assert_kernels_match_reference(&rows(&xs, k, 0.25), &w, Some(&vec![1.0; n]), Activation::None);
+}
+
+/// The shapes around the AMX kernel's tiles (16 rows, 16 columns, 64
+/// inputs): whole and partial blocks of 32 and 16 rows, the rest on the VNNI
+/// kernel, one and two panels, K with and without a tail past the last
+/// whole 64, non-negative and mixed-sign rows (`random_case` runs both).
+#[test]
+fn tile_shapes() {
+    let mut seed = 1;
+    for m in [16, 17, 31, 32, 33, 48, 49, 64, 65, 100] {
+        for k in [63, 64, 65, 68, 127, 128, 132, 260] {
+            for n in [1, 16, 17, 32, 33, 47] {
+                seed += 1;
+                random_case(m, n, k, seed, seed % 2 == 0, Activation::Relu);
+            }
+        }
+    }
 }
 
 /// A pair of products past i16 range: a kernel that summed pairs in
