@@ -72,4 +72,61 @@ impl Pixels for Avx2 {
             }
         }
     }
+
+    /// With one block of 8 channels at a time, the last `c % 8` one by
+    /// one, as in `pixels`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA, and the contract of [`Pixels::window`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn window<const P: usize, const KW: usize, const S: usize>(
+        image: &[f32],
+        base: usize,
+        taps: &[f32],
+        bias: &[f32],
+        rows: &[(usize, usize)],
+        act: Activation,
+        out: &mut [f32],
+    ) {
+        let c = bias.len();
+        debug_assert_eq!(out.len(), P * c);
+        let (img, tp, o) = (image.as_ptr(), taps.as_ptr(), out.as_mut_ptr());
+        let mut ch = 0;
+        // SAFETY (every block below): ch + 8 <= c, and the caller's offsets.
+        unsafe {
+            while ch + 8 <= c {
+                let mut acc = [_mm256_loadu_ps(bias.as_ptr().add(ch)); P];
+                for &(off, t) in rows {
+                    let w: [__m256; KW] = std::array::from_fn(|j| _mm256_loadu_ps(tp.add(t + j * c + ch)));
+                    let row = img.add(base + off + ch);
+                    // Input column `col` is tap `j` of pixel `(col - j) / S`
+                    // where that divides; in increasing `col`, each pixel
+                    // takes its taps in order.
+                    for col in 0..S * (P - 1) + KW {
+                        let v = _mm256_loadu_ps(row.add(col * c));
+                        for (j, w) in w.iter().enumerate() {
+                            if col >= j && (col - j) % S == 0 && (col - j) / S < P {
+                                let p = (col - j) / S;
+                                acc[p] = _mm256_fmadd_ps(v, *w, acc[p]);
+                            }
+                        }
+                    }
+                }
+                for (p, acc) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(o.add(p * c + ch), activate(*acc, act));
+                }
+                ch += 8;
+            }
+        }
+        for p in 0..P {
+            for ch in ch..c {
+                let acc = rows.iter().fold(bias[ch], |acc, &(off, t)| {
+                    (0..KW).fold(acc, |acc, j| {
+                        image[base + p * S * c + off + j * c + ch].mul_add(taps[t + j * c + ch], acc)
+                    })
+                });
+                out[p * c + ch] = act.apply(acc);
+            }
+        }
+    }
 }
