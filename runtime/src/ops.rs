@@ -139,6 +139,14 @@ pub fn conv2d(
     if g.is_pointwise() {
         return dense(exec, x, w, bias, act, y);
     }
+    // Few input channels in f32 (an image model's stem, kept in float as a
+    // tiny tensor, or any weight under Dequant): straight from the input.
+    if g.in_c <= conv::MAX_DIRECT_IN_C && !matches!((exec.kernels, w), (Kernels::Hybrid, Weight::U8(_))) {
+        let kernel = gemm_f32::Kernel::detect();
+        conv::direct_threads(kernel, exec.threads, x, g, w.as_f32(), bias, act, y);
+        act.bound_channels(y);
+        return;
+    }
     let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_c);
     // The im2col rows of output pixels `pixels`, then their GEMM.
     let part = |pixels: std::ops::Range<usize>, exec: &Exec, y: &mut [f32]| {

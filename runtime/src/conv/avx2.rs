@@ -1,6 +1,8 @@
 //! The x86-64 AVX2+FMA depthwise kernel: eight channels per vector.
 
 use super::depthwise::Pixels;
+use super::direct::Direct;
+use crate::gemm_f32::NR;
 use crate::gemm_f32::avx2::activate;
 use crate::ops::Activation;
 use std::arch::x86_64::*;
@@ -126,6 +128,64 @@ impl Pixels for Avx2 {
                     })
                 });
                 out[p * c + ch] = act.apply(acc);
+            }
+        }
+    }
+}
+
+impl Direct for Avx2 {
+    /// A panel's 16 channels in two vectors; a partial last panel's
+    /// channels stored one by one.
+    ///
+    /// # Safety
+    /// AVX2 and FMA, and the contract of [`Direct::pixels`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pixels<const P: usize>(
+        image: &[f32],
+        base: usize,
+        step: usize,
+        panel: &[f32],
+        terms: &[(usize, usize)],
+        bias: &[f32; NR],
+        act: Activation,
+        out: &mut [f32],
+        ldo: usize,
+        cols: usize,
+    ) {
+        let (img, w) = (image.as_ptr(), panel.as_ptr());
+        // SAFETY: the caller's offsets.
+        let acc = unsafe {
+            let b = [
+                _mm256_loadu_ps(bias.as_ptr()),
+                _mm256_loadu_ps(bias.as_ptr().add(8)),
+            ];
+            let mut acc = [b; P];
+            for &(off, k) in terms {
+                let w = [_mm256_loadu_ps(w.add(k * NR)), _mm256_loadu_ps(w.add(k * NR + 8))];
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_ps(*img.add(base + p * step + off));
+                    acc[0] = _mm256_fmadd_ps(x, w[0], acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, w[1], acc[1]);
+                }
+            }
+            acc
+        };
+        for (p, acc) in acc.iter().enumerate() {
+            let row = &mut out[p * ldo..p * ldo + cols];
+            if cols == NR {
+                // SAFETY: `row` has 16 values.
+                unsafe {
+                    _mm256_storeu_ps(row.as_mut_ptr(), activate(acc[0], act));
+                    _mm256_storeu_ps(row.as_mut_ptr().add(8), activate(acc[1], act));
+                }
+            } else {
+                let mut all = [0.0f32; NR];
+                // SAFETY: `all` has 16 values.
+                unsafe {
+                    _mm256_storeu_ps(all.as_mut_ptr(), activate(acc[0], act));
+                    _mm256_storeu_ps(all.as_mut_ptr().add(8), activate(acc[1], act));
+                }
+                row.copy_from_slice(&all[..cols]);
             }
         }
     }

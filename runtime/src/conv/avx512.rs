@@ -3,6 +3,8 @@
 //! the AVX2 kernel, so the two give the same bits.
 
 use super::depthwise::Pixels;
+use super::direct::Direct;
+use crate::gemm_f32::NR;
 use crate::gemm_f32::avx512::activate;
 use crate::ops::Activation;
 use std::arch::x86_64::*;
@@ -153,6 +155,42 @@ impl Pixels for Avx512 {
                     |p| _mm512_maskz_loadu_ps(mask, p),
                     |p, v| _mm512_mask_storeu_ps(p, mask, v),
                 );
+            }
+        }
+    }
+}
+
+impl Direct for Avx512 {
+    /// A panel's 16 channels in one vector.
+    ///
+    /// # Safety
+    /// AVX-512F, and the contract of [`Direct::pixels`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pixels<const P: usize>(
+        image: &[f32],
+        base: usize,
+        step: usize,
+        panel: &[f32],
+        terms: &[(usize, usize)],
+        bias: &[f32; NR],
+        act: Activation,
+        out: &mut [f32],
+        ldo: usize,
+        cols: usize,
+    ) {
+        let (img, w, o) = (image.as_ptr(), panel.as_ptr(), out.as_mut_ptr());
+        let mask: __mmask16 = if cols >= 16 { !0 } else { (1u16 << cols) - 1 };
+        // SAFETY: the caller's offsets; the stores write `cols` lanes of each pixel's row.
+        unsafe {
+            let mut acc = [_mm512_loadu_ps(bias.as_ptr()); P];
+            for &(off, k) in terms {
+                let w = _mm512_loadu_ps(w.add(k * NR));
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*img.add(base + p * step + off)), w, *acc);
+                }
+            }
+            for (p, acc) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(o.add(p * ldo), mask, activate(*acc, act));
             }
         }
     }

@@ -22,8 +22,11 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod depthwise;
+mod direct;
+pub use direct::MAX_DIRECT_IN_C;
 pub mod scalar;
 
+use crate::gemm_f32::PackedF32;
 use crate::ops::Activation;
 use std::ops::Range;
 
@@ -100,6 +103,62 @@ fn copy(dst: &mut [f32], src: &[f32]) {
         4..=7 => two(4),
         8..=16 => two(8),
         _ => dst.copy_from_slice(src),
+    }
+}
+
+/// Convolution of few input channels (`in_c <= MAX_DIRECT_IN_C`, one
+/// group), NHWC, from the input directly (`direct.rs`) with f32 weights
+/// packed for the f32 GEMM: `y[b, oh, ow, n] = act(bias[n] + sum over the
+/// taps inside and the input channels of x * w)`, one FMA per term in `k`
+/// order. Output rows split across up to `threads` threads as the depthwise
+/// ones are; the result does not depend on the split.
+#[allow(clippy::too_many_arguments)]
+pub fn direct_threads(
+    kernel: Kernel,
+    threads: usize,
+    x: &[f32],
+    g: &Conv2d,
+    w: &PackedF32,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    g.check().expect("a valid geometry");
+    assert!(
+        g.groups == 1 && g.in_c <= MAX_DIRECT_IN_C,
+        "not a direct geometry: {g:?}"
+    );
+    assert_eq!(x.len(), g.batch * g.in_h * g.in_w * g.in_c);
+    assert_eq!(
+        (w.n, w.k),
+        (g.out_c, g.patch_len()),
+        "weights do not match the geometry"
+    );
+    assert_eq!(y.len(), g.out_pixels() * g.out_c);
+    let run = |bias: &[f32], rows: Range<usize>, y: &mut [f32]| match kernel {
+        // SAFETY: the sizes were checked above and `split_rows` gives `y`
+        // exactly the rows of `rows`.
+        Kernel::Scalar => unsafe { direct::rows::<direct::Scalar>(x, g, w, bias, act, rows, y) },
+        // SAFETY: as above, and AVX2 and FMA were detected.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => unsafe { direct::rows::<avx2::Avx2>(x, g, w, bias, act, rows, y) },
+        // SAFETY: as above, AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { direct::rows::<avx512::Avx512>(x, g, w, bias, act, rows, y) },
+    };
+    let rows = g.batch * g.out_h();
+    let macs = g.out_pixels() * g.out_c * g.patch_len();
+    let split = |bias: &[f32], y: &mut [f32]| {
+        crate::parallel::split_rows(threads, rows, g.out_w() * g.out_c, macs, y, |r, y| {
+            run(bias, r, y)
+        })
+    };
+    match bias {
+        Some(b) => {
+            assert_eq!(b.len(), g.out_c);
+            split(b, y)
+        }
+        None => crate::scratch::with_zeros(g.out_c, |zeros| split(zeros, y)),
     }
 }
 

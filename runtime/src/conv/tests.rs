@@ -366,3 +366,87 @@ fn short_copies_copy_every_value() {
         assert_eq!(dst, src, "{n} values");
     }
 }
+
+/// The direct convolution (few input channels) of every kernel, at 1 and 3
+/// threads, against the FMA chain it defines (bias, then one FMA per tap
+/// inside and input channel, in `k` order) bit for bit, and against the f64
+/// reference within rounding; with the output channels past a whole panel
+/// and rows with and without whole groups of eight pixels.
+fn direct_differs(g: &Conv2d, seed: u64) -> Option<String> {
+    let (c, n, k) = (g.in_c, g.out_c, g.patch_len());
+    let x = values(seed, g.batch * g.in_h * g.in_w * c);
+    let w = values(seed ^ 3, n * k);
+    let bias = values(seed ^ 5, n);
+    let act = Activation::Clip { min: -0.5, max: 0.75 };
+    let packed = PackedF32::from_rows(&w, n, k);
+    let mut want = vec![0.0f32; g.out_pixels() * n];
+    let mut outs = want.chunks_exact_mut(n);
+    for b in 0..g.batch {
+        for oh in 0..g.out_h() {
+            for ow in 0..g.out_w() {
+                let out = outs.next().expect("sized above");
+                for (o, out) in out.iter_mut().enumerate() {
+                    let mut acc = bias[o];
+                    for i in 0..g.kh {
+                        for j in 0..g.kw {
+                            if let Some((ih, iw)) = g.tap(oh, ow, i, j) {
+                                for ci in 0..c {
+                                    let v = x[((b * g.in_h + ih) * g.in_w + iw) * c + ci];
+                                    acc = v.mul_add(w[o * k + (i * g.kw + j) * c + ci], acc);
+                                }
+                            }
+                        }
+                    }
+                    *out = act.apply(acc);
+                }
+            }
+        }
+    }
+    let mut reference = vec![0.0f32; want.len()];
+    conv2d_reference(&x, g, &w, Some(&bias), act, &mut reference);
+    close(&want, &reference, "the FMA chain against the f64 reference");
+    for kernel in kernels() {
+        for threads in [1, 3] {
+            let mut got = vec![f32::NAN; want.len()];
+            direct_threads(kernel, threads, &x, g, &packed, Some(&bias), act, &mut got);
+            if let Some((i, (a, b))) = got
+                .iter()
+                .zip(&want)
+                .enumerate()
+                .find(|(_, (a, b))| a.to_bits() != b.to_bits())
+            {
+                return Some(format!(
+                    "{kernel:?}, {threads} threads [{i}]: {a} vs {b} in {g:?}"
+                ));
+            }
+        }
+    }
+    None
+}
+
+proptest! {
+    #[test]
+    fn direct_conv_is_the_fma_chain(
+        c in 1usize..=MAX_DIRECT_IN_C, out_c in 1usize..40, h in 1usize..7, w in 1usize..30, k in 1usize..6,
+        stride in 1usize..4, dilation in 1usize..3, pads in prop::array::uniform4(0usize..3), seed in any::<u64>(),
+    ) {
+        let g = Conv2d { batch: 2, ..with(geometry(c, out_c, [h, w], [k, k], 1), stride, dilation, pads) };
+        prop_assume!(g.check().is_ok());
+        let differs = direct_differs(&g, seed);
+        prop_assert!(differs.is_none(), "{}", differs.unwrap_or_default());
+    }
+}
+
+/// The image models' stems: 3x3 stride 2 on 3 channels, "SAME" padding
+/// at both ends or only at the end, into 16, 32 and 33 channels.
+#[test]
+fn direct_conv_stems() {
+    for (hw, pads) in [(32, [0, 0, 1, 1]), (33, [1, 1, 1, 1]), (20, [0; 4])] {
+        for out_c in [16, 32, 33] {
+            let g = with(geometry(3, out_c, [hw, hw], [3, 3], 1), 2, 1, pads);
+            if let Some(differs) = direct_differs(&g, hw as u64 * 7 + out_c as u64) {
+                panic!("{differs}");
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Convolution of few input channels (an image model's first layer, 3
+//! channels) straight from the input: no im2col rows. Those rows would be
+//! `kh * kw * in_c` values a pixel (27 for a 3x3 stem), written and read
+//! back, each as costly as the products it feeds (the im2col and the GEMM
+//! at K = 27 were 6% and 8% of a hybrid EfficientNet-Lite0 pass).
+//!
+//! Each output pixel is `bias + sum over the taps inside the input and
+//! the input channels of x * w`, with the weights read from the f32
+//! GEMM's packed panels (for each input `k`, 16 output channels), one FMA
+//! per term in `k` order whatever the pixel's neighbours, so the result
+//! does not depend on how pixels are grouped or split across threads. The
+//! driver mirrors the depthwise one: pixels whose windows lie inside the
+//! input horizontally go [`GROUP`] at a time at fixed offsets, the others one
+//! by one with only their taps inside.
+
+use super::Conv2d;
+use crate::gemm_f32::{NR, PackedF32};
+use crate::ops::Activation;
+use std::ops::Range;
+
+/// Output pixels per kernel call: eight independent FMA chains.
+pub(super) const GROUP: usize = 8;
+
+/// The largest input channel count the direct path takes; with more, the
+/// im2col rows are long enough for the GEMM to pay.
+pub const MAX_DIRECT_IN_C: usize = 4;
+
+/// A direct-convolution kernel: `P` output pixels of one panel of 16
+/// output channels.
+pub(super) trait Direct {
+    /// For each pixel `p < P`: `out[p * ldo + j] = act(bias[j] + sum over
+    /// (o, k) in terms of image[base + p * step + o] * panel[k * 16 + j])`
+    /// for `j < cols`, one FMA per term in order.
+    ///
+    /// # Safety
+    /// The CPU runs the kernel; `base + (P - 1) * step + o < image.len()`
+    /// and `k * 16 + 16 <= panel.len()` for every term; `bias` has 16
+    /// values; `out` holds `(P - 1) * ldo + cols` values, `cols <= 16`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pixels<const P: usize>(
+        image: &[f32],
+        base: usize,
+        step: usize,
+        panel: &[f32],
+        terms: &[(usize, usize)],
+        bias: &[f32; NR],
+        act: Activation,
+        out: &mut [f32],
+        ldo: usize,
+        cols: usize,
+    );
+}
+
+/// The portable kernel: the same FMAs, one value at a time.
+pub(super) struct Scalar;
+
+impl Direct for Scalar {
+    unsafe fn pixels<const P: usize>(
+        image: &[f32],
+        base: usize,
+        step: usize,
+        panel: &[f32],
+        terms: &[(usize, usize)],
+        bias: &[f32; NR],
+        act: Activation,
+        out: &mut [f32],
+        ldo: usize,
+        cols: usize,
+    ) {
+        for p in 0..P {
+            for j in 0..cols {
+                let acc = terms.iter().fold(bias[j], |acc, &(o, k)| {
+                    image[base + p * step + o].mul_add(panel[k * NR + j], acc)
+                });
+                out[p * ldo + j] = act.apply(acc);
+            }
+        }
+    }
+}
+
+/// Output rows `rows` (of `batch * out_h`) into `y`, with `K`.
+///
+/// # Safety
+/// The CPU runs `K`; `x`, `w` and `bias` match `g` (checked by
+/// [`super::direct_threads`]) and `y` holds the output rows `rows`.
+pub(super) unsafe fn rows<K: Direct>(
+    x: &[f32],
+    g: &Conv2d,
+    w: &PackedF32,
+    bias: &[f32],
+    act: Activation,
+    rows: Range<usize>,
+    y: &mut [f32],
+) {
+    let (c, n) = (g.in_c, g.out_c);
+    let (oh_n, ow_n) = (g.out_h(), g.out_w());
+    let k = g.patch_len();
+    // (input offset, k) of the terms inside the input: at most 7 x 7 taps
+    // of MAX_DIRECT_IN_C channels on the stack.
+    let mut stack = [(0usize, 0usize); 49 * MAX_DIRECT_IN_C];
+    let mut heap = Vec::new();
+    let terms: &mut [(usize, usize)] = if k <= stack.len() {
+        &mut stack
+    } else {
+        heap.resize(k, (0, 0));
+        &mut heap
+    };
+    let panels = n.div_ceil(NR);
+    let panel = |p: usize| &w.data[p * NR * k..(p + 1) * NR * k];
+    // The columns whose window lies inside the input horizontally, as in
+    // the depthwise driver.
+    let span_w = g.dilation[1] * (g.kw - 1) + 1;
+    let (sw, left_pad) = (g.stride[1], g.pads[1]);
+    let first = left_pad.div_ceil(sw).min(ow_n);
+    let end = if g.in_w + left_pad >= span_w {
+        ((g.in_w + left_pad - span_w) / sw + 1).clamp(first, ow_n)
+    } else {
+        first
+    };
+    let step = sw.saturating_mul(c);
+    for (row, y_row) in rows.zip(y.chunks_exact_mut(ow_n * n)) {
+        let (b, oh) = (row / oh_n, row % oh_n);
+        let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
+        let mut run = |ow: Range<usize>, base: usize, terms: &[(usize, usize)]| {
+            for p in 0..panels {
+                let cols = NR.min(n - p * NR);
+                let mut panel_bias = [0.0; NR];
+                panel_bias[..cols].copy_from_slice(&bias[p * NR..p * NR + cols]);
+                let mut done = 0;
+                while done < ow.len() {
+                    let out = &mut y_row[(ow.start + done) * n + p * NR..];
+                    let base = base + done * step;
+                    // SAFETY: every term's offset is of an input value
+                    // inside `image` for each of the pixels from `ow.start
+                    // + done` (the caller's `base` and `terms`), and `k`
+                    // indexes the panel's K values.
+                    unsafe {
+                        if done + GROUP <= ow.len() {
+                            K::pixels::<GROUP>(
+                                image,
+                                base,
+                                step,
+                                panel(p),
+                                terms,
+                                &panel_bias,
+                                act,
+                                out,
+                                n,
+                                cols,
+                            );
+                            done += GROUP;
+                        } else {
+                            K::pixels::<1>(
+                                image,
+                                base,
+                                step,
+                                panel(p),
+                                terms,
+                                &panel_bias,
+                                act,
+                                out,
+                                n,
+                                cols,
+                            );
+                            done += 1;
+                        }
+                    }
+                }
+            }
+        };
+        if first < end {
+            let l = first * sw - left_pad;
+            let mut count = 0;
+            for i in 0..g.kh {
+                let Some(ih) = (oh * g.stride[0] + i * g.dilation[0])
+                    .checked_sub(g.pads[0])
+                    .filter(|&ih| ih < g.in_h)
+                else {
+                    continue;
+                };
+                for j in 0..g.kw {
+                    for ci in 0..c {
+                        let iw = l + j * g.dilation[1];
+                        terms[count] = ((ih * g.in_w + iw) * c + ci, (i * g.kw + j) * c + ci);
+                        count += 1;
+                    }
+                }
+            }
+            run(first..end, 0, &terms[..count]);
+        }
+        for ow in (0..first).chain(end.max(first)..ow_n) {
+            let mut count = 0;
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    if let Some((ih, iw)) = g.tap(oh, ow, i, j) {
+                        for ci in 0..c {
+                            terms[count] = ((ih * g.in_w + iw) * c + ci, (i * g.kw + j) * c + ci);
+                            count += 1;
+                        }
+                    }
+                }
+            }
+            run(ow..ow + 1, 0, &terms[..count]);
+        }
+    }
+}
