@@ -19,7 +19,7 @@
 use super::{Strip, avx512};
 use qbake_format::{KG, NR};
 use std::arch::asm;
-use std::arch::x86_64::_mm512_loadu_si512;
+use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
@@ -111,9 +111,10 @@ pub(super) fn rows_on_tiles(rows: usize, groups: usize) -> usize {
 /// # Safety
 /// [`available`], AVX-512F, BW and VNNI; [`configure`] ran on this thread;
 /// `s` passed `Strip::check`, with the unsigned copy of its rows given if
-/// any has a negative value (for the VNNI part).
-#[target_feature(enable = "avx512f,avx512vnni")]
-pub(super) unsafe fn strip(s: Strip<'_>) {
+/// any has a negative value (for the VNNI part); `tails` serves only
+/// strips of this product.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn strip(s: Strip<'_>, tails: &mut Tails) {
     let whole = rows_on_tiles(s.rows, s.groups);
     if whole == 0 {
         // SAFETY: the caller's.
@@ -121,14 +122,11 @@ pub(super) unsafe fn strip(s: Strip<'_>) {
     }
     let two = s.cols > NR;
     let c = s.c.as_mut_ptr();
-    // The inputs past the last whole 64, zero-padded to a tile: each
-    // panel's groups here, the rows' bytes in `a_tail` (by each block, whose
-    // copies leave the zeros past the tail as they are).
+    // Each panel's groups past the last whole 16 into the zero-padded tile.
     let (chunks, tail_groups) = (s.groups / TILE_GROUPS, s.groups % TILE_GROUPS);
-    let mut b_tail = Aligned([[0u8; TILE_BYTES]; 2 * TILE_GROUPS]);
-    let mut a_tail = Aligned([[0i8; TILE_BYTES]; 2 * TILE_ROWS]);
     if tail_groups > 0 {
-        for (h, groups) in b_tail
+        for (h, groups) in tails
+            .b
             .0
             .chunks_exact_mut(TILE_GROUPS)
             .enumerate()
@@ -154,15 +152,34 @@ pub(super) unsafe fn strip(s: Strip<'_>) {
                 TILE_ROWS
             };
             if rows == 2 * TILE_ROWS {
-                products::<2>(&s, m0, two, &mut a_tail, &b_tail, sums.as_mut_ptr());
+                products::<2>(&s, m0, two, tails, sums.as_mut_ptr());
             } else {
-                products::<1>(&s, m0, two, &mut a_tail, &b_tail, sums.as_mut_ptr());
+                products::<1>(&s, m0, two, tails, sums.as_mut_ptr());
             }
             finish_block(&s, m0, rows, two, sums.assume_init_ref(), c);
             m0 += rows;
         }
         if whole < s.rows {
             avx512::strip(s.skip_rows(whole));
+        }
+    }
+}
+
+/// The inputs past the last whole 64 of K, zero-padded to a tile, so that
+/// every tile has one shape: the rows' bytes (`a`, by each block) and each
+/// panel's groups (`b`, by each strip). Zeroed once per product and
+/// thread: its strips all write the same bytes of them, so the padding
+/// stays zero (zeroing these 4 KB per strip had cost 1-2% of a forward).
+pub(super) struct Tails {
+    a: Aligned<[[i8; TILE_BYTES]; 2 * TILE_ROWS]>,
+    b: Aligned<[[u8; TILE_BYTES]; 2 * TILE_GROUPS]>,
+}
+
+impl Tails {
+    pub(super) fn new() -> Self {
+        Tails {
+            a: Aligned([[0; TILE_BYTES]; 2 * TILE_ROWS]),
+            b: Aligned([[0; TILE_BYTES]; 2 * TILE_GROUPS]),
         }
     }
 }
@@ -195,16 +212,10 @@ unsafe fn finish_block(s: &Strip<'_>, m: usize, rows: usize, two: bool, sums: &S
 /// (`two`) panels, on tiles, stored to `out` (rows past `16 * T` are zeros).
 ///
 /// # Safety
-/// As [`strip`], with `m0 + 16 * T <= s.rows`, `s.groups >= 16` and the
-/// tails zero past `s.groups`.
-unsafe fn products<const T: usize>(
-    s: &Strip<'_>,
-    m0: usize,
-    two: bool,
-    a_tail: &mut Aligned<[[i8; TILE_BYTES]; 2 * TILE_ROWS]>,
-    b_tail: &Aligned<[[u8; TILE_BYTES]; 2 * TILE_GROUPS]>,
-    out: *mut Sums,
-) {
+/// As [`strip`], with `m0 + 16 * T <= s.rows`, `s.groups >= 16`, and the
+/// weights' tail filled for this strip.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn products<const T: usize>(s: &Strip<'_>, m0: usize, two: bool, tails: &mut Tails, out: *mut Sums) {
     let chunks = s.groups / TILE_GROUPS;
     let tail_groups = s.groups - chunks * TILE_GROUPS;
     let panels = [
@@ -213,8 +224,20 @@ unsafe fn products<const T: usize>(
     ];
     if tail_groups > 0 {
         let (from, to) = (chunks * TILE_BYTES, s.groups * KG);
-        for (r, row) in a_tail.0[..T * TILE_ROWS].iter_mut().enumerate() {
-            row[..to - from].copy_from_slice(&s.a[(m0 + r) * s.lda..][from..to]);
+        // One masked load a row (a call to memcpy for fewer than 64 bytes
+        // cost more than the copy); its masked-off bytes stay zero.
+        let mask: __mmask64 = (1u64 << (to - from)) - 1;
+        for (r, row) in tails.a.0[..T * TILE_ROWS].iter_mut().enumerate() {
+            let src = &s.a[(m0 + r) * s.lda..][from..to];
+            // SAFETY: the mask reads `to - from` bytes of `src` and
+            // writes as many of `row` (64 bytes).
+            unsafe {
+                _mm512_mask_storeu_epi8(
+                    row.as_mut_ptr(),
+                    mask,
+                    _mm512_maskz_loadu_epi8(mask, src.as_ptr()),
+                )
+            };
         }
     }
     // SAFETY: every tile load reads 16 rows of 64 bytes: of `a` at rows
@@ -271,7 +294,7 @@ unsafe fn products<const T: usize>(
             );
         }
         if tail_groups > 0 {
-            let (a_tail, b_tail) = (a_tail.0.as_ptr().cast::<i8>(), b_tail.0.as_ptr().cast::<u8>());
+            let (a_tail, b_tail) = (tails.a.0.as_ptr().cast::<i8>(), tails.b.0.as_ptr().cast::<u8>());
             step(
                 a_tail,
                 a_tail.add(TILE_ROWS * TILE_BYTES),

@@ -446,10 +446,11 @@ fn drive(
     let per_tile = kernel.panels_per_tile();
     // This thread's tiles, for all of the part's strips.
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Amx {
+    let mut tails = (kernel == Kernel::Amx).then(|| {
         // SAFETY: `detect` (or the test choosing it) checked `amx::available`.
         unsafe { amx::configure() };
-    }
+        amx::Tails::new()
+    });
     // The part's panels' constants, once for all its row blocks.
     crate::scratch::with_vec(&crate::scratch::PANEL_PARAMS, panels.len(), |params| {
         for (params, p) in params.iter_mut().zip(panels.clone()) {
@@ -513,7 +514,9 @@ fn drive(
                         Kernel::Avx512Vnni => unsafe { avx512::strip(strip) },
                         // SAFETY: as for VNNI, with AMX detected and configured above.
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Amx => unsafe { amx::strip(strip) },
+                        Kernel::Amx => unsafe {
+                            amx::strip(strip, tails.as_mut().expect("made for AMX above"))
+                        },
                     }
                 }
             });
