@@ -97,14 +97,8 @@ pub(super) unsafe fn rows<K: Pixels>(
     // Output columns whose window lies inside the input horizontally: in
     // them every tap sits at a fixed offset from the window's corner, and
     // the next pixel's window is `stride * c` values further on.
-    let span_w = g.dilation[1] * (g.kw - 1) + 1;
     let (sw, left_pad) = (g.stride[1], g.pads[1]);
-    let first = left_pad.div_ceil(sw).min(ow_n);
-    let end = if g.in_w + left_pad >= span_w {
-        ((g.in_w + left_pad - span_w) / sw + 1).clamp(first, ow_n)
-    } else {
-        first
-    };
+    let Range { start: first, end } = inside_columns(g);
     // Used only between pixels of one image row, where it cannot overflow;
     // a (hostile) stride wider than the image has one such pixel at most.
     let step = sw.saturating_mul(c);
@@ -198,4 +192,18 @@ pub(super) unsafe fn rows<K: Pixels>(
             unsafe { K::pixels::<1, 4>(image, 0, 0, taps, bias, &inside[..count], act, out) };
         }
     }
+}
+
+/// The output columns whose window lies inside the input horizontally
+/// (`first..end`; empty, at `first`, when none does).
+pub(super) fn inside_columns(g: &Conv2d) -> Range<usize> {
+    let (ow_n, span_w) = (g.out_w(), g.dilation[1] * (g.kw - 1) + 1);
+    let (sw, left_pad) = (g.stride[1], g.pads[1]);
+    let first = left_pad.div_ceil(sw).min(ow_n);
+    let end = if g.in_w + left_pad >= span_w {
+        ((g.in_w + left_pad - span_w) / sw + 1).clamp(first, ow_n)
+    } else {
+        first
+    };
+    first..end
 }

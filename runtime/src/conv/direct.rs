@@ -109,14 +109,8 @@ pub(super) unsafe fn rows<K: Direct>(
     let panel = |p: usize| &w.data[p * NR * k..(p + 1) * NR * k];
     // The columns whose window lies inside the input horizontally, as in
     // the depthwise driver.
-    let span_w = g.dilation[1] * (g.kw - 1) + 1;
     let (sw, left_pad) = (g.stride[1], g.pads[1]);
-    let first = left_pad.div_ceil(sw).min(ow_n);
-    let end = if g.in_w + left_pad >= span_w {
-        ((g.in_w + left_pad - span_w) / sw + 1).clamp(first, ow_n)
-    } else {
-        first
-    };
+    let Range { start: first, end } = super::depthwise::inside_columns(g);
     let step = sw.saturating_mul(c);
     for (row, y_row) in rows.zip(y.chunks_exact_mut(ow_n * n)) {
         let (b, oh) = (row / oh_n, row % oh_n);

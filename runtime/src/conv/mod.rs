@@ -153,13 +153,7 @@ pub fn direct_threads(
             run(bias, r, y)
         })
     };
-    match bias {
-        Some(b) => {
-            assert_eq!(b.len(), g.out_c);
-            split(b, y)
-        }
-        None => crate::scratch::with_zeros(g.out_c, |zeros| split(zeros, y)),
-    }
+    with_bias(bias, g.out_c, |bias| split(bias, y))
 }
 
 /// The depthwise kernels need what the f32 GEMM's need (AVX2 and FMA): one
@@ -221,13 +215,7 @@ pub fn depthwise_threads(
             run(bias, r, y)
         })
     };
-    match bias {
-        Some(b) => {
-            assert_eq!(b.len(), g.out_c);
-            split(b, y)
-        }
-        None => crate::scratch::with_zeros(g.out_c, |zeros| split(zeros, y)),
-    }
+    with_bias(bias, g.out_c, |bias| split(bias, y))
 }
 
 /// A convolution of any group count, NHWC, in plain loops: the definition
@@ -341,6 +329,17 @@ pub fn pool(x: &[f32], g: &Conv2d, kind: Pool, y: &mut [f32]) {
 pub enum Pool {
     Max,
     Average { count_include_pad: bool },
+}
+
+/// Runs `f` with the bias, or with `n` zeros (from the scratch) for none.
+fn with_bias<R>(bias: Option<&[f32]>, n: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    match bias {
+        Some(b) => {
+            assert_eq!(b.len(), n, "one bias per output channel");
+            f(b)
+        }
+        None => crate::scratch::with_zeros(n, f),
+    }
 }
 
 #[cfg(test)]
