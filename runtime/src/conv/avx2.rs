@@ -155,11 +155,7 @@ impl Direct for Avx2 {
         let (img, w) = (image.as_ptr(), panel.as_ptr());
         // SAFETY: the caller's offsets.
         let acc = unsafe {
-            let b = [
-                _mm256_loadu_ps(bias.as_ptr()),
-                _mm256_loadu_ps(bias.as_ptr().add(8)),
-            ];
-            let mut acc = [b; P];
+            let mut acc = [[_mm256_setzero_ps(); 2]; P];
             for &(off, k) in terms {
                 let w = [_mm256_loadu_ps(w.add(k * NR)), _mm256_loadu_ps(w.add(k * NR + 8))];
                 for (p, acc) in acc.iter_mut().enumerate() {
@@ -167,6 +163,14 @@ impl Direct for Avx2 {
                     acc[0] = _mm256_fmadd_ps(x, w[0], acc[0]);
                     acc[1] = _mm256_fmadd_ps(x, w[1], acc[1]);
                 }
+            }
+            let b = [
+                _mm256_loadu_ps(bias.as_ptr()),
+                _mm256_loadu_ps(bias.as_ptr().add(8)),
+            ];
+            for acc in acc.iter_mut() {
+                acc[0] = _mm256_add_ps(acc[0], b[0]);
+                acc[1] = _mm256_add_ps(acc[1], b[1]);
             }
             acc
         };

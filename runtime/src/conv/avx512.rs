@@ -182,15 +182,16 @@ impl Direct for Avx512 {
         let mask: __mmask16 = if cols >= 16 { !0 } else { (1u16 << cols) - 1 };
         // SAFETY: the caller's offsets; the stores write `cols` lanes of each pixel's row.
         unsafe {
-            let mut acc = [_mm512_loadu_ps(bias.as_ptr()); P];
+            let mut acc = [_mm512_setzero_ps(); P];
             for &(off, k) in terms {
                 let w = _mm512_loadu_ps(w.add(k * NR));
                 for (p, acc) in acc.iter_mut().enumerate() {
                     *acc = _mm512_fmadd_ps(_mm512_set1_ps(*img.add(base + p * step + off)), w, *acc);
                 }
             }
+            let bias = _mm512_loadu_ps(bias.as_ptr());
             for (p, acc) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(o.add(p * ldo), mask, activate(*acc, act));
+                _mm512_mask_storeu_ps(o.add(p * ldo), mask, activate(_mm512_add_ps(*acc, bias), act));
             }
         }
     }

@@ -4,11 +4,15 @@
 //! back, each as costly as the products it feeds (the im2col and the GEMM
 //! at K = 27 were 6% and 8% of a hybrid EfficientNet-Lite0 pass).
 //!
-//! Each output pixel is `bias + sum over the taps inside the input and
-//! the input channels of x * w`, with the weights read from the f32
-//! GEMM's packed panels (for each input `k`, 16 output channels), one FMA
-//! per term in `k` order whatever the pixel's neighbours, so the result
-//! does not depend on how pixels are grouped or split across threads. The
+//! Each output pixel is `sum over the taps inside the input and the input
+//! channels of x * w, + bias`, with the weights read from the f32 GEMM's
+//! packed panels (for each input `k`, 16 output channels): from zero, one
+//! FMA per term in `k` order whatever the pixel's neighbours, then the
+//! bias. That is the f32 GEMM's arithmetic over the im2col rows (whose
+//! padding zeros add nothing to a sum that starts at +0), so the same bits
+//! as that path for finite weights (a padding zero times an infinite
+//! weight is NaN there), and nothing depends on how pixels are grouped or
+//! split across threads. The
 //! driver mirrors the depthwise one: pixels whose windows lie inside the
 //! input horizontally go [`GROUP`] at a time at fixed offsets, the others one
 //! by one with only their taps inside.
@@ -28,9 +32,9 @@ pub const MAX_DIRECT_IN_C: usize = 4;
 /// A direct-convolution kernel: `P` output pixels of one panel of 16
 /// output channels.
 pub(super) trait Direct {
-    /// For each pixel `p < P`: `out[p * ldo + j] = act(bias[j] + sum over
-    /// (o, k) in terms of image[base + p * step + o] * panel[k * 16 + j])`
-    /// for `j < cols`, one FMA per term in order.
+    /// For each pixel `p < P`: `out[p * ldo + j] = act(sum over (o, k) in
+    /// terms of image[base + p * step + o] * panel[k * 16 + j] + bias[j])`
+    /// for `j < cols`: from zero, one FMA per term in order, then the bias.
     ///
     /// # Safety
     /// The CPU runs the kernel; `base + (P - 1) * step + o < image.len()`
@@ -69,10 +73,10 @@ impl Direct for Scalar {
     ) {
         for p in 0..P {
             for j in 0..cols {
-                let acc = terms.iter().fold(bias[j], |acc, &(o, k)| {
+                let acc = terms.iter().fold(0.0, |acc, &(o, k)| {
                     image[base + p * step + o].mul_add(panel[k * NR + j], acc)
                 });
-                out[p * ldo + j] = act.apply(acc);
+                out[p * ldo + j] = act.apply(acc + bias[j]);
             }
         }
     }

@@ -368,10 +368,12 @@ fn short_copies_copy_every_value() {
 }
 
 /// The direct convolution (few input channels) of every kernel, at 1 and 3
-/// threads, against the FMA chain it defines (bias, then one FMA per tap
-/// inside and input channel, in `k` order) bit for bit, and against the f64
-/// reference within rounding; with the output channels past a whole panel
-/// and rows with and without whole groups of eight pixels.
+/// threads, against the FMA chain it defines (from zero, one FMA per tap
+/// inside and input channel in `k` order, then the bias) bit for bit, and
+/// against the f64 reference within rounding; with the output channels
+/// past a whole panel and rows with and without whole groups of eight
+/// pixels. The SIMD f32 GEMMs over the im2col rows, the path it replaces,
+/// give the same bits.
 fn direct_differs(g: &Conv2d, seed: u64) -> Option<String> {
     let (c, n, k) = (g.in_c, g.out_c, g.patch_len());
     let x = values(seed, g.batch * g.in_h * g.in_w * c);
@@ -386,7 +388,7 @@ fn direct_differs(g: &Conv2d, seed: u64) -> Option<String> {
             for ow in 0..g.out_w() {
                 let out = outs.next().expect("sized above");
                 for (o, out) in out.iter_mut().enumerate() {
-                    let mut acc = bias[o];
+                    let mut acc = 0.0f32;
                     for i in 0..g.kh {
                         for j in 0..g.kw {
                             if let Some((ih, iw)) = g.tap(oh, ow, i, j) {
@@ -397,7 +399,7 @@ fn direct_differs(g: &Conv2d, seed: u64) -> Option<String> {
                             }
                         }
                     }
-                    *out = act.apply(acc);
+                    *out = act.apply(acc + bias[o]);
                 }
             }
         }
@@ -405,6 +407,20 @@ fn direct_differs(g: &Conv2d, seed: u64) -> Option<String> {
     let mut reference = vec![0.0f32; want.len()];
     conv2d_reference(&x, g, &w, Some(&bias), act, &mut reference);
     close(&want, &reference, "the FMA chain against the f64 reference");
+    let mut cols = vec![0.0f32; g.out_pixels() * k];
+    im2col(&x, g, &mut cols);
+    for kernel in kernels().into_iter().filter(|&k| k != Kernel::Scalar) {
+        let mut gemm = vec![f32::NAN; want.len()];
+        crate::gemm_f32::gemm_with(kernel, &cols, &packed, Some(&bias), act, &mut gemm);
+        if let Some((i, (a, b))) = gemm
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .find(|(_, (a, b))| a.to_bits() != b.to_bits())
+        {
+            return Some(format!("im2col + {kernel:?} GEMM [{i}]: {a} vs {b} in {g:?}"));
+        }
+    }
     for kernel in kernels() {
         for threads in [1, 3] {
             let mut got = vec![f32::NAN; want.len()];
