@@ -27,6 +27,9 @@
 //! The AVX-512 VNNI kernel (`avx512`) multiplies four bytes per lane with
 //! no 16-bit step; rows with a negative value go in as `q_x + 128`, which the
 //! weights' baked per-channel sums (`QuantWeight::s8_sums`) take back out.
+//! The AMX kernel (`amx`) multiplies whole 16-row tiles at K >= 64 with
+//! `tdpbssd` (signed by signed bytes, exact i32 sums), reading the packed
+//! panels in place, and leaves the rest of a strip to the VNNI kernel.
 //!
 //! [`quantize_row`] and [`gemm_reference`] are the definitions; the kernels
 //! in [`scalar`], [`avx2`] and `avx512` give the same bits.
