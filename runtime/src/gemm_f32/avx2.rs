@@ -8,13 +8,13 @@ use std::arch::x86_64::*;
 /// # Safety
 /// The CPU must have AVX2 and FMA, and `s` must have passed `Strip::check`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn strip(s: Strip<'_>) {
+pub unsafe fn strip(s: &mut Strip<'_>) {
     assert!(s.cols <= NR, "one panel per strip");
     let c = s.c.as_mut_ptr();
     // SAFETY: `check` proved every row and column a tile touches; each tile
     // call covers rows `m0..m0 + R` of the strip.
     unsafe {
-        row_tiles!(s.rows, MR, |m0, R| tile::<R>(&s, m0, c), [1 2 3 4 5]);
+        row_tiles!(s.rows, MR, |m0, R| tile::<R>(s, m0, c), [1 2 3 4 5]);
     }
 }
 

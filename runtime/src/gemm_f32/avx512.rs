@@ -15,15 +15,15 @@ pub const MR: usize = 12;
 /// # Safety
 /// The CPU must have AVX-512F, and `s` must have passed `Strip::check`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn strip(s: Strip<'_>) {
+pub unsafe fn strip(s: &mut Strip<'_>) {
     let c = s.c.as_mut_ptr();
     // SAFETY: `check` proved every row and column a tile touches; each tile
     // call covers rows `m0..m0 + R` of the strip.
     unsafe {
         if s.cols > NR {
-            rows_of::<true>(&s, c)
+            rows_of::<true>(s, c)
         } else {
-            rows_of::<false>(&s, c)
+            rows_of::<false>(s, c)
         }
     }
 }

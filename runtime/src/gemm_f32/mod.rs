@@ -248,7 +248,7 @@ fn drive(
             let weights = w.panels_from(p);
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
-                let strip = Strip {
+                let mut strip = Strip {
                     a: &x[m0 * k + k0..],
                     lda: k,
                     rows: MC.min(rows.end - m0),
@@ -265,15 +265,19 @@ fn drive(
                     }),
                 };
                 strip.check();
+                // By reference: passed by value to a kernel (a target-feature
+                // function, never inlined), the strip was copied by a call to
+                // memcpy for every strip (2% of a hybrid pass, with the int8
+                // driver's).
                 match kernel {
-                    Kernel::Scalar => scalar::strip(strip),
+                    Kernel::Scalar => scalar::strip(&mut strip),
                     // SAFETY: `detect` (or the caller) checked AVX2 and FMA;
                     // `check` proved the bounds the kernel reads and writes.
                     #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2Fma => unsafe { avx2::strip(strip) },
+                    Kernel::Avx2Fma => unsafe { avx2::strip(&mut strip) },
                     // SAFETY: as above, AVX-512F.
                     #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx512 => unsafe { avx512::strip(strip) },
+                    Kernel::Avx512 => unsafe { avx512::strip(&mut strip) },
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use super::{NR, Strip};
 
-pub fn strip(s: Strip<'_>) {
+pub fn strip(s: &mut Strip<'_>) {
     for r in 0..s.rows {
         let mut acc = [0.0f32; NR];
         if !s.first {

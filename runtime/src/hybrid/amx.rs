@@ -114,7 +114,7 @@ pub(super) fn rows_on_tiles(rows: usize, groups: usize) -> usize {
 /// any has a negative value (for the VNNI part); `tails` serves only
 /// strips of this product.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn strip(s: Strip<'_>, tails: &mut Tails) {
+pub(super) unsafe fn strip(s: &mut Strip<'_>, tails: &mut Tails) {
     let whole = rows_on_tiles(s.rows, s.groups);
     if whole == 0 {
         // SAFETY: the caller's.
@@ -152,15 +152,15 @@ pub(super) unsafe fn strip(s: Strip<'_>, tails: &mut Tails) {
                 TILE_ROWS
             };
             if rows == 2 * TILE_ROWS {
-                products::<2>(&s, m0, two, tails, sums.as_mut_ptr());
+                products::<2>(s, m0, two, tails, sums.as_mut_ptr());
             } else {
-                products::<1>(&s, m0, two, tails, sums.as_mut_ptr());
+                products::<1>(s, m0, two, tails, sums.as_mut_ptr());
             }
-            finish_block(&s, m0, rows, two, sums.assume_init_ref(), c);
+            finish_block(s, m0, rows, two, sums.assume_init_ref(), c);
             m0 += rows;
         }
         if whole < s.rows {
-            avx512::strip(s.skip_rows(whole));
+            avx512::strip(&mut s.skip_rows(whole));
         }
     }
 }

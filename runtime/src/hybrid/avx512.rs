@@ -32,7 +32,7 @@ pub const MR: usize = 8;
 /// The CPU must have AVX-512F and AVX-512 VNNI, and `s` must have passed
 /// `Strip::check`.
 #[target_feature(enable = "avx512f,avx512vnni")]
-pub unsafe fn strip(s: Strip<'_>) {
+pub unsafe fn strip(s: &mut Strip<'_>) {
     assert!(
         s.offset.is_some() || s.nonnegative[..s.rows].iter().all(|&n| n),
         "rows with negative values need their unsigned copy"
@@ -41,9 +41,9 @@ pub unsafe fn strip(s: Strip<'_>) {
     // SAFETY: `check` proved every row and column a tile touches.
     unsafe {
         if s.cols > NR {
-            rows_of::<true>(&s, c)
+            rows_of::<true>(s, c)
         } else {
-            rows_of::<false>(&s, c)
+            rows_of::<false>(s, c)
         }
     }
 }

@@ -311,18 +311,25 @@ pub struct Strip<'a> {
     pub cols: usize,
 }
 
-impl<'a> Strip<'a> {
+impl Strip<'_> {
     /// The strip's rows from `m0` on.
-    fn skip_rows(self, m0: usize) -> Strip<'a> {
+    fn skip_rows(&mut self, m0: usize) -> Strip<'_> {
         Strip {
             a: &self.a[m0 * self.lda..],
+            lda: self.lda,
             offset: self.offset.map(|o| &o[m0 * self.lda..]),
             rows: self.rows - m0,
+            panel: self.panel,
+            panel_stride: self.panel_stride,
+            groups: self.groups,
             sums: &self.sums[m0..],
             scales: &self.scales[m0..],
             nonnegative: &self.nonnegative[m0..],
+            params: self.params,
+            act: self.act,
             c: &mut self.c[m0 * self.ldc..],
-            ..self
+            ldc: self.ldc,
+            cols: self.cols,
         }
     }
 
@@ -487,7 +494,7 @@ fn drive(
                     let n0 = p * NR;
                     // Up to `per_tile` panels, within this part's.
                     let count_p = per_tile.min(panels.end - p);
-                    let strip = Strip {
+                    let mut strip = Strip {
                         a: block,
                         lda: stride,
                         offset: (offset_len > 0).then_some(&*offset),
@@ -505,20 +512,22 @@ fn drive(
                         cols: (count_p * NR).min(n - n0),
                     };
                     strip.check();
+                    // By reference, as in the f32 driver: by value, every
+                    // strip was copied by a call to memcpy.
                     match kernel {
-                        Kernel::Scalar => scalar::strip(strip),
+                        Kernel::Scalar => scalar::strip(&mut strip),
                         // SAFETY: AVX2 and FMA were detected; `check` proved the bounds.
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2 => unsafe { avx2::strip(strip) },
+                        Kernel::Avx2 => unsafe { avx2::strip(&mut strip) },
                         // SAFETY: AVX-512F and VNNI were detected; `check`
                         // proved the bounds, and rows with a negative value
                         // have their copy.
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx512Vnni => unsafe { avx512::strip(strip) },
+                        Kernel::Avx512Vnni => unsafe { avx512::strip(&mut strip) },
                         // SAFETY: as for VNNI, with AMX detected and configured above.
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Amx => unsafe {
-                            amx::strip(strip, tails.as_mut().expect("made for AMX above"))
+                            amx::strip(&mut strip, tails.as_mut().expect("made for AMX above"))
                         },
                     }
                 }

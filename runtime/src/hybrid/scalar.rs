@@ -14,7 +14,7 @@ pub fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
     )
 }
 
-pub fn strip(s: Strip<'_>) {
+pub fn strip(s: &mut Strip<'_>) {
     let p = &s.params[0];
     for r in 0..s.rows {
         let a = &s.a[r * s.lda..r * s.lda + s.groups * KG];
