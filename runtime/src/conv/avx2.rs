@@ -134,6 +134,10 @@ impl Pixels for Avx2 {
 }
 
 impl Direct for Avx2 {
+    /// One: two panels' accumulators for eight pixels would need 32 of the
+    /// 16 registers.
+    const PANELS: usize = 1;
+
     /// A panel's 16 channels in two vectors; a partial last panel's
     /// channels stored one by one.
     ///
@@ -145,8 +149,9 @@ impl Direct for Avx2 {
         base: usize,
         step: usize,
         panel: &[f32],
+        _panel_stride: usize,
         terms: &[(usize, usize)],
-        bias: &[f32; NR],
+        bias: &[f32; 2 * NR],
         act: Activation,
         out: &mut [f32],
         ldo: usize,

@@ -161,7 +161,11 @@ impl Pixels for Avx512 {
 }
 
 impl Direct for Avx512 {
-    /// A panel's 16 channels in one vector.
+    /// Two: each broadcast input value feeds both panels' FMAs (16
+    /// accumulators for eight pixels).
+    const PANELS: usize = 2;
+
+    /// A panel's 16 channels in one vector, the last ones masked.
     ///
     /// # Safety
     /// AVX-512F, and the contract of [`Direct::pixels`].
@@ -171,27 +175,60 @@ impl Direct for Avx512 {
         base: usize,
         step: usize,
         panel: &[f32],
+        panel_stride: usize,
         terms: &[(usize, usize)],
-        bias: &[f32; NR],
+        bias: &[f32; 2 * NR],
         act: Activation,
         out: &mut [f32],
         ldo: usize,
         cols: usize,
     ) {
-        let (img, w, o) = (image.as_ptr(), panel.as_ptr(), out.as_mut_ptr());
-        let mask: __mmask16 = if cols >= 16 { !0 } else { (1u16 << cols) - 1 };
-        // SAFETY: the caller's offsets; the stores write `cols` lanes of each pixel's row.
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); P];
-            for &(off, k) in terms {
-                let w = _mm512_loadu_ps(w.add(k * NR));
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*img.add(base + p * step + off)), w, *acc);
+        /// `H` panels (1 or 2) of the pixels.
+        #[inline(always)]
+        unsafe fn panels<const P: usize, const H: usize>(
+            (img, w, o): (*const f32, *const f32, *mut f32),
+            (base, step, panel_stride, ldo, cols): (usize, usize, usize, usize, usize),
+            terms: &[(usize, usize)],
+            bias: &[f32; 2 * NR],
+            act: Activation,
+        ) {
+            let lanes = |h: usize| -> __mmask16 {
+                let c = cols.saturating_sub(h * NR);
+                if c >= NR { !0 } else { (1u16 << c) - 1 }
+            };
+            // SAFETY: the caller's offsets; the stores write `cols` lanes of
+            // each pixel's row.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); H]; P];
+                for &(off, k) in terms {
+                    let mut wv = [_mm512_setzero_ps(); H];
+                    for (h, wv) in wv.iter_mut().enumerate() {
+                        *wv = _mm512_loadu_ps(w.add(h * panel_stride + k * NR));
+                    }
+                    for (p, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm512_set1_ps(*img.add(base + p * step + off));
+                        for (acc, wv) in acc.iter_mut().zip(&wv) {
+                            *acc = _mm512_fmadd_ps(x, *wv, *acc);
+                        }
+                    }
+                }
+                for (p, acc) in acc.iter().enumerate() {
+                    for (h, acc) in acc.iter().enumerate() {
+                        let bias = _mm512_loadu_ps(bias.as_ptr().add(h * NR));
+                        let v = activate(_mm512_add_ps(*acc, bias), act);
+                        _mm512_mask_storeu_ps(o.add(p * ldo + h * NR), lanes(h), v);
+                    }
                 }
             }
-            let bias = _mm512_loadu_ps(bias.as_ptr());
-            for (p, acc) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(o.add(p * ldo), mask, activate(_mm512_add_ps(*acc, bias), act));
+        }
+        let ptrs = (image.as_ptr(), panel.as_ptr(), out.as_mut_ptr());
+        let dims = (base, step, panel_stride, ldo, cols);
+        // SAFETY: the caller's.
+        unsafe {
+            if cols > NR {
+                panels::<P, 2>(ptrs, dims, terms, bias, act)
+            } else {
+                panels::<P, 1>(ptrs, dims, terms, bias, act)
             }
         }
     }

@@ -29,25 +29,31 @@ pub(super) const GROUP: usize = 8;
 /// im2col rows are long enough for the GEMM to pay.
 pub const MAX_DIRECT_IN_C: usize = 4;
 
-/// A direct-convolution kernel: `P` output pixels of one panel of 16
-/// output channels.
+/// A direct-convolution kernel: `P` output pixels of up to [`Self::PANELS`]
+/// panels of 16 output channels.
 pub(super) trait Direct {
+    /// Panels a call covers: each input value broadcast once feeds them all.
+    const PANELS: usize;
+
     /// For each pixel `p < P`: `out[p * ldo + j] = act(sum over (o, k) in
-    /// terms of image[base + p * step + o] * panel[k * 16 + j] + bias[j])`
-    /// for `j < cols`: from zero, one FMA per term in order, then the bias.
+    /// terms of image[base + p * step + o] * w(k, j) + bias[j])` for `j <
+    /// cols`, where `w(k, j) = panel[j / 16 * panel_stride + k * 16 + j %
+    /// 16]`: from zero, one FMA per term in order, then the bias.
     ///
     /// # Safety
-    /// The CPU runs the kernel; `base + (P - 1) * step + o < image.len()`
-    /// and `k * 16 + 16 <= panel.len()` for every term; `bias` has 16
-    /// values; `out` holds `(P - 1) * ldo + cols` values, `cols <= 16`.
+    /// The CPU runs the kernel; `cols <= 16 * PANELS`; for every term,
+    /// `base + (P - 1) * step + o < image.len()` and `(cols - 1) / 16 *
+    /// panel_stride + k * 16 + 16 <= panel.len()`; `out` holds `(P - 1) *
+    /// ldo + cols` values.
     #[allow(clippy::too_many_arguments)]
     unsafe fn pixels<const P: usize>(
         image: &[f32],
         base: usize,
         step: usize,
         panel: &[f32],
+        panel_stride: usize,
         terms: &[(usize, usize)],
-        bias: &[f32; NR],
+        bias: &[f32; 2 * NR],
         act: Activation,
         out: &mut [f32],
         ldo: usize,
@@ -59,13 +65,16 @@ pub(super) trait Direct {
 pub(super) struct Scalar;
 
 impl Direct for Scalar {
+    const PANELS: usize = 2;
+
     unsafe fn pixels<const P: usize>(
         image: &[f32],
         base: usize,
         step: usize,
         panel: &[f32],
+        panel_stride: usize,
         terms: &[(usize, usize)],
-        bias: &[f32; NR],
+        bias: &[f32; 2 * NR],
         act: Activation,
         out: &mut [f32],
         ldo: usize,
@@ -73,8 +82,9 @@ impl Direct for Scalar {
     ) {
         for p in 0..P {
             for j in 0..cols {
+                let w = &panel[j / NR * panel_stride + j % NR..];
                 let acc = terms.iter().fold(0.0, |acc, &(o, k)| {
-                    image[base + p * step + o].mul_add(panel[k * NR + j], acc)
+                    image[base + p * step + o].mul_add(w[k * NR], acc)
                 });
                 out[p * ldo + j] = act.apply(acc + bias[j]);
             }
@@ -110,7 +120,8 @@ pub(super) unsafe fn rows<K: Direct>(
         &mut heap
     };
     let panels = n.div_ceil(NR);
-    let panel = |p: usize| &w.data[p * NR * k..(p + 1) * NR * k];
+    // The panels from `p` on.
+    let panel = |p: usize| &w.data[p * NR * k..];
     // The columns whose window lies inside the input horizontally, as in
     // the depthwise driver.
     let (sw, left_pad) = (g.stride[1], g.pads[1]);
@@ -120,9 +131,9 @@ pub(super) unsafe fn rows<K: Direct>(
         let (b, oh) = (row / oh_n, row % oh_n);
         let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
         let mut run = |ow: Range<usize>, base: usize, terms: &[(usize, usize)]| {
-            for p in 0..panels {
-                let cols = NR.min(n - p * NR);
-                let mut panel_bias = [0.0; NR];
+            for p in (0..panels).step_by(K::PANELS) {
+                let cols = (K::PANELS * NR).min(n - p * NR);
+                let mut panel_bias = [0.0; 2 * NR];
                 panel_bias[..cols].copy_from_slice(&bias[p * NR..p * NR + cols]);
                 let mut done = 0;
                 while done < ow.len() {
@@ -139,6 +150,7 @@ pub(super) unsafe fn rows<K: Direct>(
                                 base,
                                 step,
                                 panel(p),
+                                NR * k,
                                 terms,
                                 &panel_bias,
                                 act,
@@ -153,6 +165,7 @@ pub(super) unsafe fn rows<K: Direct>(
                                 base,
                                 step,
                                 panel(p),
+                                NR * k,
                                 terms,
                                 &panel_bias,
                                 act,
