@@ -104,8 +104,15 @@ impl Conv2d {
     /// The input pixel `(ih, iw)` that tap `(i, j)` of output `(oh, ow)` reads, if inside.
     #[inline]
     pub fn tap(&self, oh: usize, ow: usize, i: usize, j: usize) -> Option<(usize, usize)> {
-        let ih = (oh * self.stride[0] + i * self.dilation[0]).checked_sub(self.pads[0])?;
+        let ih = self.tap_row(oh, i)?;
         let iw = (ow * self.stride[1] + j * self.dilation[1]).checked_sub(self.pads[1])?;
-        (ih < self.in_h && iw < self.in_w).then_some((ih, iw))
+        (iw < self.in_w).then_some((ih, iw))
+    }
+
+    /// The input row that kernel row `i` of output row `oh` reads, if inside.
+    #[inline]
+    pub fn tap_row(&self, oh: usize, i: usize) -> Option<usize> {
+        let ih = (oh * self.stride[0] + i * self.dilation[0]).checked_sub(self.pads[0])?;
+        (ih < self.in_h).then_some(ih)
     }
 }

@@ -113,10 +113,7 @@ pub(super) unsafe fn rows<K: Pixels>(
             let l = first * sw - left_pad;
             let mut count = 0;
             for i in 0..g.kh {
-                let Some(ih) = (oh * g.stride[0] + i * g.dilation[0])
-                    .checked_sub(g.pads[0])
-                    .filter(|&ih| ih < g.in_h)
-                else {
+                let Some(ih) = g.tap_row(oh, i) else {
                     continue;
                 };
                 for j in 0..g.kw {

@@ -68,10 +68,7 @@ pub fn im2col_pixels(x: &[f32], g: &Conv2d, channels: Range<usize>, pixels: Rang
             .checked_sub(g.pads[1])
             .filter(|l| l + span_w <= g.in_w);
         for (i, dst) in row.chunks_exact_mut(g.kw * cs).enumerate() {
-            let ih = (oh * g.stride[0] + i * g.dilation[0])
-                .checked_sub(g.pads[0])
-                .filter(|&ih| ih < g.in_h);
-            if let (true, Some(ih), Some(l)) = (whole_rows, ih, left) {
+            if let (true, Some(ih), Some(l)) = (whole_rows, g.tap_row(oh, i), left) {
                 copy(dst, &image[(ih * g.in_w + l) * c..][..g.kw * c]);
                 continue;
             }
