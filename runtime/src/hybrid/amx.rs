@@ -20,6 +20,7 @@ use super::{Strip, avx512};
 use qbake_format::{KG, NR};
 use std::arch::asm;
 use std::arch::x86_64::*;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
@@ -76,25 +77,6 @@ const CONFIG: TileConfig = TileConfig {
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
 
-/// Loads the tile configuration on this thread for the strips that follow,
-/// until [`release`].
-///
-/// # Safety
-/// [`available`] must have returned true.
-pub(super) unsafe fn configure() {
-    // SAFETY: the caller checked AMX; CONFIG is a valid palette-1 configuration.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
-}
-
-/// Returns this thread's tiles to their initial state.
-///
-/// # Safety
-/// [`available`] must have returned true.
-pub(super) unsafe fn release() {
-    // SAFETY: the caller checked AMX.
-    unsafe { asm!("tilerelease", options(nostack, nomem)) };
-}
-
 /// How many of a strip's `rows` (the first ones) [`strip`] multiplies on
 /// tiles, at `groups` packed groups of inputs; the rest go to VNNI.
 pub(super) fn rows_on_tiles(rows: usize, groups: usize) -> usize {
@@ -109,12 +91,11 @@ pub(super) fn rows_on_tiles(rows: usize, groups: usize) -> usize {
 /// rest on the VNNI kernel.
 ///
 /// # Safety
-/// [`available`], AVX-512F, BW and VNNI; [`configure`] ran on this thread;
-/// `s` passed `Strip::check`, with the unsigned copy of its rows given if
-/// any has a negative value (for the VNNI part); `tails` serves only
-/// strips of this product.
+/// AVX-512F, BW and VNNI; `s` passed `Strip::check`, with the unsigned
+/// copy of its rows given if any has a negative value (for the VNNI part);
+/// `tiles` serves only strips of this product.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn strip(s: &mut Strip<'_>, tails: &mut Tails) {
+pub(super) unsafe fn strip(s: &mut Strip<'_>, tiles: &mut Tiles) {
     let whole = rows_on_tiles(s.rows, s.groups);
     if whole == 0 {
         // SAFETY: the caller's.
@@ -125,7 +106,7 @@ pub(super) unsafe fn strip(s: &mut Strip<'_>, tails: &mut Tails) {
     // Each panel's groups past the last whole 16 into the zero-padded tile.
     let (chunks, tail_groups) = (s.groups / TILE_GROUPS, s.groups % TILE_GROUPS);
     if tail_groups > 0 {
-        for (h, groups) in tails
+        for (h, groups) in tiles
             .b
             .0
             .chunks_exact_mut(TILE_GROUPS)
@@ -152,9 +133,9 @@ pub(super) unsafe fn strip(s: &mut Strip<'_>, tails: &mut Tails) {
                 TILE_ROWS
             };
             if rows == 2 * TILE_ROWS {
-                products::<2>(s, m0, two, tails, sums.as_mut_ptr());
+                products::<2>(s, m0, two, tiles, sums.as_mut_ptr());
             } else {
-                products::<1>(s, m0, two, tails, sums.as_mut_ptr());
+                products::<1>(s, m0, two, tiles, sums.as_mut_ptr());
             }
             finish_block(s, m0, rows, two, sums.assume_init_ref(), c);
             m0 += rows;
@@ -165,22 +146,45 @@ pub(super) unsafe fn strip(s: &mut Strip<'_>, tails: &mut Tails) {
     }
 }
 
-/// The inputs past the last whole 64 of K, zero-padded to a tile, so that
-/// every tile has one shape: the rows' bytes (`a`, by each block) and each
-/// panel's groups (`b`, by each strip). Zeroed once per product and
-/// thread: its strips all write the same bytes of them, so the padding
+/// This thread's tiles for one product, from [`Tiles::configure`] to drop.
+///
+/// Configuring loads the tile configuration (`ldtilecfg`, about 160 ns:
+/// once per driver call, not per strip); dropping returns the tiles to
+/// their initial state (`tilerelease`). Not `Send`: the configuration
+/// belongs to the thread that loaded it.
+///
+/// It also holds the inputs past the last whole 64 of K, zero-padded to a
+/// tile so that every tile has one shape: the rows' bytes (`a`, by each
+/// block) and each panel's groups (`b`, by each strip). Zeroed once per
+/// product: its strips all write the same bytes of them, so the padding
 /// stays zero (zeroing these 4 KB per strip had cost 1-2% of a forward).
-pub(super) struct Tails {
+pub(super) struct Tiles {
     a: Aligned<[[i8; TILE_BYTES]; 2 * TILE_ROWS]>,
     b: Aligned<[[u8; TILE_BYTES]; 2 * TILE_GROUPS]>,
+    _this_thread: PhantomData<*const ()>,
 }
 
-impl Tails {
-    pub(super) fn new() -> Self {
-        Tails {
+impl Tiles {
+    /// Loads the tile configuration on this thread.
+    ///
+    /// # Safety
+    /// [`available`] must have returned true.
+    pub(super) unsafe fn configure() -> Self {
+        // SAFETY: the caller checked AMX; CONFIG is a valid palette-1 configuration.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+        Tiles {
             a: Aligned([[0; TILE_BYTES]; 2 * TILE_ROWS]),
             b: Aligned([[0; TILE_BYTES]; 2 * TILE_GROUPS]),
+            _this_thread: PhantomData,
         }
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: a `Tiles` exists only where `configure` ran, on this
+        // thread, so AMX is available.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 }
 
@@ -215,7 +219,7 @@ unsafe fn finish_block(s: &Strip<'_>, m: usize, rows: usize, two: bool, sums: &S
 /// As [`strip`], with `m0 + 16 * T <= s.rows`, `s.groups >= 16`, and the
 /// weights' tail filled for this strip.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn products<const T: usize>(s: &Strip<'_>, m0: usize, two: bool, tails: &mut Tails, out: *mut Sums) {
+unsafe fn products<const T: usize>(s: &Strip<'_>, m0: usize, two: bool, tiles: &mut Tiles, out: *mut Sums) {
     let chunks = s.groups / TILE_GROUPS;
     let tail_groups = s.groups - chunks * TILE_GROUPS;
     let panels = [
@@ -227,7 +231,7 @@ unsafe fn products<const T: usize>(s: &Strip<'_>, m0: usize, two: bool, tails: &
         // One masked load a row (a call to memcpy for fewer than 64 bytes
         // cost more than the copy); its masked-off bytes stay zero.
         let mask: __mmask64 = (1u64 << (to - from)) - 1;
-        for (r, row) in tails.a.0[..T * TILE_ROWS].iter_mut().enumerate() {
+        for (r, row) in tiles.a.0[..T * TILE_ROWS].iter_mut().enumerate() {
             let src = &s.a[(m0 + r) * s.lda..][from..to];
             // SAFETY: the mask reads `to - from` bytes of `src` and
             // writes as many of `row` (64 bytes).
@@ -294,7 +298,7 @@ unsafe fn products<const T: usize>(s: &Strip<'_>, m0: usize, two: bool, tails: &
             );
         }
         if tail_groups > 0 {
-            let (a_tail, b_tail) = (tails.a.0.as_ptr().cast::<i8>(), tails.b.0.as_ptr().cast::<u8>());
+            let (a_tail, b_tail) = (tiles.a.0.as_ptr().cast::<i8>(), tiles.b.0.as_ptr().cast::<u8>());
             step(
                 a_tail,
                 a_tail.add(TILE_ROWS * TILE_BYTES),

@@ -454,13 +454,10 @@ fn drive(
     let (n, stride) = (w.rows, x.stride);
     let panel_len = NR * stride;
     let per_tile = kernel.panels_per_tile();
-    // This thread's tiles, for all of the part's strips.
+    // This thread's tiles, for all of the part's strips (released on drop).
     #[cfg(target_arch = "x86_64")]
-    let mut tails = (kernel == Kernel::Amx).then(|| {
-        // SAFETY: `detect` (or the test choosing it) checked `amx::available`.
-        unsafe { amx::configure() };
-        amx::Tails::new()
-    });
+    // SAFETY: `detect` (or the test choosing it) checked `amx::available`.
+    let mut tiles = (kernel == Kernel::Amx).then(|| unsafe { amx::Tiles::configure() });
     // The part's panels' constants, once for all its row blocks.
     crate::scratch::with_vec(&crate::scratch::PANEL_PARAMS, panels.len(), |params| {
         for (params, p) in params.iter_mut().zip(panels.clone()) {
@@ -471,15 +468,17 @@ fn drive(
             let block = &x.values[m0 * stride..(m0 + count) * stride];
             // The VNNI kernel's unsigned copy of the block's rows, made once
             // for all panels, when a row needs it.
+            // The first of the block's rows the VNNI tile multiplies: AMX
+            // multiplies signed bytes on its tiles and leaves it the rest.
+            let to_vnni = match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Amx => amx::rows_on_tiles(count, stride / KG),
+                _ => 0,
+            };
             let offset_len = match kernel {
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512Vnni if !x.nonnegative[m0..m0 + count].iter().all(|&n| n) => block.len(),
-                // AMX multiplies signed bytes: only the rows left to VNNI count.
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Amx
-                    if !x.nonnegative[m0 + amx::rows_on_tiles(count, stride / KG)..m0 + count]
-                        .iter()
-                        .all(|&n| n) =>
+                Kernel::Avx512Vnni | Kernel::Amx
+                    if !x.nonnegative[m0 + to_vnni..m0 + count].iter().all(|&n| n) =>
                 {
                     block.len()
                 }
@@ -524,21 +523,16 @@ fn drive(
                         // have their copy.
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx512Vnni => unsafe { avx512::strip(&mut strip) },
-                        // SAFETY: as for VNNI, with AMX detected and configured above.
+                        // SAFETY: as for VNNI; `tiles` was configured above, on this thread.
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Amx => unsafe {
-                            amx::strip(&mut strip, tails.as_mut().expect("made for AMX above"))
+                            amx::strip(&mut strip, tiles.as_mut().expect("made for AMX above"))
                         },
                     }
                 }
             });
         }
     });
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Amx {
-        // SAFETY: as for `configure`.
-        unsafe { amx::release() };
-    }
 }
 
 #[cfg(test)]
