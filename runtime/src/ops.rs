@@ -5,7 +5,7 @@
 
 use crate::conv::{self, Conv2d, Pool};
 use crate::hybrid;
-use crate::{DepthwiseWeight, Exec, Kernels, Weight, gemm_f32, scratch};
+use crate::{DepthwiseWeight, Exec, Kernels, QuantWeight, Weight, gemm_f32, scratch};
 
 /// An activation fused into the op that produces its input.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -87,6 +87,15 @@ fn min(v: f32, hi: f32) -> f32 {
     if v < hi { v } else { hi }
 }
 
+/// The 8-bit weight, where `w` runs in int8 (Hybrid with a u8 weight); in
+/// f32 otherwise (Dequant, or float weights, kept small, in both families).
+fn int8_weight<'w>(exec: &Exec, w: &'w Weight) -> Option<&'w QuantWeight> {
+    match (exec.kernels, w) {
+        (Kernels::Hybrid, Weight::U8(qw)) => Some(qw),
+        _ => None,
+    }
+}
+
 /// Fully connected layer: `y[m, n] = act(sum_k x[m, k] * w[n, k] + bias[n])`,
 /// with `x` of `m` rows of `w.cols()`.
 pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
@@ -99,12 +108,11 @@ pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Acti
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "bias length differs from the output channels");
     }
-    match (exec.kernels, w) {
-        (Kernels::Hybrid, Weight::U8(qw)) => {
+    match int8_weight(exec, w) {
+        Some(qw) => {
             hybrid::quantize_gemm_threads(hybrid::Kernel::detect(), exec.threads, x, qw, bias, act, y)
         }
-        // Float weights (kept small) run in float in both families.
-        _ => gemm_f32::gemm_threads(
+        None => gemm_f32::gemm_threads(
             gemm_f32::Kernel::detect(),
             exec.threads,
             x,
@@ -141,7 +149,7 @@ pub fn conv2d(
     }
     // Few input channels in f32 (an image model's stem, kept in float as a
     // tiny tensor, or any weight under Dequant): straight from the input.
-    if g.in_c <= conv::MAX_DIRECT_IN_C && !matches!((exec.kernels, w), (Kernels::Hybrid, Weight::U8(_))) {
+    if g.in_c <= conv::MAX_DIRECT_IN_C && int8_weight(exec, w).is_none() {
         let kernel = gemm_f32::Kernel::detect();
         conv::direct_threads(kernel, exec.threads, x, g, w.as_f32(), bias, act, y);
         act.bound_channels(y);

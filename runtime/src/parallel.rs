@@ -94,8 +94,8 @@ pub fn rows_per_part(threads: usize, m: usize, macs: usize) -> Option<usize> {
 
 /// Runs `run(rows, y_part)` over `rows` rows of `row_len` outputs each,
 /// split by rows across up to `threads` threads (the caller's among them)
-/// when `macs` is large enough: for ops other than GEMMs (depthwise
-/// convolutions).
+/// when `macs` is large enough: for ops other than GEMMs (depthwise and
+/// direct convolutions).
 pub fn split_rows<F>(threads: usize, rows: usize, row_len: usize, macs: usize, y: &mut [f32], run: F)
 where
     F: Fn(Range<usize>, &mut [f32]) + Sync,

@@ -12,10 +12,9 @@
 //! padding zeros add nothing to a sum that starts at +0), so the same bits
 //! as that path for finite weights (a padding zero times an infinite
 //! weight is NaN there), and nothing depends on how pixels are grouped or
-//! split across threads. The
-//! driver mirrors the depthwise one: pixels whose windows lie inside the
-//! input horizontally go [`GROUP`] at a time at fixed offsets, the others one
-//! by one with only their taps inside.
+//! split across threads. The driver mirrors the depthwise one: pixels
+//! whose windows lie inside the input horizontally go [`GROUP`] at a time
+//! at fixed offsets, the others one by one with only their taps inside.
 
 use super::Conv2d;
 use crate::gemm_f32::{NR, PackedF32};

@@ -105,10 +105,11 @@ fn copy(dst: &mut [f32], src: &[f32]) {
 
 /// Convolution of few input channels (`in_c <= MAX_DIRECT_IN_C`, one
 /// group), NHWC, from the input directly (`direct.rs`) with f32 weights
-/// packed for the f32 GEMM: `y[b, oh, ow, n] = act(bias[n] + sum over the
-/// taps inside and the input channels of x * w)`, one FMA per term in `k`
-/// order. Output rows split across up to `threads` threads as the depthwise
-/// ones are; the result does not depend on the split.
+/// packed for the f32 GEMM: `y[b, oh, ow, n] = act(sum over the taps inside
+/// and the input channels of x * w, + bias[n])`, from zero, one FMA per term
+/// in `k` order, then the bias (the bits of im2col + the f32 GEMM). Output
+/// rows split across up to `threads` threads as the depthwise ones are; the
+/// result does not depend on the split.
 #[allow(clippy::too_many_arguments)]
 pub fn direct_threads(
     kernel: Kernel,

@@ -246,7 +246,7 @@ unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
                 vinv,
             ))
         };
-        // The packs interleave 128-bit lanes; this puts the four vectors' back in order.
+        // The packs interleave 128-bit lanes; this puts the four vectors back in order.
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         let ones = _mm512_set1_epi8(1);
         let (mut sum, mut signs) = (_mm512_setzero_si512(), _mm512_setzero_si512());
