@@ -7,7 +7,8 @@
 //! network: on EfficientNet-Lite0 it is most of the 8-bit error. Where a
 //! batch normalization (folded into the layer before) says what its input
 //! looks like, `E[x]` is known without data, and the mean shift is taken out
-//! of the bias.
+//! of the bias. Calibration inputs, where the user gives some, measure
+//! `E[x]` instead, everywhere.
 
 use crate::graph::{Act, Normal, Op, Plan};
 use crate::quantize::{Baked, Storage};
@@ -116,8 +117,11 @@ type ChannelOf = Box<dyn Fn(usize, usize, usize) -> usize>;
 /// Takes `(W_q - W) E[x]` out of the bias of every layer whose weights were
 /// quantized and whose input's channel means are known. Only biases that
 /// one step alone reads are changed.
-pub fn correct(plan: &Plan, baked: &mut Baked) {
-    let means = expected_means(plan);
+///
+/// `means` holds each value's channel means, or `None` where unknown:
+/// [`expected_means`] from batch normalizations, or measured on calibration
+/// inputs (`calibration.rs`).
+pub fn correct(plan: &Plan, baked: &mut Baked, means: &[Option<Vec<f64>>]) {
     // By name, so that a graph of many layers is corrected in linear time.
     let weight_at: HashMap<String, usize> = baked
         .weights

@@ -91,6 +91,14 @@ impl Model {
         self
     }
 
+    /// Calibration inputs for bias correction (`Options::calibration`): a
+    /// safetensors file with one F32 tensor, a batch of inputs. A relative
+    /// path is the build script's, that is the package's directory.
+    pub fn calibration(mut self, path: impl AsRef<Path>) -> Self {
+        self.options.calibration = Some(path.as_ref().to_path_buf());
+        self
+    }
+
     /// ONNX models: the graph output to compute, when there are several.
     pub fn output(mut self, name: &str) -> Self {
         self.options.output = Some(name.to_string());
@@ -119,7 +127,15 @@ impl Model {
             let path = manifest_dir.join(&self.path);
             // Printed before anything can fail, so that fixing the file reruns the script.
             println!("cargo::rerun-if-changed={}", path.display());
-            self.emit_into(&path, &env_dir("OUT_DIR")?, name)
+            let mut model = Model {
+                path: self.path.clone(),
+                options: self.options.clone(),
+            };
+            if let Some(calibration) = &mut model.options.calibration {
+                *calibration = manifest_dir.join(&*calibration);
+                println!("cargo::rerun-if-changed={}", calibration.display());
+            }
+            model.emit_into(&path, &env_dir("OUT_DIR")?, name)
         });
         if let Err(e) = &result {
             println!("cargo::error={e}");
@@ -127,11 +143,17 @@ impl Model {
         result
     }
 
-    /// `emit`, with the model file and the output directory given.
+    /// `emit`, with the model file and the output directory given (and the
+    /// calibration file's path taken as it is).
     pub fn emit_into(&self, path: &Path, out_dir: &Path, name: &str) -> Result<(), Error> {
         check_name(name)?;
         let display = self.path.display().to_string();
-        let in_file = |e: Error| Error::new(format!("qbake: {display}: {e}"));
+        let in_file = |e: Error| match &self.options.calibration {
+            Some(calibration) if e.is_calibration() => {
+                Error::new(format!("qbake: {}: {e}", calibration.display()))
+            }
+            _ => Error::new(format!("qbake: {display}: {e}")),
+        };
         let file = crate::open_model(path, &self.options).map_err(in_file)?;
         let plan = crate::plan_model(&file, &self.options).map_err(in_file)?;
         let baked = quantize::bake(&plan, &self.options).map_err(in_file)?;
@@ -349,6 +371,26 @@ mod tests {
                 .starts_with("qbake: models/does_not_exist.safetensors: cannot open the model file: "),
         );
         assert!(emit("no_graph.safetensors").starts_with("qbake: models/no_graph.safetensors: "));
+        // A fault of the calibration inputs names their file, not the model's.
+        let short = fixture("tiny_calibration_short.safetensors");
+        let calibrated = Model::new("models/tiny.safetensors")
+            .calibration(&short)
+            .emit_into(&fixture("tiny.safetensors"), &dir, "m")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            calibrated,
+            format!(
+                "qbake: {}: calibration: inputs tensor `x` of shape [5] is not a batch of inputs of shape [1, 4]",
+                short.display()
+            )
+        );
+        let good = scratch("calibrated");
+        Model::new("models/tiny.safetensors")
+            .calibration(fixture("tiny_calibration.safetensors"))
+            .emit_into(&fixture("tiny.safetensors"), &good, "m")
+            .unwrap();
+        std::fs::remove_dir_all(good).unwrap();
         let bad_name = Model::new("t").emit_into(&fixture("tiny.safetensors"), &dir, "../x");
         assert!(
             bad_name

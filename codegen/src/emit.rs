@@ -46,16 +46,20 @@ pub fn model(
     let scratch_items = scratch_items(&scratch);
     let sqnr_warnings = sqnr_warnings(baked, options);
     let model_doc = model_doc(display_path, plan, baked);
-    // Naming the file in `include_bytes!` makes the compiler record it as an
-    // input of this crate, so editing the model rebuilds it. The bytes are
-    // never used: the const is not part of the binary. A build script says
-    // `rerun-if-changed` instead, and its crate never reads the float file.
+    // Naming a file in `include_bytes!` makes the compiler record it as an
+    // input of this crate, so editing the model (or the calibration inputs)
+    // rebuilds it. The bytes are never used: the const is not part of the
+    // binary. A build script says `rerun-if-changed` instead, and its crate
+    // never reads the float file.
     let rebuild_trigger = match bytes {
-        Bytes::Inline => {
-            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-            let path = path.to_string_lossy();
-            quote! { const _: &[u8] = include_bytes!(#path); }
-        }
+        Bytes::Inline => std::iter::once(path)
+            .chain(options.calibration.as_deref())
+            .map(|path| {
+                let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+                let path = path.to_string_lossy();
+                quote! { const _: &[u8] = include_bytes!(#path); }
+            })
+            .collect(),
         Bytes::Blob { .. } => TokenStream::new(),
     };
     let tokens = quote! {

@@ -16,16 +16,26 @@ pub fn quantized_model(input: TokenStream, base_dir: &Path) -> TokenStream {
 }
 
 fn expand(input: TokenStream, base_dir: &Path) -> syn::Result<TokenStream> {
-    let args: MacroArgs = syn::parse2(input)?;
+    let mut args: MacroArgs = syn::parse2(input)?;
     let written = args.path.value();
     let path = base_dir.join(&written);
-    generate(&path, &written, &args.options)
-        .map_err(|e| syn::Error::new(args.path.span(), format!("qbake: {e}")))
+    if let Some(calibration) = &args.calibration {
+        args.options.calibration = Some(base_dir.join(calibration.value()));
+    }
+    generate(&path, &written, &args.options).map_err(|e| {
+        let at = match &args.calibration {
+            Some(calibration) if e.is_calibration() => calibration.span(),
+            _ => args.path.span(),
+        };
+        syn::Error::new(at, format!("qbake: {e}"))
+    })
 }
 
 struct MacroArgs {
     path: LitStr,
     options: Options,
+    /// The `calibration` argument as written, for its span and its path.
+    calibration: Option<LitStr>,
 }
 
 impl Parse for MacroArgs {
@@ -43,6 +53,7 @@ impl Parse for MacroArgs {
             )
         })?;
         let mut options = Options::default();
+        let mut calibration = None;
         let mut seen: Vec<String> = Vec::new();
         while !input.is_empty() {
             input.parse::<Token![,]>()?;
@@ -72,6 +83,15 @@ impl Parse for MacroArgs {
                         .map_err(|_| syn::Error::new(value.span(), "qbake: `warn_sqnr_below` is too large"))?
                 }
                 "output" => options.output = Some(str_value(&key, &value)?),
+                "calibration" => match value {
+                    Lit::Str(s) => calibration = Some(s),
+                    _ => {
+                        return Err(syn::Error::new(
+                            value.span(),
+                            "qbake: `calibration` takes a file path, a string",
+                        ));
+                    }
+                },
                 "batch" => {
                     let batch = usize_value(&key, &value)?;
                     if batch == 0 {
@@ -95,7 +115,11 @@ impl Parse for MacroArgs {
             }
             seen.push(key);
         }
-        Ok(MacroArgs { path, options })
+        Ok(MacroArgs {
+            path,
+            options,
+            calibration,
+        })
     }
 }
 

@@ -12,7 +12,9 @@
 //!    With `equalize`, `equalize` then trades channel ranges between
 //!    consecutive layers;
 //! 3. [`quantize`]: each large weight matrix to u8 with min/max, per tensor
-//!    or per output channel, then `bias_correction`;
+//!    or per output channel, then `bias_correction`, with channel means
+//!    from batch normalizations or measured on the user's inputs
+//!    (`calibration`);
 //! 4. `emit`: the tokens of the baked model, its activations placed in a
 //!    per-thread scratch sized here (`scratch`).
 //!
@@ -23,6 +25,7 @@
 
 mod bias_correction;
 mod build_script;
+pub mod calibration;
 mod emit;
 mod equalize;
 mod error;

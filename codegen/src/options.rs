@@ -33,6 +33,13 @@ pub struct Options {
     /// Warn (a compile-time warning at the macro) for each quantized weight
     /// whose SQNR is below this many dB; 0 never warns.
     pub warn_sqnr_below: u32,
+    /// A safetensors file of representative inputs (one F32 tensor, a batch
+    /// of the model's input shape). Bias correction then uses each layer's
+    /// input means measured on them through the float model, in place of
+    /// batch-norm statistics: it works on graphs whose normalizations were
+    /// folded away, and measures what the statistics only estimate. The
+    /// macro resolves the path as it does the model's.
+    pub calibration: Option<std::path::PathBuf>,
     /// ONNX models only: the graph output to compute, when there are several.
     pub output: Option<String>,
     /// ONNX models only: the size of a dynamic batch dimension (default 1).
@@ -50,6 +57,7 @@ impl Default for Options {
             mse_ranges: true,
             reference: false,
             warn_sqnr_below: 30,
+            calibration: None,
             output: None,
             batch: None,
         }
@@ -67,6 +75,7 @@ impl Options {
         "mse_ranges",
         "reference",
         "warn_sqnr_below",
+        "calibration",
         "output",
         "batch",
     ];

@@ -143,7 +143,20 @@ pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
         bake_weight(name, rows, cols, values, options)
     })?;
     if options.bias_correction {
-        crate::bias_correction::correct(plan, &mut baked);
+        let means = match &options.calibration {
+            Some(path) => {
+                let (_, inputs) = crate::calibration::read_inputs(path, None, &plan.input().shape)
+                    .map_err(|e| Error::new(format!("calibration: {e}")).in_calibration())?;
+                crate::calibration::channel_means(plan, &inputs)
+            }
+            None => crate::bias_correction::expected_means(plan),
+        };
+        crate::bias_correction::correct(plan, &mut baked, &means);
+    } else if options.calibration.is_some() {
+        return Err(Error::new(
+            "`calibration` inputs are used by bias correction, which `bias_correction = false` turns off",
+        )
+        .in_calibration());
     }
     Ok(baked)
 }

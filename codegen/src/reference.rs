@@ -26,6 +26,11 @@ impl Reference {
         })
     }
 
+    /// A plan already made (by [`crate::plan_model`]).
+    pub fn new(plan: Plan) -> Self {
+        Reference { plan }
+    }
+
     pub fn plan(&self) -> &Plan {
         &self.plan
     }

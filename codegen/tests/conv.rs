@@ -561,3 +561,99 @@ fn bias_correction_removes_the_mean_shift() {
         "mean |error| {corrected} corrected vs {plain} plain"
     );
 }
+
+/// Calibration: on a graph whose batch normalization was folded away (the
+/// statistics bias correction reads are gone), inputs given at bake time
+/// measure each layer's input means, and the mean shift goes just the
+/// same. The calibration inputs are not the ones measured.
+#[test]
+fn calibration_removes_the_mean_shift_without_batch_norm() {
+    use qbake_codegen::Options;
+    use qbake_codegen::quantize;
+    use safetensors::tensor::{Dtype, TensorView};
+    let c = 8;
+    // conv1 makes channel i ~ N(beta_i, gamma_i^2) from N(0, 1) inputs: a
+    // batch normalization already folded into its weights and bias.
+    let folded: Vec<f32> = (0..c * c)
+        .map(|i| {
+            if i / c == i % c {
+                0.5 + 0.3 * (i / c) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let beta: Vec<f32> = (0..c).map(|i| 1.5 - 0.4 * i as f32).collect();
+    let w2: Vec<f32> = (0..16 * c)
+        .map(|i| ((i * 37 % 29) as f32 / 29.0 - 0.45) * 0.7)
+        .collect();
+    let graph = serde_json::json!({
+        "version": 1, "inputs": [{"name": "x", "shape": [1, c, 32, 32]}], "outputs": ["y"],
+        "nodes": [
+            {"name": "conv1", "op": "Conv", "inputs": ["x"], "output": "c1", "weight": "w1", "bias": "b1"},
+            {"name": "relu", "op": "Relu", "inputs": ["c1"], "output": "r"},
+            {"name": "conv2", "op": "Conv", "inputs": ["r"], "output": "y", "weight": "w2", "bias": "b2"}
+        ]
+    });
+    let tensors: &[(&str, &[usize], Vec<f32>)] = &[
+        ("w1", &[c, c, 1, 1], folded),
+        ("b1", &[c], beta),
+        ("w2", &[16, c, 1, 1], w2),
+        ("b2", &[16], vec![0.1; 16]),
+    ];
+    let (dir, path) = model(graph, tensors);
+    let float = Reference::load(&path).unwrap();
+    let mut rng = Xorshift(0x5eed);
+    let mut normal = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                ((-2.0 * rng.unit().ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.unit()).cos()) as f32
+            })
+            .collect()
+    };
+    let input = normal(c * 32 * 32);
+    // Four other inputs from the same distribution, as a batch [4, 1, c, 32, 32].
+    let batch: Vec<u8> = normal(4 * c * 32 * 32)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let calibration = dir.path().join("calibration.safetensors");
+    let view = TensorView::new(Dtype::F32, vec![4, 1, c, 32, 32], &batch).unwrap();
+    std::fs::write(&calibration, safetensors::serialize([("x", view)], None).unwrap()).unwrap();
+    let want = float.run(&input);
+    let mean_error = |calibration: Option<PathBuf>| {
+        let options = Options {
+            keep_float_below: 0,
+            calibration,
+            ..Options::default()
+        };
+        let baked = quantize::bake(float.plan(), &options).unwrap();
+        let mut r = Reference::load(&path).unwrap();
+        r.set_baked(&baked).unwrap();
+        let got = r.run(&input);
+        let per_channel: Vec<f64> = got
+            .chunks_exact(1024)
+            .zip(want.chunks_exact(1024))
+            .map(|(g, w)| g.iter().zip(w).map(|(g, w)| g - w).sum::<f64>() / 1024.0)
+            .collect();
+        per_channel.iter().map(|e| e.abs()).sum::<f64>() / 16.0
+    };
+    // Without calibration nothing says what conv2's input averages: balanced
+    // rounding (on by default) takes out only what a uniform mean would see.
+    let (plain, calibrated) = (mean_error(None), mean_error(Some(calibration.clone())));
+    assert!(
+        calibrated * 4.0 < plain,
+        "mean |error| {calibrated} calibrated vs {plain} plain"
+    );
+    // Calibration needs bias correction, and says so rather than doing nothing.
+    let off = Options {
+        bias_correction: false,
+        calibration: Some(calibration),
+        ..Options::default()
+    };
+    let err = quantize::bake(float.plan(), &off).unwrap_err();
+    assert!(
+        err.is_calibration() && err.message().contains("bias_correction = false"),
+        "{err}"
+    );
+}

@@ -22,6 +22,9 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --equalize B       false (default) or true
   --balanced-rounding B  true (default) or false
   --mse-ranges B     true (default) or false
+  --calibration P    bias correction from inputs' measured means: a safetensors file of inputs, or a
+                     directory of photos (22 variants each, same --mean and --scale); keep them apart
+                     from the photos measured, or the figures flatter the model
   --json             the report as JSON on stdout";
 
 /// Inputs, flattened, and a name for each.
@@ -41,6 +44,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     let mut json = false;
     let mut dense = false;
     let mut options = Options::default();
+    let mut calibration = None;
     let mut args = args.iter();
     let value = |args: &mut std::slice::Iter<String>, flag: &str| -> Result<String, Box<dyn Error>> {
         args.next()
@@ -63,6 +67,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
             "--equalize" => options.equalize = value(&mut args, arg)?.parse()?,
             "--balanced-rounding" => options.balanced_rounding = value(&mut args, arg)?.parse()?,
             "--mse-ranges" => options.mse_ranges = value(&mut args, arg)?.parse()?,
+            "--calibration" => calibration = Some(PathBuf::from(value(&mut args, arg)?)),
             "--json" => json = true,
             "--variants" => {
                 dense = match value(&mut args, arg)?.as_str() {
@@ -82,6 +87,26 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     let reference = qbake_codegen::reference::Reference::load_with(&model, &options)
         .map_err(|e| format!("{}: {e}", model.display()))?;
     let shape = reference.plan().input().shape.clone();
+    let mut written = None;
+    if let Some(path) = calibration {
+        options.calibration = Some(if path.is_dir() {
+            let (Some(mean), Some(scale)) = (mean, scale) else {
+                return Err(format!("--calibration DIR needs --mean and --scale\n\n{USAGE}").into());
+            };
+            let (_, inputs) = from_photos(&path, &shape, mean, scale, false)?;
+            // The code generator reads calibration inputs from a file: one per
+            // process, removed once baked.
+            let file = root.join(format!(
+                "target/qbake-eval/calibration-{}.safetensors",
+                std::process::id()
+            ));
+            write_inputs(&file, &shape, &inputs)?;
+            written = Some(file.clone());
+            file
+        } else {
+            path
+        });
+    }
     let (names, inputs) = match (inputs_file, photos_dir) {
         (Some(file), None) => from_tensor(&file, tensor.as_deref(), &shape)?,
         (None, Some(dir)) => {
@@ -113,7 +138,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
                 }
             }
         },
-    )?;
+    );
+    if let Some(file) = written {
+        let _ = std::fs::remove_file(file);
+    }
+    let report = report?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -122,46 +151,32 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// Writes `inputs` as one F32 tensor `[N, shape...]` (calibration inputs
+/// for the code generator).
+fn write_inputs(file: &Path, shape: &[usize], inputs: &[Vec<f32>]) -> Result<(), Box<dyn Error>> {
+    let bytes: Vec<u8> = inputs.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    let mut batch = vec![inputs.len()];
+    batch.extend(shape);
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, batch, &bytes)?;
+    std::fs::create_dir_all(file.parent().unwrap_or(Path::new(".")))?;
+    safetensors::serialize_to_file([("inputs", view)], None, file)?;
+    Ok(())
+}
+
 /// The rows of a tensor as inputs of `shape`.
 fn from_tensor(file: &Path, name: Option<&str>, shape: &[usize]) -> Result<Named, Box<dyn Error>> {
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)?;
-    let name = match name {
-        Some(n) => n.to_string(),
-        None => match st.names().as_slice() {
-            [one] => one.to_string(),
-            names => {
-                return Err(format!(
-                    "{} has tensors {names:?}: choose one with --tensor",
-                    file.display()
-                )
-                .into());
-            }
-        },
-    };
-    let t = st.tensor(&name)?;
-    if t.dtype() != safetensors::Dtype::F32 {
-        return Err(format!("tensor `{name}` is {:?}; inputs are F32", t.dtype()).into());
-    }
-    let values: Vec<f32> = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let len: usize = shape.iter().product();
-    if !values.len().is_multiple_of(len) || t.shape().is_empty() {
-        return Err(format!(
-            "tensor `{name}` of shape {:?} is not a batch of inputs of shape {shape:?}",
-            t.shape()
-        )
-        .into());
-    }
-    let inputs: Vec<Vec<f32>> = values.chunks_exact(len).map(<[f32]>::to_vec).collect();
+    let (name, inputs) = qbake_codegen::calibration::read_inputs(file, name, shape).map_err(|e| {
+        let hint = if e.message().contains("tensors") {
+            ": choose one with --tensor"
+        } else {
+            ""
+        };
+        format!("{}: {e}{hint}", file.display())
+    })?;
     let names = (0..inputs.len()).map(|i| format!("{name}[{i}]")).collect();
     Ok((names, inputs))
 }
 
-/// Every photo in `dir`, fit to the model's `[1, 3, H, W]` input, with its variants.
 fn from_photos(
     dir: &Path,
     shape: &[usize],
@@ -307,6 +322,17 @@ mod tests {
         let err = from_tensor(&file, None, &[1, 5]).unwrap_err().to_string();
         assert!(err.contains("not a batch of inputs of shape [1, 5]"), "{err}");
         assert!(from_tensor(&file, Some("y"), &[1, 4]).is_err());
+        std::fs::remove_file(file).unwrap();
+    }
+
+    #[test]
+    fn calibration_photos_are_written_as_a_batch_of_inputs() {
+        let inputs = vec![vec![1.0, -2.0, 3.5, 0.0], vec![0.25, 5.0, -1.0, 7.0]];
+        let file = std::env::temp_dir().join(format!("qbake-eval-{}-calib.safetensors", std::process::id()));
+        write_inputs(&file, &[1, 4], &inputs).unwrap();
+        let (names, read) = from_tensor(&file, None, &[1, 4]).unwrap();
+        assert_eq!(names, ["inputs[0]", "inputs[1]"]);
+        assert_eq!(read, inputs);
         std::fs::remove_file(file).unwrap();
     }
 

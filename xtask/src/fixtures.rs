@@ -313,6 +313,22 @@ pub fn write_all(dir: &Path) -> Result<()> {
         Some(dense_graph(&[1, 4], "fc.weight", "Dense")),
     )?;
 
+    // Calibration inputs for tiny (input [1, 4]): two inputs, and five
+    // values that are no whole number of inputs.
+    let calibration = [0.5, 1.0, -0.25, 2.0, 1.5, 0.0, 0.75, -1.0];
+    write(
+        dir,
+        "tiny_calibration.safetensors",
+        vec![("x", f32s(&[2, 1, 4], &calibration))],
+        None,
+    )?;
+    write(
+        dir,
+        "tiny_calibration_short.safetensors",
+        vec![("x", f32s(&[5], &calibration[..5]))],
+        None,
+    )?;
+
     // Damaged models, one fault each.
     std::fs::write(dir.join("not_safetensors.safetensors"), b"name,weight\nfc,0.5\n")?;
     let mut truncated = Vec::from(1000u64.to_le_bytes());

@@ -14,7 +14,17 @@ mod per_tensor {
     );
 }
 
+// Calibration inputs, beside the default options.
+mod calibrated {
+    qbake::quantized_model!(
+        "../../models/tiny.safetensors",
+        keep_float_below = 1,
+        calibration = "../../models/tiny_calibration.safetensors",
+    );
+}
+
 fn main() {
+    let _calibrated = calibrated::Model::new(qbake::Kernels::Hybrid);
     let qbake::Weight::U8(w) = &per_tensor::weights::FC_WEIGHT else {
         panic!("keep_float_below = 1 quantizes every matrix");
     };

@@ -1,0 +1,272 @@
+//! Calibration: a few representative inputs, run through the float model
+//! at bake time, say what each layer's input averages per channel. Bias
+//! correction (`bias_correction.rs`) then takes each layer's mean rounding
+//! shift, `(W_q - W) E[x]`, out of its bias with these measured means
+//! (Nagel et al. 2019's empirical bias correction). Batch-norm statistics
+//! give the same means without data, but only where the graph still has
+//! them; an exporter that folded them leaves nothing else to go on.
+
+use crate::error::{Error, bail};
+use crate::graph::{Layout, Plan, Value};
+use crate::reference::Reference;
+use std::path::Path;
+
+/// The inputs in a safetensors file (calibration inputs, or `cargo xtask
+/// eval`'s): one F32 tensor, `tensor` or the file's only one, holding a
+/// batch of inputs of `shape` (`[N, ...]`, or any shape of `N` times as
+/// many values). Returns the tensor's name and the inputs, each
+/// flattened. Errors do not name the file: the caller knows how to.
+pub fn read_inputs(
+    path: &Path,
+    tensor: Option<&str>,
+    shape: &[usize],
+) -> Result<(String, Vec<Vec<f32>>), Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::new(format!("cannot read the inputs file: {e}")))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::new(format!("the inputs file is not safetensors: {e}")))?;
+    let name = match (tensor, file.names().as_slice()) {
+        (Some(name), _) => name.to_string(),
+        (None, [one]) => one.to_string(),
+        (None, names) => bail!(
+            "the inputs file holds {} tensors ({}); a batch of inputs is one tensor",
+            names.len(),
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let tensor = file
+        .tensor(&name)
+        .map_err(|e| Error::new(format!("inputs tensor `{name}`: {e}")))?;
+    if tensor.dtype() != safetensors::Dtype::F32 {
+        bail!("inputs tensor `{name}` is {:?}; inputs are F32", tensor.dtype());
+    }
+    let len: usize = shape.iter().product();
+    let values = tensor.data();
+    if values.is_empty() || len == 0 || !(values.len() / 4).is_multiple_of(len) {
+        bail!(
+            "inputs tensor `{name}` of shape {:?} is not a batch of inputs of shape {shape:?}",
+            tensor.shape()
+        );
+    }
+    let values: Vec<f32> = values
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "inputs tensor `{name}` has a non-finite value ({}) at {at}",
+            values[at]
+        );
+    }
+    Ok((name, values.chunks_exact(len).map(<[f32]>::to_vec).collect()))
+}
+
+/// Each value's mean per channel over `inputs`, run through the float
+/// model: `None` for values no step computes. The inputs are shared
+/// between threads; the sums are added in input order, so the means do
+/// not depend on the number of threads.
+pub fn channel_means(plan: &Plan, inputs: &[Vec<f32>]) -> Vec<Option<Vec<f64>>> {
+    let reference = Reference::new(plan.clone());
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(inputs.len())
+        .max(1);
+    let per_input: Vec<Vec<Vec<f64>>> = std::thread::scope(|s| {
+        let chunk = inputs.len().div_ceil(threads);
+        let workers: Vec<_> = inputs
+            .chunks(chunk.max(1))
+            .map(|part| {
+                let reference = &reference;
+                s.spawn(move || {
+                    part.iter()
+                        .map(|x| {
+                            let all = reference.run_all(x);
+                            plan.values.iter().zip(&all).map(|(v, x)| sums(v, x)).collect()
+                        })
+                        .collect::<Vec<Vec<Vec<f64>>>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("the float reference panicked"))
+            .collect()
+    });
+    plan.values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let first = &per_input.first()?[i];
+            if first.is_empty() {
+                return None;
+            }
+            let count = (v.len / channels(v) * per_input.len()) as f64;
+            let mut total = vec![0.0; first.len()];
+            for input in &per_input {
+                for (t, s) in total.iter_mut().zip(&input[i]) {
+                    *t += s;
+                }
+            }
+            Some(total.into_iter().map(|t| t / count).collect())
+        })
+        .collect()
+}
+
+/// Channels of a value: the second axis of an image (`[N, C, H, W]`,
+/// whatever its layout), else the last.
+fn channels(v: &Value) -> usize {
+    match v.shape.as_slice() {
+        [_, c, _, _] => *c,
+        shape => shape.last().copied().unwrap_or(1),
+    }
+    .max(1)
+}
+
+/// Per channel, the sum of one input's values (empty when the step did
+/// not run).
+fn sums(v: &Value, x: &[f64]) -> Vec<f64> {
+    if x.is_empty() {
+        return Vec::new();
+    }
+    let c = channels(v);
+    let mut out = vec![0.0; c];
+    match (v.layout, v.shape.as_slice()) {
+        (Layout::Plain, [_, _, h, w]) => {
+            for (i, plane) in x.chunks(h * w).enumerate() {
+                out[i % c] += plane.iter().sum::<f64>();
+            }
+        }
+        _ => {
+            for row in x.chunks(c) {
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o += v;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::{Dtype, TensorView};
+
+    fn file(dir: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> std::path::PathBuf {
+        let views: Vec<(&str, TensorView)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let path = dir.join("c.safetensors");
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        path
+    }
+
+    fn f32s(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn inputs_are_the_rows_of_one_f32_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let path = file(dir.path(), &[("x", Dtype::F32, vec![2, 1, 6], f32s(&values))]);
+        let (name, inputs) = read_inputs(&path, None, &[1, 2, 3]).unwrap();
+        assert_eq!(name, "x");
+        assert_eq!(inputs, vec![values[..6].to_vec(), values[6..].to_vec()]);
+    }
+
+    #[test]
+    fn bad_calibration_files_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |path: &Path| {
+            read_inputs(path, None, &[1, 3])
+                .unwrap_err()
+                .message()
+                .to_string()
+        };
+        assert!(err(&dir.path().join("none")).contains("cannot read the inputs file"));
+        let garbage = dir.path().join("g");
+        std::fs::write(&garbage, b"not a safetensors file").unwrap();
+        assert!(err(&garbage).contains("not safetensors"));
+        let two = file(
+            dir.path(),
+            &[
+                ("a", Dtype::F32, vec![3], f32s(&[0.0; 3])),
+                ("b", Dtype::F32, vec![3], f32s(&[0.0; 3])),
+            ],
+        );
+        assert!(err(&two).contains("holds 2 tensors (`a`, `b`)"), "{}", err(&two));
+        // Named, one of them is the batch; a name the file lacks is an error.
+        assert_eq!(
+            read_inputs(&two, Some("b"), &[1, 3]).unwrap().1,
+            vec![vec![0.0; 3]]
+        );
+        assert!(read_inputs(&two, Some("c"), &[1, 3]).is_err());
+        let half = file(dir.path(), &[("x", Dtype::F16, vec![3], vec![0; 6])]);
+        assert!(err(&half).contains("F16; inputs are F32"), "{}", err(&half));
+        let short = file(dir.path(), &[("x", Dtype::F32, vec![4], f32s(&[0.0; 4]))]);
+        assert!(
+            err(&short).contains("not a batch of inputs of shape [1, 3]"),
+            "{}",
+            err(&short)
+        );
+        let empty = file(dir.path(), &[("x", Dtype::F32, vec![0, 3], Vec::new())]);
+        assert!(err(&empty).contains("not a batch"), "{}", err(&empty));
+        let nan = file(
+            dir.path(),
+            &[(
+                "x",
+                Dtype::F32,
+                vec![2, 3],
+                f32s(&[0.0, 1.0, 2.0, 3.0, f32::NAN, 5.0]),
+            )],
+        );
+        assert!(err(&nan).contains("non-finite value (NaN) at 4"), "{}", err(&nan));
+    }
+
+    /// Means of an NCHW input and of an NHWC convolution output, against
+    /// sums written out by hand: a 1x1 convolution that doubles channel 0,
+    /// swaps it with channel 1 and adds a bias.
+    #[test]
+    fn means_follow_each_layout_channels() {
+        let graph = serde_json::json!({
+            "version": 1, "inputs": [{"name": "x", "shape": [1, 2, 2, 3]}], "outputs": ["y"],
+            "nodes": [{"name": "c", "op": "Conv", "inputs": ["x"], "output": "y", "weight": "w", "bias": "b"}]
+        });
+        let (w, b) = (f32s(&[0.0, 1.0, 2.0, 0.0]), f32s(&[10.0, -1.0]));
+        let views = vec![
+            ("w", TensorView::new(Dtype::F32, vec![2, 2, 1, 1], &w).unwrap()),
+            ("b", TensorView::new(Dtype::F32, vec![2], &b).unwrap()),
+        ];
+        let metadata = std::collections::HashMap::from([("qbake.graph".to_string(), graph.to_string())]);
+        let bytes = safetensors::serialize(views, Some(metadata)).unwrap();
+        let plan = crate::graph::plan(&crate::read::ModelFile::from_bytes(&bytes).unwrap()).unwrap();
+        // Channel 0 averages 2.5 then 12.5 over the two inputs, channel 1 -1 then 3.
+        let inputs = vec![
+            vec![1.0, 2.0, 3.0, 4.0, 5.0, -0.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0],
+            vec![10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0],
+        ];
+        let means = channel_means(&plan, &inputs);
+        assert_eq!(means[0].as_deref(), Some(&[7.5, 1.0][..]));
+        // The planner moves the input to NHWC, convolves there and moves
+        // the result back: every value keeps its channels' means.
+        let conv = [1.0 + 10.0, 2.0 * 7.5 - 1.0];
+        let close = |got: &[f64], want: &[f64]| got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-12);
+        let mut nhwc = 0;
+        for step in &plan.steps {
+            let got = means[step.output].as_deref().unwrap();
+            nhwc += usize::from(plan.values[step.output].layout == Layout::Nhwc);
+            let want = if matches!(step.op, crate::graph::Op::ToNhwc { .. }) {
+                &[7.5, 1.0]
+            } else {
+                &conv
+            };
+            assert!(close(got, want), "{}: {got:?}", step.name);
+        }
+        assert!(nhwc >= 2, "{:?}", plan.steps);
+    }
+}

@@ -1,0 +1,9 @@
+mod model {
+    qbake::quantized_model!(
+        "../../models/tiny.safetensors",
+        bias_correction = false,
+        calibration = "../../models/tiny_calibration.safetensors",
+    );
+}
+
+fn main() {}
