@@ -94,11 +94,26 @@ impl Reference {
                     let k = plan.values[step.inputs[0]].shape.last().copied().unwrap_or(1);
                     let n = w.len() / k;
                     let b = bias_of(bias);
+                    // Each output's dot product adds its terms in k order from
+                    // zero, the bias after; the loop runs over outputs
+                    // innermost (weights transposed to [k][n]) to vectorize.
+                    let mut wt = vec![0.0; k * n];
+                    for (j, wj) in w.chunks_exact(k).enumerate() {
+                        for (kk, &w) in wj.iter().enumerate() {
+                            wt[kk * n + j] = f64::from(w);
+                        }
+                    }
                     let mut y = Vec::with_capacity(x.len() / k * n);
+                    let mut dot = vec![0.0; n];
                     for row in x.chunks_exact(k) {
-                        for (j, wj) in w.chunks_exact(k).enumerate() {
-                            let dot: f64 = row.iter().zip(wj).map(|(&v, &w)| v * f64::from(w)).sum();
-                            y.push(apply(act, dot + b.map_or(0.0, |b| f64::from(b[j]))));
+                        dot.fill(0.0);
+                        for (&v, w) in row.iter().zip(wt.chunks_exact(n)) {
+                            for (d, &w) in dot.iter_mut().zip(w) {
+                                *d += v * w;
+                            }
+                        }
+                        for (j, &d) in dot.iter().enumerate() {
+                            y.push(apply(act, d + b.map_or(0.0, |b| f64::from(b[j]))));
                         }
                     }
                     y
@@ -247,6 +262,12 @@ fn transpose_images(x: &[f64], batch: usize, rows: usize, cols: usize) -> Vec<f6
 
 /// A convolution over NHWC `x`: `w(o, tap, c)` is output `o`'s weight for
 /// tap `i * kw + j` and channel `c` of its group.
+///
+/// Each output's sum starts at its bias and adds its terms tap by tap,
+/// channel by channel. The loops run over a pixel's outputs innermost (the
+/// weights transposed once to `[group][tap][c][o]`, in f64), so that the
+/// compiler vectorizes across outputs: the same sums, in the same order,
+/// many times faster than one output at a time.
 fn conv(
     x: &[f64],
     g: &ConvGeom,
@@ -255,27 +276,66 @@ fn conv(
     w: impl Fn(usize, usize, usize) -> f32,
 ) -> Vec<f64> {
     let (oh_n, ow_n) = g.out_dims().expect("a checked geometry");
-    let (cg, og) = (g.in_c / g.groups, g.out_c / g.groups);
+    let (cg, og, taps) = (g.in_c / g.groups, g.out_c / g.groups, g.kh * g.kw);
+    let mut wt = Vec::with_capacity(g.groups * taps * cg * og);
+    for group in (0..g.groups).filter(|_| cg > 1 || og > 1) {
+        for tap in 0..taps {
+            for ci in 0..cg {
+                wt.extend((0..og).map(|o| f64::from(w(group * og + o, tap, ci))));
+            }
+        }
+    }
+    let depthwise: Vec<f64> = if cg == 1 && og == 1 {
+        (0..taps)
+            .flat_map(|tap| (0..g.in_c).map(move |c| (tap, c)))
+            .map(|(tap, c)| f64::from(w(c, tap, 0)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let start: Vec<f64> = (0..g.out_c)
+        .map(|o| bias.map_or(0.0, |b| f64::from(b[o])))
+        .collect();
     let mut y = Vec::with_capacity(g.batch * oh_n * ow_n * g.out_c);
+    let mut acc = start.clone();
     for b in 0..g.batch {
         for oh in 0..oh_n {
             for ow in 0..ow_n {
-                for o in 0..g.out_c {
-                    let first = o / og * cg;
-                    let mut acc = bias.map_or(0.0, |b| f64::from(b[o]));
+                acc.copy_from_slice(&start);
+                if cg == 1 && og == 1 {
+                    // Depthwise: channels innermost, weights as [tap][c].
                     for i in 0..g.kh {
                         for j in 0..g.kw {
                             let Some((ih, iw)) = g.tap(oh, ow, i, j) else {
                                 continue;
                             };
-                            let pixel = &x[((b * g.in_h + ih) * g.in_w + iw) * g.in_c + first..][..cg];
-                            for (ci, &v) in pixel.iter().enumerate() {
-                                acc += v * f64::from(w(o, i * g.kw + j, ci));
+                            let pixel = &x[((b * g.in_h + ih) * g.in_w + iw) * g.in_c..][..g.in_c];
+                            let tap = &depthwise[(i * g.kw + j) * g.in_c..][..g.in_c];
+                            for ((a, &v), &w) in acc.iter_mut().zip(pixel).zip(tap) {
+                                *a += v * w;
                             }
                         }
                     }
-                    y.push(apply(act, acc));
+                    y.extend(acc.iter().map(|&a| apply(act, a)));
+                    continue;
                 }
+                for (group, acc) in acc.chunks_exact_mut(og).enumerate() {
+                    for i in 0..g.kh {
+                        for j in 0..g.kw {
+                            let Some((ih, iw)) = g.tap(oh, ow, i, j) else {
+                                continue;
+                            };
+                            let pixel = &x[((b * g.in_h + ih) * g.in_w + iw) * g.in_c + group * cg..][..cg];
+                            let tap = &wt[(group * taps + i * g.kw + j) * cg * og..][..cg * og];
+                            for (&v, w) in pixel.iter().zip(tap.chunks_exact(og)) {
+                                for (a, &w) in acc.iter_mut().zip(w) {
+                                    *a += v * w;
+                                }
+                            }
+                        }
+                    }
+                }
+                y.extend(acc.iter().map(|&a| apply(act, a)));
             }
         }
     }
