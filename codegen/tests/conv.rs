@@ -492,6 +492,29 @@ mod nchw {
     }
 }
 
+/// Standard normal values (Box-Muller over `rng`).
+fn normal(rng: &mut Xorshift, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| ((-2.0 * rng.unit().ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.unit()).cos()) as f32)
+        .collect()
+}
+
+/// The model at `path` baked with `options`, run on `input`: the mean
+/// |error| against `want` of each output channel's mean (NCHW: 16 planes of
+/// 32 x 32), averaged over the channels.
+fn mean_shift(path: &Path, options: &qbake_codegen::Options, input: &[f32], want: &[f64]) -> f64 {
+    let mut r = Reference::load(path).unwrap();
+    let baked = qbake_codegen::quantize::bake(r.plan(), options).unwrap();
+    r.set_baked(&baked).unwrap();
+    let got = r.run(input);
+    let per_channel: Vec<f64> = got
+        .chunks_exact(1024)
+        .zip(want.chunks_exact(1024))
+        .map(|(g, w)| g.iter().zip(w).map(|(g, w)| g - w).sum::<f64>() / 1024.0)
+        .collect();
+    per_channel.iter().map(|e| e.abs()).sum::<f64>() / 16.0
+}
+
 /// Bias correction: a layer whose input a batch normalization describes
 /// loses the mean shift its rounded weights cause. Inputs are drawn from
 /// the distribution the normalization states, so the corrected layer's
@@ -499,7 +522,6 @@ mod nchw {
 #[test]
 fn bias_correction_removes_the_mean_shift() {
     use qbake_codegen::Options;
-    use qbake_codegen::quantize;
     let c = 8;
     // conv1 is the identity; bn makes channel i ~ N(beta_i, gamma_i^2) from N(0, 1) inputs.
     let identity: Vec<f32> = (0..c * c)
@@ -531,11 +553,7 @@ fn bias_correction_removes_the_mean_shift() {
     ];
     let (_dir, path) = model(graph, tensors);
     let float = Reference::load(&path).unwrap();
-    // Standard normal inputs (Box-Muller over a fixed xorshift stream).
-    let mut rng = Xorshift(0x5eed);
-    let input: Vec<f32> = (0..c * 32 * 32)
-        .map(|_| ((-2.0 * rng.unit().ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.unit()).cos()) as f32)
-        .collect();
+    let input = normal(&mut Xorshift(0x5eed), c * 32 * 32);
     let want = float.run(&input);
     let mean_error = |bias_correction: bool| {
         let options = Options {
@@ -543,17 +561,7 @@ fn bias_correction_removes_the_mean_shift() {
             bias_correction,
             ..Options::default()
         };
-        let baked = quantize::bake(float.plan(), &options).unwrap();
-        let mut r = Reference::load(&path).unwrap();
-        r.set_baked(&baked).unwrap();
-        let got = r.run(&input);
-        // Per output channel (NCHW: 16 planes of 32 x 32), the mean error.
-        let per_channel: Vec<f64> = got
-            .chunks_exact(1024)
-            .zip(want.chunks_exact(1024))
-            .map(|(g, w)| g.iter().zip(w).map(|(g, w)| g - w).sum::<f64>() / 1024.0)
-            .collect();
-        per_channel.iter().map(|e| e.abs()).sum::<f64>() / 16.0
+        mean_shift(&path, &options, &input, &want)
     };
     let (plain, corrected) = (mean_error(false), mean_error(true));
     assert!(
@@ -604,16 +612,9 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
     let (dir, path) = model(graph, tensors);
     let float = Reference::load(&path).unwrap();
     let mut rng = Xorshift(0x5eed);
-    let mut normal = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                ((-2.0 * rng.unit().ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.unit()).cos()) as f32
-            })
-            .collect()
-    };
-    let input = normal(c * 32 * 32);
+    let input = normal(&mut rng, c * 32 * 32);
     // Four other inputs from the same distribution, as a batch [4, 1, c, 32, 32].
-    let batch: Vec<u8> = normal(4 * c * 32 * 32)
+    let batch: Vec<u8> = normal(&mut rng, 4 * c * 32 * 32)
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
@@ -627,16 +628,7 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
             calibration,
             ..Options::default()
         };
-        let baked = quantize::bake(float.plan(), &options).unwrap();
-        let mut r = Reference::load(&path).unwrap();
-        r.set_baked(&baked).unwrap();
-        let got = r.run(&input);
-        let per_channel: Vec<f64> = got
-            .chunks_exact(1024)
-            .zip(want.chunks_exact(1024))
-            .map(|(g, w)| g.iter().zip(w).map(|(g, w)| g - w).sum::<f64>() / 1024.0)
-            .collect();
-        per_channel.iter().map(|e| e.abs()).sum::<f64>() / 16.0
+        mean_shift(&path, &options, &input, &want)
     };
     // Without calibration nothing says what conv2's input averages: balanced
     // rounding (on by default) takes out only what a uniform mean would see.
