@@ -8,7 +8,7 @@
 //! did not change recompiles without running the quantizer again.
 
 use crate::emit::{self, Bytes};
-use crate::{Error, Options, quantize};
+use crate::{Calibration, Error, Options, quantize};
 use proc_macro2::TokenStream;
 use std::path::{Path, PathBuf};
 use syn::LitStr;
@@ -95,7 +95,13 @@ impl Model {
     /// safetensors file with one F32 tensor, a batch of inputs. A relative
     /// path is the build script's, that is the package's directory.
     pub fn calibration(mut self, path: impl AsRef<Path>) -> Self {
-        self.options.calibration = Some(path.as_ref().to_path_buf());
+        self.options.calibration = Some(Calibration::Inputs(path.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Calibration on synthetic images, no data (`Calibration::Synthetic`).
+    pub fn synthetic_calibration(mut self) -> Self {
+        self.options.calibration = Some(Calibration::Synthetic);
         self
     }
 
@@ -131,9 +137,9 @@ impl Model {
                 path: self.path.clone(),
                 options: self.options.clone(),
             };
-            if let Some(calibration) = &mut model.options.calibration {
-                *calibration = manifest_dir.join(&*calibration);
-                println!("cargo::rerun-if-changed={}", calibration.display());
+            if let Some(Calibration::Inputs(inputs)) = &mut model.options.calibration {
+                *inputs = manifest_dir.join(&*inputs);
+                println!("cargo::rerun-if-changed={}", inputs.display());
             }
             model.emit_into(&path, &env_dir("OUT_DIR")?, name)
         });
@@ -149,8 +155,8 @@ impl Model {
         check_name(name)?;
         let display = self.path.display().to_string();
         let in_file = |e: Error| match &self.options.calibration {
-            Some(calibration) if e.is_calibration() => {
-                Error::new(format!("qbake: {}: {e}", calibration.display()))
+            Some(Calibration::Inputs(inputs)) if e.is_calibration() => {
+                Error::new(format!("qbake: {}: {e}", inputs.display()))
             }
             _ => Error::new(format!("qbake: {display}: {e}")),
         };
@@ -384,6 +390,15 @@ mod tests {
                 "qbake: {}: calibration: inputs tensor `x` of shape [5] is not a batch of inputs of shape [1, 4]",
                 short.display()
             )
+        );
+        let synthetic = Model::new("models/tiny.safetensors")
+            .synthetic_calibration()
+            .emit_into(&fixture("tiny.safetensors"), &dir, "m")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            synthetic,
+            "qbake: models/tiny.safetensors: calibration: synthetic calibration makes images, [N, C, H, W]; this model's input is [1, 4]"
         );
         let good = scratch("calibrated");
         Model::new("models/tiny.safetensors")

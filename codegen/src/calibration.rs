@@ -115,6 +115,67 @@ pub fn channel_means(plan: &Plan, inputs: &[Vec<f32>]) -> Vec<Option<Vec<f64>>> 
         .collect()
 }
 
+/// How many synthetic images `calibration = "synthetic"` runs.
+pub const SYNTHETIC_IMAGES: usize = 16;
+
+/// Smooth random images for an input of `shape` (`[N, C, H, W]`), values
+/// in [-1, 1]: a sum of bilinearly interpolated random grids of 2, 4, 8,
+/// ... cells a side, each with the same amplitude (so that, like natural
+/// images, there is as much contrast at every scale), shared by the
+/// channels with a little of each channel's own, then stretched to
+/// [-1, 1]. Deterministic: the same images every bake.
+pub fn synthetic_images(shape: &[usize]) -> Result<Vec<Vec<f32>>, Error> {
+    let &[n, c, h, w] = shape else {
+        bail!("synthetic calibration makes images, [N, C, H, W]; this model's input is {shape:?}");
+    };
+    if h < 2 || w < 2 || c == 0 || n == 0 {
+        bail!("synthetic calibration makes images of at least 2 x 2 pixels; this model's input is {shape:?}");
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut uniform = move || {
+        // xorshift64, to [-1, 1).
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    };
+    let images = (0..SYNTHETIC_IMAGES)
+        .map(|_| {
+            let plane = h * w;
+            let mut img = vec![0.0f64; n * c * plane];
+            let mut cells = 2;
+            while cells <= h.max(w) {
+                // One grid shared by the channels, one each of their own.
+                let grids: Vec<Vec<f64>> = (0..=c)
+                    .map(|_| (0..(cells + 1) * (cells + 1)).map(|_| uniform()).collect())
+                    .collect();
+                let at = |g: &[f64], y: f64, x: f64| {
+                    let (y0, x0) = (y as usize, x as usize);
+                    let (ty, tx) = (y - y0 as f64, x - x0 as f64);
+                    let v = |yy: usize, xx: usize| g[yy.min(cells) * (cells + 1) + xx.min(cells)];
+                    (v(y0, x0) * (1.0 - tx) + v(y0, x0 + 1) * tx) * (1.0 - ty)
+                        + (v(y0 + 1, x0) * (1.0 - tx) + v(y0 + 1, x0 + 1) * tx) * ty
+                };
+                for (i, value) in img.iter_mut().enumerate() {
+                    let ch = i / plane % c;
+                    let (y, x) = ((i % plane / w) as f64, (i % w) as f64);
+                    let (y, x) = (y * cells as f64 / h as f64, x * cells as f64 / w as f64);
+                    *value += at(&grids[0], y, x) + 0.4 * at(&grids[1 + ch], y, x);
+                }
+                cells *= 2;
+            }
+            let (lo, hi) = img
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let span = (hi - lo).max(f64::MIN_POSITIVE);
+            img.iter()
+                .map(|&v| ((v - lo) / span * 2.0 - 1.0) as f32)
+                .collect()
+        })
+        .collect();
+    Ok(images)
+}
+
 /// Channels of a value: the second axis of an image (`[N, C, H, W]`,
 /// whatever its layout), else the last.
 fn channels(v: &Value) -> usize {
@@ -268,5 +329,30 @@ mod tests {
             assert!(close(got, want), "{}: {got:?}", step.name);
         }
         assert!(nhwc >= 2, "{:?}", plan.steps);
+    }
+
+    #[test]
+    fn synthetic_images_are_smooth_fill_the_range_and_repeat() {
+        let images = synthetic_images(&[1, 3, 32, 24]).unwrap();
+        assert_eq!(images.len(), SYNTHETIC_IMAGES);
+        for img in &images {
+            assert_eq!(img.len(), 3 * 32 * 24);
+            let (lo, hi) = img
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            assert!(lo >= -1.0 && hi <= 1.0 && lo < -0.999 && hi > 0.999, "{lo} {hi}");
+            // Smooth: neighbours differ by half what white noise in [-1, 1] would (2/3).
+            let step: f32 = img.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f32>() / img.len() as f32;
+            assert!(step < 0.33, "{step}");
+        }
+        assert_ne!(images[0], images[1]);
+        assert_eq!(images, synthetic_images(&[1, 3, 32, 24]).unwrap());
+        for shape in [&[1, 4][..], &[1, 3, 1, 8], &[2, 3, 8]] {
+            let err = synthetic_images(shape).unwrap_err();
+            assert!(
+                err.message().starts_with("synthetic calibration makes images"),
+                "{err}"
+            );
+        }
     }
 }

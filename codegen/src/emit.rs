@@ -53,7 +53,10 @@ pub fn model(
     // never reads the float file.
     let rebuild_trigger = match bytes {
         Bytes::Inline => std::iter::once(path)
-            .chain(options.calibration.as_deref())
+            .chain(match &options.calibration {
+                Some(crate::Calibration::Inputs(inputs)) => Some(inputs.as_path()),
+                _ => None,
+            })
             .map(|path| {
                 let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
                 let path = path.to_string_lossy();

@@ -1,6 +1,6 @@
 //! The macro's arguments: `"path" [, option = value]*`.
 
-use crate::{Options, generate};
+use crate::{Calibration, Options, generate};
 use proc_macro2::TokenStream;
 use std::path::Path;
 use syn::parse::{Parse, ParseStream};
@@ -20,7 +20,10 @@ fn expand(input: TokenStream, base_dir: &Path) -> syn::Result<TokenStream> {
     let written = args.path.value();
     let path = base_dir.join(&written);
     if let Some(calibration) = &args.calibration {
-        args.options.calibration = Some(base_dir.join(calibration.value()));
+        args.options.calibration = Some(match calibration.value().as_str() {
+            "synthetic" => Calibration::Synthetic,
+            path => Calibration::Inputs(base_dir.join(path)),
+        });
     }
     generate(&path, &written, &args.options).map_err(|e| {
         let at = match &args.calibration {
@@ -88,7 +91,7 @@ impl Parse for MacroArgs {
                     _ => {
                         return Err(syn::Error::new(
                             value.span(),
-                            "qbake: `calibration` takes a file path, a string",
+                            "qbake: `calibration` takes a file path or \"synthetic\", a string",
                         ));
                     }
                 },

@@ -42,7 +42,7 @@ mod scratch;
 pub use build_script::{Model, include_model};
 pub use error::Error;
 pub use input::quantized_model;
-pub use options::Options;
+pub use options::{Calibration, Options};
 
 use proc_macro2::TokenStream;
 use std::path::Path;

@@ -33,17 +33,28 @@ pub struct Options {
     /// Warn (a compile-time warning at the macro) for each quantized weight
     /// whose SQNR is below this many dB; 0 never warns.
     pub warn_sqnr_below: u32,
-    /// A safetensors file of representative inputs (one F32 tensor, a batch
-    /// of the model's input shape). Bias correction then uses each layer's
-    /// input means measured on them through the float model, in place of
-    /// batch-norm statistics: it works on graphs whose normalizations were
-    /// folded away, and measures what the statistics only estimate. The
-    /// macro resolves the path as it does the model's.
-    pub calibration: Option<std::path::PathBuf>,
+    /// Inputs that bias correction measures each layer's input means on,
+    /// through the float model (`calibration.rs`): it then also works on
+    /// graphs whose batch normalizations were folded away.
+    pub calibration: Option<Calibration>,
     /// ONNX models only: the graph output to compute, when there are several.
     pub output: Option<String>,
     /// ONNX models only: the size of a dynamic batch dimension (default 1).
     pub batch: Option<usize>,
+}
+
+/// Where calibration inputs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Calibration {
+    /// A safetensors file of representative inputs: one F32 tensor, a batch
+    /// of the model's input shape. Their means replace batch-norm
+    /// statistics everywhere. The macro resolves the path as it does the
+    /// model's (`calibration = "inputs.safetensors"`).
+    Inputs(std::path::PathBuf),
+    /// No data: smooth random images in [-1, 1], made at bake time, measure
+    /// the means of the layers batch-norm statistics say nothing of
+    /// (`calibration = "synthetic"`). Image inputs (`[N, C, H, W]`) only.
+    Synthetic,
 }
 
 impl Default for Options {

@@ -5,9 +5,9 @@
 //! contain 0.0, and the zero point is rounded to an integer so that 0.0 is
 //! exact; `min`/`max` are then the range actually represented.
 
-use crate::Options;
 use crate::error::{Error, bail};
 use crate::graph::Plan;
+use crate::{Calibration, Options};
 use std::collections::HashSet;
 
 pub use qbake_format::MAX_EXACT_K;
@@ -143,11 +143,34 @@ pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
         bake_weight(name, rows, cols, values, options)
     })?;
     if options.bias_correction {
+        let in_calibration = |e: Error| Error::new(format!("calibration: {e}")).in_calibration();
         let means = match &options.calibration {
-            Some(path) => {
+            Some(Calibration::Inputs(path)) => {
                 let (_, inputs) = crate::calibration::read_inputs(path, None, &plan.input().shape)
-                    .map_err(|e| Error::new(format!("calibration: {e}")).in_calibration())?;
+                    .map_err(in_calibration)?;
                 crate::calibration::channel_means(plan, &inputs)
+            }
+            Some(Calibration::Synthetic) => {
+                let mut means = crate::bias_correction::expected_means(plan);
+                // Measured only where the statistics say nothing of a layer's
+                // input (past the model's own): where they do, they describe
+                // real inputs better than noise does.
+                let unknown = plan
+                    .steps
+                    .iter()
+                    .any(|s| !s.op.weights().is_empty() && s.inputs[0] != 0 && means[s.inputs[0]].is_none());
+                // Made first, so that a model without image inputs is told so.
+                let images =
+                    crate::calibration::synthetic_images(&plan.input().shape).map_err(in_calibration)?;
+                if unknown {
+                    let measured = crate::calibration::channel_means(plan, &images);
+                    for (m, measured) in means.iter_mut().zip(measured) {
+                        if m.is_none() {
+                            *m = measured;
+                        }
+                    }
+                }
+                means
             }
             None => crate::bias_correction::expected_means(plan),
         };

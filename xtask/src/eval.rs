@@ -1,7 +1,7 @@
 //! `cargo xtask eval`: a model's accuracy in both kernel families against
 //! its float self (qbake-eval), on given inputs or on photos.
 
-use qbake_codegen::Options;
+use qbake_codegen::{Calibration, Options};
 use qbake_eval::{Report, photos};
 use std::error::Error;
 use std::io::Write;
@@ -22,9 +22,9 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --equalize B       false (default) or true
   --balanced-rounding B  true (default) or false
   --mse-ranges B     true (default) or false
-  --calibration P    bias correction from inputs' measured means: a safetensors file of inputs, or a
-                     directory of photos (22 variants each, same --mean and --scale); keep them apart
-                     from the photos measured, or the figures flatter the model
+  --calibration P    bias correction from inputs' measured means: a safetensors file of inputs, a
+                     directory of photos (22 variants each, same --mean and --scale; keep them apart
+                     from the photos measured, or the figures flatter the model), or `synthetic`
   --json             the report as JSON on stdout";
 
 /// Inputs, flattened, and a name for each.
@@ -89,7 +89,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     let shape = reference.plan().input().shape.clone();
     let mut written = None;
     if let Some(path) = calibration {
-        options.calibration = Some(if path.is_dir() {
+        options.calibration = Some(if path.as_os_str() == "synthetic" {
+            Calibration::Synthetic
+        } else if path.is_dir() {
             let (Some(mean), Some(scale)) = (mean, scale) else {
                 return Err(format!("--calibration DIR needs --mean and --scale\n\n{USAGE}").into());
             };
@@ -102,9 +104,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
             ));
             write_inputs(&file, &shape, &inputs)?;
             written = Some(file.clone());
-            file
+            Calibration::Inputs(file)
         } else {
-            path
+            Calibration::Inputs(path)
         });
     }
     let (names, inputs) = match (inputs_file, photos_dir) {

@@ -23,7 +23,18 @@ mod calibrated {
     );
 }
 
+// No data: synthetic images measure the means of layers no batch
+// normalization describes.
+mod synthetic {
+    qbake::quantized_model!(
+        "../../models/conv_ops.safetensors",
+        keep_float_below = 1,
+        calibration = "synthetic",
+    );
+}
+
 fn main() {
+    let _synthetic = synthetic::Model::new(qbake::Kernels::Dequant);
     let _calibrated = calibrated::Model::new(qbake::Kernels::Hybrid);
     let qbake::Weight::U8(w) = &per_tensor::weights::FC_WEIGHT else {
         panic!("keep_float_below = 1 quantizes every matrix");

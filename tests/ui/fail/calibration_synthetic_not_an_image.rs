@@ -1,0 +1,5 @@
+mod model {
+    qbake::quantized_model!("../../models/tiny.safetensors", calibration = "synthetic");
+}
+
+fn main() {}
