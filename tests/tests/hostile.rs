@@ -95,6 +95,40 @@ fn mutated_model_files_give_errors_not_panics() {
     }
 }
 
+/// Calibration inputs are read at compile time too: a damaged file is an
+/// error, and what reads cleanly bakes (tiny's input is `[1, 4]`).
+#[test]
+fn mutated_calibration_files_give_errors_not_panics() {
+    use qbake_codegen::{Calibration, Options, calibration, quantize};
+    let mut rng = Rng::new(7);
+    let valid = fixture("tiny_calibration.safetensors");
+    let model =
+        qbake_codegen::reference::Reference::load(&root().join("tests/models/tiny.safetensors")).unwrap();
+    let file = std::env::temp_dir().join(format!("qbake-hostile-calibration-{}", std::process::id()));
+    let (mut read, mut refused) = (0, 0);
+    for i in 0..200 {
+        std::fs::write(&file, mutate(&valid, &mut rng)).unwrap();
+        let result = std::panic::catch_unwind(|| {
+            let ok = calibration::read_inputs(&file, None, &[1, 4]).is_ok();
+            let options = Options {
+                keep_float_below: 0,
+                calibration: Some(Calibration::Inputs(file.clone())),
+                ..Options::default()
+            };
+            assert_eq!(quantize::bake(model.plan(), &options).is_ok(), ok);
+            ok
+        });
+        match result {
+            Ok(true) => read += 1,
+            Ok(false) => refused += 1,
+            Err(_) => panic!("calibration mutation {i} panicked (message above)"),
+        }
+    }
+    std::fs::remove_file(file).unwrap();
+    // Both outcomes are reached, or the mutations test nothing.
+    assert!(read > 0 && refused > 0, "{read} read, {refused} refused");
+}
+
 #[test]
 fn mutated_graphs_give_errors_not_panics() {
     let mut rng = Rng::new(2);
