@@ -42,7 +42,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     let (mut mean, mut scale) = (None, None);
     let mut labels_file = None;
     let mut json = false;
-    let mut dense = false;
+    let mut dense = None;
     let mut options = Options::default();
     let mut calibration = None;
     let mut args = args.iter();
@@ -71,8 +71,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
             "--json" => json = true,
             "--variants" => {
                 dense = match value(&mut args, arg)?.as_str() {
-                    "standard" => false,
-                    "dense" => true,
+                    "standard" => Some(false),
+                    "dense" => Some(true),
                     other => {
                         return Err(
                             format!("--variants is standard or dense, not `{other}`\n\n{USAGE}").into(),
@@ -110,12 +110,15 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
         });
     }
     let (names, inputs) = match (inputs_file, photos_dir) {
+        (Some(_), None) if dense.is_some() => {
+            return Err(format!("--variants applies to --photos, not to --inputs\n\n{USAGE}").into());
+        }
         (Some(file), None) => from_tensor(&file, tensor.as_deref(), &shape)?,
         (None, Some(dir)) => {
             let (Some(mean), Some(scale)) = (mean, scale) else {
                 return Err(format!("--photos needs --mean and --scale\n\n{USAGE}").into());
             };
-            from_photos(&dir, &shape, mean, scale, dense)?
+            from_photos(&dir, &shape, mean, scale, dense.unwrap_or(false))?
         }
         _ => return Err(format!("give --inputs or --photos\n\n{USAGE}").into()),
     };
