@@ -69,8 +69,10 @@ fn pad(src: &mut Source) -> usize {
 
 fn geometry(src: &mut Source) -> Conv2d {
     let batch = 1 + usize::from(src.byte() % 2);
-    let (in_h, in_w) = (1 + usize::from(src.byte() % 10), 1 + usize::from(src.byte() % 10));
-    let (kh, kw) = (1 + usize::from(src.byte() % 4), 1 + usize::from(src.byte() % 4));
+    // Rows up to 16 wide and kernels up to 5: the depthwise window kernels
+    // (3 and 5 wide) need 8 outputs of a row inside the image.
+    let (in_h, in_w) = (1 + usize::from(src.byte() % 10), 1 + usize::from(src.byte() % 16));
+    let (kh, kw) = (1 + usize::from(src.byte() % 5), 1 + usize::from(src.byte() % 5));
     let stride = [step(src), step(src)];
     let dilation = [step(src), step(src)];
     let pads = [pad(src), pad(src), pad(src), pad(src)];
