@@ -70,7 +70,7 @@ pub fn read_inputs(
 /// model: `None` for values no step computes. The inputs are shared
 /// between threads; the sums are added in input order, so the means do
 /// not depend on the number of threads.
-pub fn channel_means(plan: &Plan, inputs: &[Vec<f32>]) -> Vec<Option<Vec<f64>>> {
+pub(crate) fn channel_means(plan: &Plan, inputs: &[Vec<f32>]) -> Vec<Option<Vec<f64>>> {
     let reference = Reference::new(plan.clone());
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
@@ -124,7 +124,7 @@ pub fn channel_means(plan: &Plan, inputs: &[Vec<f32>]) -> Vec<Option<Vec<f64>>> 
 /// without calibration: noise says nothing of real inputs. The images are
 /// made even when nothing is missing, so that a model without image
 /// inputs is told so.
-pub fn with_synthetic_means(
+pub(crate) fn with_synthetic_means(
     plan: &Plan,
     mut means: Vec<Option<Vec<f64>>>,
 ) -> Result<Vec<Option<Vec<f64>>>, Error> {
@@ -156,7 +156,7 @@ pub fn with_synthetic_means(
 }
 
 /// How many synthetic images `calibration = "synthetic"` runs.
-pub const SYNTHETIC_IMAGES: usize = 16;
+pub(crate) const SYNTHETIC_IMAGES: usize = 16;
 
 /// Smooth random images for an input of `shape` (`[N, C, H, W]`), values
 /// in [-1, 1]: a sum of bilinearly interpolated random grids of 2, 4, 8,
@@ -164,7 +164,7 @@ pub const SYNTHETIC_IMAGES: usize = 16;
 /// images, there is as much contrast at every scale), shared by the
 /// channels with a little of each channel's own, then stretched to
 /// [-1, 1]. Deterministic: the same images every bake.
-pub fn synthetic_images(shape: &[usize]) -> Result<Vec<Vec<f32>>, Error> {
+pub(crate) fn synthetic_images(shape: &[usize]) -> Result<Vec<Vec<f32>>, Error> {
     let &[n, c, h, w] = shape else {
         bail!("synthetic calibration makes images, [N, C, H, W]; this model's input is {shape:?}");
     };

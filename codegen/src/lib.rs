@@ -13,8 +13,9 @@
 //!    consecutive layers;
 //! 3. [`quantize`]: each large weight matrix to u8 with min/max, per tensor
 //!    or per output channel, then `bias_correction`, with channel means
-//!    from batch normalizations or measured on the user's inputs
-//!    (`calibration`);
+//!    from batch normalizations or measured on the user's inputs or on
+//!    synthetic images ([`calibration`], whose input reader `cargo xtask
+//!    eval` shares);
 //! 4. `emit`: the tokens of the baked model, its activations placed in a
 //!    per-thread scratch sized here (`scratch`).
 //!
