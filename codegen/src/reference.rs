@@ -264,10 +264,10 @@ fn transpose_images(x: &[f64], batch: usize, rows: usize, cols: usize) -> Vec<f6
 /// tap `i * kw + j` and channel `c` of its group.
 ///
 /// Each output's sum starts at its bias and adds its terms tap by tap,
-/// channel by channel. The loops run over a pixel's outputs innermost (the
-/// weights transposed once to `[group][tap][c][o]`, in f64), so that the
-/// compiler vectorizes across outputs: the same sums, in the same order,
-/// many times faster than one output at a time.
+/// channel by channel. The weights are transposed once to `[tap][group][c][o]`
+/// in f64 and the loops run over a pixel's outputs innermost, so that the
+/// compiler vectorizes across them: the same sums, in the same order, many
+/// times faster than one output at a time.
 fn conv(
     x: &[f64],
     g: &ConvGeom,
@@ -277,22 +277,14 @@ fn conv(
 ) -> Vec<f64> {
     let (oh_n, ow_n) = g.out_dims().expect("a checked geometry");
     let (cg, og, taps) = (g.in_c / g.groups, g.out_c / g.groups, g.kh * g.kw);
-    let mut wt = Vec::with_capacity(g.groups * taps * cg * og);
-    for group in (0..g.groups).filter(|_| cg > 1 || og > 1) {
-        for tap in 0..taps {
+    let mut wt = Vec::with_capacity(taps * g.in_c * og);
+    for tap in 0..taps {
+        for group in 0..g.groups {
             for ci in 0..cg {
                 wt.extend((0..og).map(|o| f64::from(w(group * og + o, tap, ci))));
             }
         }
     }
-    let depthwise: Vec<f64> = if cg == 1 && og == 1 {
-        (0..taps)
-            .flat_map(|tap| (0..g.in_c).map(move |c| (tap, c)))
-            .map(|(tap, c)| f64::from(w(c, tap, 0)))
-            .collect()
-    } else {
-        Vec::new()
-    };
     let start: Vec<f64> = (0..g.out_c)
         .map(|o| bias.map_or(0.0, |b| f64::from(b[o])))
         .collect();
@@ -302,31 +294,23 @@ fn conv(
         for oh in 0..oh_n {
             for ow in 0..ow_n {
                 acc.copy_from_slice(&start);
-                if cg == 1 && og == 1 {
-                    // Depthwise: channels innermost, weights as [tap][c].
-                    for i in 0..g.kh {
-                        for j in 0..g.kw {
-                            let Some((ih, iw)) = g.tap(oh, ow, i, j) else {
-                                continue;
-                            };
-                            let pixel = &x[((b * g.in_h + ih) * g.in_w + iw) * g.in_c..][..g.in_c];
-                            let tap = &depthwise[(i * g.kw + j) * g.in_c..][..g.in_c];
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let Some((ih, iw)) = g.tap(oh, ow, i, j) else {
+                            continue;
+                        };
+                        let pixel = &x[((b * g.in_h + ih) * g.in_w + iw) * g.in_c..][..g.in_c];
+                        let tap = &wt[(i * g.kw + j) * g.in_c * og..][..g.in_c * og];
+                        if cg == 1 && og == 1 {
+                            // One output per input channel (depthwise): the
+                            // channels innermost.
                             for ((a, &v), &w) in acc.iter_mut().zip(pixel).zip(tap) {
                                 *a += v * w;
                             }
+                            continue;
                         }
-                    }
-                    y.extend(acc.iter().map(|&a| apply(act, a)));
-                    continue;
-                }
-                for (group, acc) in acc.chunks_exact_mut(og).enumerate() {
-                    for i in 0..g.kh {
-                        for j in 0..g.kw {
-                            let Some((ih, iw)) = g.tap(oh, ow, i, j) else {
-                                continue;
-                            };
-                            let pixel = &x[((b * g.in_h + ih) * g.in_w + iw) * g.in_c + group * cg..][..cg];
-                            let tap = &wt[(group * taps + i * g.kw + j) * cg * og..][..cg * og];
+                        let groups = acc.chunks_exact_mut(og).zip(pixel.chunks_exact(cg));
+                        for ((acc, pixel), tap) in groups.zip(tap.chunks_exact(cg * og)) {
                             for (&v, w) in pixel.iter().zip(tap.chunks_exact(og)) {
                                 for (a, &w) in acc.iter_mut().zip(w) {
                                     *a += v * w;
