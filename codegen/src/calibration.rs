@@ -121,14 +121,14 @@ pub(crate) fn channel_means(plan: &Plan, inputs: &[Vec<f32>]) -> Vec<Option<Vec<
 /// [`synthetic_images`] wherever a weighted layer reads a value they say
 /// nothing of: where they do, they describe real inputs better than noise
 /// does. The model's input (and its layout copies) stays unknown, as
-/// without calibration: noise says nothing of real inputs. The images are
-/// made even when nothing is missing, so that a model without image
-/// inputs is told so.
+/// without calibration: noise says nothing of real inputs. The input's
+/// shape is checked even when nothing is missing, so that a model without
+/// image inputs is told so; the images are made only when needed.
 pub(crate) fn with_synthetic_means(
     plan: &Plan,
     mut means: Vec<Option<Vec<f64>>>,
 ) -> Result<Vec<Option<Vec<f64>>>, Error> {
-    let images = synthetic_images(&plan.input().shape)?;
+    image_dims(&plan.input().shape)?;
     let mut input = vec![false; plan.values.len()];
     input[0] = true;
     for step in &plan.steps {
@@ -146,6 +146,7 @@ pub(crate) fn with_synthetic_means(
         .iter()
         .any(|s| !s.op.weights().is_empty() && missing[s.inputs[0]])
     {
+        let images = synthetic_images(&plan.input().shape)?;
         for (v, measured) in channel_means(plan, &images).into_iter().enumerate() {
             if missing[v] {
                 means[v] = measured;
@@ -165,12 +166,7 @@ pub(crate) const SYNTHETIC_IMAGES: usize = 16;
 /// channels with a little of each channel's own, then stretched to
 /// [-1, 1]. Deterministic: the same images every bake.
 pub(crate) fn synthetic_images(shape: &[usize]) -> Result<Vec<Vec<f32>>, Error> {
-    let &[n, c, h, w] = shape else {
-        bail!("synthetic calibration makes images, [N, C, H, W]; this model's input is {shape:?}");
-    };
-    if h < 2 || w < 2 || c == 0 || n == 0 {
-        bail!("synthetic calibration makes images of at least 2 x 2 pixels; this model's input is {shape:?}");
-    }
+    let [n, c, h, w] = image_dims(shape)?;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut uniform = move || {
         // xorshift64, to [-1, 1).
@@ -214,6 +210,17 @@ pub(crate) fn synthetic_images(shape: &[usize]) -> Result<Vec<Vec<f32>>, Error> 
         })
         .collect();
     Ok(images)
+}
+
+/// `[N, C, H, W]` of an input synthetic images can stand for.
+fn image_dims(shape: &[usize]) -> Result<[usize; 4], Error> {
+    let &[n, c, h, w] = shape else {
+        bail!("synthetic calibration makes images, [N, C, H, W]; this model's input is {shape:?}");
+    };
+    if h < 2 || w < 2 || c == 0 || n == 0 {
+        bail!("synthetic calibration makes images of at least 2 x 2 pixels; this model's input is {shape:?}");
+    }
+    Ok([n, c, h, w])
 }
 
 /// Channels of a value: the second axis of an image (`[N, C, H, W]`,
