@@ -97,7 +97,7 @@ pub(super) unsafe fn rows<K: Pixels>(
     // Output columns whose window lies inside the input horizontally: in
     // them every tap sits at a fixed offset from the window's corner, and
     // the next pixel's window is `stride * c` values further on.
-    let (sw, left_pad) = (g.stride[1], g.pads[1]);
+    let sw = g.stride[1];
     let Range { start: first, end } = inside_columns(g);
     // Used only between pixels of one image row, where it cannot overflow;
     // a (hostile) stride wider than the image has one such pixel at most.
@@ -110,17 +110,10 @@ pub(super) unsafe fn rows<K: Pixels>(
         // inside the input in this output row), at a fixed offset from the
         // window's corner.
         if first < end {
-            let l = first * sw - left_pad;
             let mut count = 0;
-            for i in 0..g.kh {
-                let Some(ih) = g.tap_row(oh, i) else {
-                    continue;
-                };
-                for j in 0..g.kw {
-                    let iw = l + j * g.dilation[1];
-                    inside[count] = ((ih * g.in_w + iw) * c, (i * g.kw + j) * c);
-                    count += 1;
-                }
+            for (pixel, tap) in inside_taps(g, oh, first) {
+                inside[count] = (pixel * c, tap * c);
+                count += 1;
             }
             let offsets = &inside[..count];
             let mut done = 0;
@@ -175,13 +168,9 @@ pub(super) unsafe fn rows<K: Pixels>(
         // one, with only their taps inside.
         for ow in (0..first).chain(end.max(first)..ow_n) {
             let mut count = 0;
-            for i in 0..g.kh {
-                for j in 0..g.kw {
-                    if let Some((ih, iw)) = g.tap(oh, ow, i, j) {
-                        inside[count] = ((ih * g.in_w + iw) * c, (i * g.kw + j) * c);
-                        count += 1;
-                    }
-                }
+            for (pixel, tap) in inside_taps(g, oh, ow) {
+                inside[count] = (pixel * c, tap * c);
+                count += 1;
             }
             let out = &mut y_row[ow * c..(ow + 1) * c];
             // SAFETY: the offsets are of in-bounds pixels of `image` and
@@ -203,4 +192,16 @@ pub(super) fn inside_columns(g: &Conv2d) -> Range<usize> {
         first
     };
     first..end
+}
+
+/// The taps of output pixel `(oh, ow)` (of one image) that fall inside the
+/// input, in kernel order: the input pixel each reads, `ih * in_w + iw`,
+/// and the tap, `i * kw + j`.
+pub(super) fn inside_taps(g: &Conv2d, oh: usize, ow: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    (0..g.kh)
+        .flat_map(move |i| (0..g.kw).map(move |j| (i, j)))
+        .filter_map(move |(i, j)| {
+            g.tap(oh, ow, i, j)
+                .map(|(ih, iw)| (ih * g.in_w + iw, i * g.kw + j))
+        })
 }

@@ -17,6 +17,7 @@
 //! at fixed offsets, the others one by one with only their taps inside.
 
 use super::Conv2d;
+use super::depthwise::{inside_columns, inside_taps};
 use crate::gemm_f32::{NR, PackedF32};
 use crate::ops::Activation;
 use std::ops::Range;
@@ -123,8 +124,8 @@ pub(super) unsafe fn rows<K: Direct>(
     let panel = |p: usize| &w.data[p * NR * k..];
     // The columns whose window lies inside the input horizontally, as in
     // the depthwise driver.
-    let (sw, left_pad) = (g.stride[1], g.pads[1]);
-    let Range { start: first, end } = super::depthwise::inside_columns(g);
+    let sw = g.stride[1];
+    let Range { start: first, end } = inside_columns(g);
     let step = sw.saturating_mul(c);
     for (row, y_row) in rows.zip(y.chunks_exact_mut(ow_n * n)) {
         let (b, oh) = (row / oh_n, row % oh_n);
@@ -179,32 +180,21 @@ pub(super) unsafe fn rows<K: Direct>(
             }
         };
         if first < end {
-            let l = first * sw - left_pad;
             let mut count = 0;
-            for i in 0..g.kh {
-                let Some(ih) = g.tap_row(oh, i) else {
-                    continue;
-                };
-                for j in 0..g.kw {
-                    for ci in 0..c {
-                        let iw = l + j * g.dilation[1];
-                        terms[count] = ((ih * g.in_w + iw) * c + ci, (i * g.kw + j) * c + ci);
-                        count += 1;
-                    }
+            for (pixel, tap) in inside_taps(g, oh, first) {
+                for ci in 0..c {
+                    terms[count] = (pixel * c + ci, tap * c + ci);
+                    count += 1;
                 }
             }
             run(first..end, 0, &terms[..count]);
         }
         for ow in (0..first).chain(end.max(first)..ow_n) {
             let mut count = 0;
-            for i in 0..g.kh {
-                for j in 0..g.kw {
-                    if let Some((ih, iw)) = g.tap(oh, ow, i, j) {
-                        for ci in 0..c {
-                            terms[count] = ((ih * g.in_w + iw) * c + ci, (i * g.kw + j) * c + ci);
-                            count += 1;
-                        }
-                    }
+            for (pixel, tap) in inside_taps(g, oh, ow) {
+                for ci in 0..c {
+                    terms[count] = (pixel * c + ci, tap * c + ci);
+                    count += 1;
                 }
             }
             run(ow..ow + 1, 0, &terms[..count]);
