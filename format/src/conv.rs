@@ -1,6 +1,8 @@
 //! The geometry of a convolution or pool: the planner computes it and the
 //! generated code writes it as a literal; the kernels read it.
 
+use std::ops::Range;
+
 /// A 2-D convolution or pool over NHWC data (ONNX semantics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2d {
@@ -109,10 +111,112 @@ impl Conv2d {
         (iw < self.in_w).then_some((ih, iw))
     }
 
+    /// The geometry of output rows `rows` of each image alone, and the
+    /// input rows they read: the same outputs, from a slice of the input
+    /// that holds only those rows (the padding above and below becomes the
+    /// rows cut away, or stays padding). `None` when `rows` is empty or
+    /// past the output, or when its windows fall wholly in the padding.
+    pub fn band(&self, rows: Range<usize>) -> Option<(Conv2d, Range<usize>)> {
+        if rows.is_empty() || rows.end > self.out_dims()?.0 {
+            return None;
+        }
+        let (s, top) = (self.stride[0], self.pads[0]);
+        let span = self.dilation[0] * (self.kh - 1) + 1;
+        // The padded rows the band's windows cover, from `top` rows above
+        // the input: `first..last`.
+        let first = rows.start * s;
+        let last = (rows.end - 1) * s + span;
+        let inputs = first.saturating_sub(top).min(self.in_h)..last.saturating_sub(top).min(self.in_h);
+        if inputs.is_empty() {
+            return None;
+        }
+        let sub = Conv2d {
+            in_h: inputs.len(),
+            pads: [
+                top + inputs.start - first,
+                self.pads[1],
+                last - top - inputs.end,
+                self.pads[3],
+            ],
+            ..*self
+        };
+        debug_assert_eq!(sub.out_dims().map(|d| d.0), Some(rows.len()));
+        Some((sub, inputs))
+    }
+
     /// The input row that kernel row `i` of output row `oh` reads, if inside.
     #[inline]
     pub fn tap_row(&self, oh: usize, i: usize) -> Option<usize> {
         let ih = (oh * self.stride[0] + i * self.dilation[0]).checked_sub(self.pads[0])?;
         (ih < self.in_h).then_some(ih)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Conv2d;
+
+    /// Every band of every small geometry: as many output rows as asked,
+    /// each kernel row reading the same input row (shifted to the band's
+    /// first input row) or the padding, as in the whole geometry; `None`
+    /// exactly when no window of the band reaches the input.
+    #[test]
+    fn band_reads_the_rows_the_whole_geometry_reads() {
+        for in_h in 1..7 {
+            for kh in 1..4 {
+                for stride in 1..4 {
+                    for dilation in 1..3 {
+                        for pads in [
+                            [0, 0, 0, 0],
+                            [1, 0, 1, 0],
+                            [2, 0, 0, 0],
+                            [0, 0, 3, 0],
+                            [5, 0, 1, 0],
+                        ] {
+                            let g = Conv2d {
+                                batch: 1,
+                                in_h,
+                                in_w: 2,
+                                in_c: 1,
+                                out_c: 1,
+                                kh,
+                                kw: 1,
+                                stride: [stride, 1],
+                                dilation: [dilation, 1],
+                                pads,
+                                groups: 1,
+                            };
+                            if g.check().is_err() {
+                                continue;
+                            }
+                            let oh_n = g.out_h();
+                            assert!(g.band(0..0).is_none() && g.band(0..oh_n + 1).is_none());
+                            for r0 in 0..oh_n {
+                                for r1 in r0 + 1..=oh_n {
+                                    let reads =
+                                        (r0..r1).any(|oh| (0..kh).any(|i| g.tap_row(oh, i).is_some()));
+                                    let Some((sub, inputs)) = g.band(r0..r1) else {
+                                        assert!(!reads, "{g:?} {r0}..{r1}");
+                                        continue;
+                                    };
+                                    assert!(sub.check().is_ok() && inputs.end <= in_h, "{g:?} {r0}..{r1}");
+                                    assert_eq!(sub.out_h(), r1 - r0);
+                                    for oh in r0..r1 {
+                                        for i in 0..kh {
+                                            let got = sub.tap_row(oh - r0, i).map(|ih| ih + inputs.start);
+                                            assert_eq!(
+                                                got,
+                                                g.tap_row(oh, i),
+                                                "{g:?} {r0}..{r1} row {oh} tap {i}"
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
