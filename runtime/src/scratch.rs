@@ -10,6 +10,8 @@ use std::thread::LocalKey;
 thread_local! {
     /// im2col rows of a convolution.
     pub(crate) static COLS: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
+    /// A band's pointwise outputs in `ops::pointwise_depthwise`.
+    pub(crate) static BAND: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// One group's outputs of a grouped convolution.
     pub(crate) static GROUP_OUT: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// The parts of a GEMM split by panels of output channels.
