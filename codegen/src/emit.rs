@@ -539,9 +539,14 @@ fn model_doc(display_path: &str, plan: &Plan, baked: &Baked) -> String {
             Op::Alias if step.op_name == "layout" => "the same buffer in the other layout".into(),
             Op::Softmax { .. } | Op::Alias | Op::GlobalAveragePool { .. } => step.op_name.clone(),
         };
+        let fused = if plan.fuses_with_next(i) {
+            " (run band by band inside the next step: this output never exists whole)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             d,
-            "{}. `{}`: {what}, {} -> {to:?}",
+            "{}. `{}`: {what}, {} -> {to:?}{fused}",
             i + 1,
             step.name,
             from.join(" + ")
@@ -712,7 +717,11 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
         let #input_ident: &[f32] = input #flat_in;
         let out: &mut [f32] = output #flat_out;
     };
-    for step in &plan.steps {
+    for (i, step) in plan.steps.iter().enumerate() {
+        // Run inside the next step, below.
+        if plan.fuses_with_next(i) {
+            continue;
+        }
         let ins: Vec<Ident> = step
             .inputs
             .iter()
@@ -779,7 +788,21 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
                 act,
             } => {
                 let (g, w, bias, act) = (geom_tokens(geom), names.get(weight), bias_tokens(bias), act_tokens(act, names));
-                quote!(::qbake::ops::depthwise_conv2d(&self.exec, &#x, &#g, &weights::#w, #bias, #act, #dst);)
+                match i.checked_sub(1).map(|p| (p, &plan.steps[p])) {
+                    Some((p, pointwise)) if plan.fuses_with_next(p) => {
+                        let Op::Conv { weight: pw, bias: pb, act: pa, .. } = &pointwise.op else {
+                            unreachable!("`fuses_with_next` takes 1x1 convolutions")
+                        };
+                        let x = ident_for(pointwise.inputs[0], &plan.values[pointwise.inputs[0]]);
+                        let (pw, pb, pa) = (names.get(pw), bias_tokens(pb), act_tokens(pa, names));
+                        quote! {
+                            ::qbake::ops::pointwise_depthwise(
+                                &self.exec, &#x, &weights::#pw, #pb, #pa, &#g, &weights::#w, #bias, #act, #dst,
+                            );
+                        }
+                    }
+                    _ => quote!(::qbake::ops::depthwise_conv2d(&self.exec, &#x, &#g, &weights::#w, #bias, #act, #dst);),
+                }
             }
             Op::Pool { geom, kind } => {
                 let g = geom_tokens(geom);

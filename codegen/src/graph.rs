@@ -331,6 +331,27 @@ impl Plan {
         &self.tensors[name]
     }
 
+    /// Whether step `i`, a 1x1 convolution, runs inside step `i + 1`, the
+    /// depthwise convolution that alone reads its output: one call to
+    /// `qbake::ops::pointwise_depthwise`, band by band, so that the 1x1
+    /// output (an expansion, six times its input) never exists whole and
+    /// has no buffer.
+    pub fn fuses_with_next(&self, i: usize) -> bool {
+        let (Some(step), Some(next)) = (self.steps.get(i), self.steps.get(i + 1)) else {
+            return false;
+        };
+        matches!(&step.op, Op::Conv { geom, .. } if geom.is_pointwise())
+            && matches!(next.op, Op::Depthwise { .. })
+            && next.inputs == [step.output]
+            && step.output != self.output
+            && self
+                .steps
+                .iter()
+                .filter(|s| s.inputs.contains(&step.output))
+                .count()
+                == 1
+    }
+
     /// The weights of depthwise convolutions: baked beside a cache of f32
     /// taps, which their kernel reads instead of the 8-bit bytes.
     pub fn depthwise_weights(&self) -> HashSet<&str> {

@@ -22,9 +22,10 @@ pub struct Scratch {
     pub slots: Vec<usize>,
 }
 
-/// Assigns places: aliases share their source's; a step's output takes the
-/// smallest free slot that fits, else the largest free one (grown), else a
-/// new one; a slot is free again after the last step that reads it.
+/// Assigns places: aliases share their source's; a fused 1x1 convolution's
+/// output has none; a step's output takes the smallest free slot that
+/// fits, else the largest free one (grown), else a new one; a slot is free
+/// again after the last step that reads it.
 pub fn assign(plan: &Plan) -> Scratch {
     let n = plan.values.len();
     // The value whose buffer each value is (aliases resolve to their source).
@@ -34,10 +35,14 @@ pub fn assign(plan: &Plan) -> Scratch {
             root[step.output] = root[step.inputs[0]];
         }
     }
+    // A 1x1 convolution that runs inside the depthwise one after it
+    // (`Plan::fuses_with_next`) reads its input during that next step, and
+    // its output has no buffer.
+    let fused: Vec<bool> = (0..plan.steps.len()).map(|i| plan.fuses_with_next(i)).collect();
     let mut last_read = vec![0usize; n];
     for (i, step) in plan.steps.iter().enumerate() {
         for &v in &step.inputs {
-            last_read[root[v]] = i;
+            last_read[root[v]] = if fused[i] { i + 1 } else { i };
         }
     }
     let mut place: Vec<Option<Place>> = vec![None; n];
@@ -48,6 +53,10 @@ pub fn assign(plan: &Plan) -> Scratch {
     let mut release: Vec<Vec<usize>> = vec![Vec::new(); plan.steps.len()];
     for (i, step) in plan.steps.iter().enumerate() {
         let out = step.output;
+        if fused[i] {
+            free.append(&mut release[i]);
+            continue;
+        }
         if step.op == Op::Alias && out != plan.output {
             place[out] = place[step.inputs[0]];
         } else if out == plan.output {

@@ -124,24 +124,91 @@ impl Executor {
     /// `forward` runs them (so each finds the caches as the steps before
     /// left them), after one pass that fills the weight caches.
     ///
+    /// With `fused`, a 1x1 convolution that the generated `forward` runs
+    /// inside the depthwise one after it ([`Plan::fuses_with_next`]) is
+    /// timed as it runs there: the pair's time is the depthwise step's, and
+    /// the 1x1 step's is 0. Without, each step runs on its own.
+    ///
     /// With threads, the passes run as a forward does (`Exec::run`: on the
     /// pool, so each op splits from inside it).
-    pub fn time_steps(&self, kernels: Kernels, threads: usize, input: &[f32], rounds: usize) -> Vec<f64> {
+    pub fn time_steps(
+        &self,
+        kernels: Kernels,
+        threads: usize,
+        input: &[f32],
+        rounds: usize,
+        fused: bool,
+    ) -> Vec<f64> {
         let mut values = self.run_all(kernels, input);
         let exec = Exec { kernels, threads };
-        let mut best = vec![f64::INFINITY; self.plan.steps.len()];
+        let steps = &self.plan.steps;
+        let mut best = vec![f64::INFINITY; steps.len()];
         exec.run(|| {
             for _ in 0..rounds {
-                for (step, best) in self.plan.steps.iter().zip(&mut best) {
+                for (i, step) in steps.iter().enumerate() {
                     let mut y = std::mem::take(&mut values[step.output]);
                     let start = Instant::now();
-                    self.step(&exec, step, &values, &mut y);
-                    *best = best.min(start.elapsed().as_secs_f64());
+                    match i.checked_sub(1) {
+                        _ if fused && self.plan.fuses_with_next(i) => {}
+                        Some(p) if fused && self.plan.fuses_with_next(p) => {
+                            self.pointwise_depthwise(&exec, &steps[p], step, &values, &mut y)
+                        }
+                        _ => self.step(&exec, step, &values, &mut y),
+                    }
+                    best[i] = best[i].min(start.elapsed().as_secs_f64());
                     values[step.output] = y;
                 }
             }
         });
+        for (i, best) in best.iter_mut().enumerate() {
+            if fused && self.plan.fuses_with_next(i) {
+                *best = 0.0;
+            }
+        }
         best
+    }
+
+    /// A 1x1 convolution and the depthwise one after it, as one op.
+    fn pointwise_depthwise(
+        &self,
+        exec: &Exec,
+        pointwise: &Step,
+        depthwise: &Step,
+        values: &[Vec<f32>],
+        y: &mut [f32],
+    ) {
+        let float = |name: &Option<String>| name.as_ref().map(|b| self.floats[b]);
+        let (
+            Op::Conv {
+                weight: pw,
+                bias: pb,
+                act: pa,
+                ..
+            },
+            Op::Depthwise {
+                geom: g,
+                weight,
+                bias,
+                act: a,
+            },
+        ) = (&pointwise.op, &depthwise.op)
+        else {
+            unreachable!("`fuses_with_next` pairs a 1x1 convolution with a depthwise one")
+        };
+        let x = &values[pointwise.inputs[0]];
+        let (pw, pa) = (self.weights[pw], self.act(pa));
+        ops::pointwise_depthwise(
+            exec,
+            x,
+            pw,
+            float(pb),
+            pa,
+            g,
+            self.depthwise[weight],
+            float(bias),
+            self.act(a),
+            y,
+        )
     }
 
     /// One step's op, from `values` into `y`.

