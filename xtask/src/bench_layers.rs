@@ -132,6 +132,8 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -
     // A 1x1 convolution run inside the depthwise one after it counts with
     // it, as one step of both kinds; the 1x1 step itself is left out.
     let mut counted = vec![true; steps.len()];
+    // Each step's own multiply-adds, for its GEMM shape below.
+    let own_macs: Vec<usize> = steps.iter().map(|s| s.1).collect();
     for i in 0..steps.len() {
         if fused && plan.fuses_with_next(i) {
             let (pointwise, macs) = std::mem::take(&mut steps[i]);
@@ -221,11 +223,13 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -
         "step", "shape (M x K x N)", "M MACs", "f32 ms", "GFLOP/s", "Hybrid", "GOP/s"
     );
     for &i in order.iter().take(12) {
-        let step = &plan.steps[i];
         let (kind, m) = &steps[i];
+        // A fused pair's shape is its 1x1 convolution's.
+        let at = if i > 0 && !counted[i - 1] { i - 1 } else { i };
+        let step = &plan.steps[at];
         let n = plan.values[step.output].shape.get(1).copied().unwrap_or(0);
         let rows = plan.values[step.output].len.checked_div(n).unwrap_or(0);
-        let k = m.checked_div(rows * n).unwrap_or(0);
+        let k = own_macs[at].checked_div(rows * n).unwrap_or(0);
         println!(
             "  {:<26} {:>22} {:>8.1} | {:>8.3} {:>8.1} | {:>8.3} {:>8.1}",
             kind,
