@@ -249,9 +249,9 @@ pub fn depthwise_conv2d(
 const BAND_BYTES: usize = 384 * 1024;
 
 /// Pointwise outputs (per image) up to which [`pointwise_depthwise`] runs
-/// each image as one band: they stay in L2 between the two convolutions
-/// anyway, and bands would only add per-call costs (0.8-0.96x at 14x14 to
-/// 40x40 in the prototype).
+/// the two convolutions whole, one after the other: they stay in L2
+/// between them anyway, and bands would only add per-call costs
+/// (0.8-0.96x at 14x14 to 40x40 in the prototype).
 const WHOLE_IMAGE_BYTES: usize = 1 << 20;
 
 /// A 1x1 convolution (`pointwise`, stride 1, no padding) whose output only
@@ -301,6 +301,16 @@ pub fn pointwise_depthwise(
     let image_in = g.in_h * g.in_w * cin;
     let row = g.in_w * c;
     let band = band_rows(g);
+    if band == oh_n {
+        // Small enough to stay in cache whole: the two ops one after the
+        // other, each split across the threads on its own. (Split by
+        // output rows, the parts would each compute the 1x1 rows they
+        // share: at 7x7 with a 5x5 kernel, 11 rows for 7 at 2 threads.)
+        return scratch::with_f32(&scratch::BAND, g.batch * g.in_h * row, |mid| {
+            dense(exec, x, pointwise, pointwise_bias, pointwise_act, mid);
+            depthwise_conv2d(exec, mid, g, depthwise, bias, act, y);
+        });
+    }
     let span = g.dilation[0] * (g.kh - 1) + 1;
     let ring_rows = ((band - 1) * g.stride[0] + span).min(g.in_h);
     // Output rows `rows` (of `batch * out_h`), one part of the split.

@@ -115,10 +115,16 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -
                 *best = best.min(t);
             }
             if fused {
-                for (best, t) in alone
-                    .iter_mut()
-                    .zip(exec.time_steps(*kernels, threads, &input, 1, false))
-                {
+                // A pair's two steps summed in each round, as the fused
+                // op is timed (the sum of each one's fastest round would
+                // flatter them).
+                let mut t = exec.time_steps(*kernels, threads, &input, 1, false);
+                for i in 0..t.len() {
+                    if plan.fuses_with_next(i) {
+                        t[i + 1] += std::mem::take(&mut t[i]);
+                    }
+                }
+                for (best, t) in alone.iter_mut().zip(t) {
                     *best = best.min(t);
                 }
             }
