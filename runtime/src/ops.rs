@@ -297,11 +297,29 @@ pub fn pointwise_depthwise(
     if let Some(b) = bias {
         assert_eq!(b.len(), c, "bias length differs from the output channels");
     }
+    let (layer, band) = ((pointwise, pointwise_bias, pointwise_act), band_rows(g));
+    in_bands(exec, x, layer, g, depthwise, bias, act, band, y);
+}
+
+/// [`pointwise_depthwise`] with `band` output rows per band (the whole
+/// image when `band` is its height), on arguments it checked.
+#[allow(clippy::too_many_arguments)]
+fn in_bands(
+    exec: &Exec,
+    x: &[f32],
+    (pointwise, pointwise_bias, pointwise_act): (&Weight, Option<&[f32]>, Activation),
+    g: &Conv2d,
+    depthwise: &DepthwiseWeight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    band: usize,
+    y: &mut [f32],
+) {
+    let (cin, c) = (pointwise.cols(), g.in_c);
     let (oh_n, ow_n) = (g.out_h(), g.out_w());
     let image_in = g.in_h * g.in_w * cin;
     let row = g.in_w * c;
-    let band = band_rows(g);
-    if band == oh_n {
+    if band >= oh_n {
         // Small enough to stay in cache whole: the two ops one after the
         // other, each split across the threads on its own. (Split by
         // output rows, the parts would each compute the 1x1 rows they
@@ -899,6 +917,50 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any band height (one row to the whole image), any geometry the
+        /// depthwise kernels take (strides, dilations, padding up to
+        /// twice the kernel, so that bands can fall wholly in it), one or
+        /// two images, 1 to 3 threads, both families: the bits of the two
+        /// ops.
+        #[test]
+        fn any_band_gives_the_two_ops(
+            (h, w, c, cin) in (1usize..12, 1usize..12, 1usize..21, 1usize..9),
+            (k, stride, dilation) in (1usize..6, 1usize..4, 1usize..3),
+            pads in proptest::prelude::prop::array::uniform4(0usize..7),
+            (batch, band, threads) in (1usize..3, 1usize..14, 1usize..4),
+            (seed, quantized, hybrid) in (0usize..1000, proptest::bool::ANY, proptest::bool::ANY),
+        ) {
+            let g = Conv2d {
+                batch, in_h: h, in_w: w, in_c: c, out_c: c, kh: k, kw: k,
+                stride: [stride; 2], dilation: [dilation; 2], pads, groups: c,
+            };
+            proptest::prop_assume!(g.check().is_ok());
+            let pointwise_g = Conv2d { in_c: cin, kh: 1, kw: 1, stride: [1, 1], dilation: [1, 1], pads: [0; 4], groups: 1, ..g };
+            let x = values(seed as u64, batch * h * w * cin);
+            let q: Vec<u8> = (0..c * cin).map(|i| ((i * 89 + seed) % 256) as u8).collect();
+            let pointwise = if quantized {
+                Weight::U8(quant_weight(&q, c, cin, seed))
+            } else {
+                Weight::F32(float_weight(&values(seed as u64 + 1, c * cin), c, cin))
+            };
+            let taps: Vec<u8> = (0..c * k * k).map(|i| ((i * 61 + seed) % 256) as u8).collect();
+            let dw = DepthwiseWeight { weight: Weight::U8(quant_weight(&taps, c, k * k, seed + 1)), taps: TapsCache::new() };
+            let (pb, b) = (values(seed as u64 + 2, c), values(seed as u64 + 3, c));
+            let (pa, act) = (Activation::Clip { min: 0.0, max: 6.0 }, Activation::Relu);
+            let kernels = if hybrid { Kernels::Hybrid } else { Kernels::Dequant };
+            let exec = Exec { kernels, threads };
+            let mut mid = vec![f32::NAN; batch * h * w * c];
+            let mut want = vec![f32::NAN; g.out_pixels() * c];
+            conv2d(&exec, &x, &pointwise_g, &pointwise, Some(&pb), pa, &mut mid);
+            depthwise_conv2d(&exec, &mid, &g, &dw, Some(&b), act, &mut want);
+            let mut y = vec![f32::NAN; want.len()];
+            in_bands(&exec, &x, (&pointwise, Some(&pb), pa), &g, &dw, Some(&b), act, band, &mut y);
+            let differs = y.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
+            proptest::prop_assert!(differs.is_none(), "[{:?}] of {:?}, band {}", differs, g, band);
         }
     }
 
