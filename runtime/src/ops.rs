@@ -281,7 +281,28 @@ pub fn pointwise_depthwise(
     y: &mut [f32],
 ) {
     g.check().expect("a valid geometry");
+    let layer = (pointwise, pointwise_bias, pointwise_act);
+    pointwise_depthwise_in_bands(exec, x, layer, g, depthwise, bias, act, band_rows(g), y);
+}
+
+/// [`pointwise_depthwise`] with `band` output rows per band (the two ops
+/// whole when `band` is the output's height or more): for tests, which
+/// reach band edges that real sizes reach only past [`WHOLE_IMAGE_BYTES`].
+#[allow(clippy::too_many_arguments)]
+pub fn pointwise_depthwise_in_bands(
+    exec: &Exec,
+    x: &[f32],
+    (pointwise, pointwise_bias, pointwise_act): (&Weight, Option<&[f32]>, Activation),
+    g: &Conv2d,
+    depthwise: &DepthwiseWeight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    band: usize,
+    y: &mut [f32],
+) {
+    g.check().expect("a valid geometry");
     assert!(g.is_depthwise(), "not a depthwise geometry: {g:?}");
+    assert!(band > 0, "a band has rows");
     let (cin, c) = (pointwise.cols(), g.in_c);
     assert_eq!(
         pointwise.rows(),
@@ -297,25 +318,6 @@ pub fn pointwise_depthwise(
     if let Some(b) = bias {
         assert_eq!(b.len(), c, "bias length differs from the output channels");
     }
-    let (layer, band) = ((pointwise, pointwise_bias, pointwise_act), band_rows(g));
-    in_bands(exec, x, layer, g, depthwise, bias, act, band, y);
-}
-
-/// [`pointwise_depthwise`] with `band` output rows per band (the whole
-/// image when `band` is its height), on arguments it checked.
-#[allow(clippy::too_many_arguments)]
-fn in_bands(
-    exec: &Exec,
-    x: &[f32],
-    (pointwise, pointwise_bias, pointwise_act): (&Weight, Option<&[f32]>, Activation),
-    g: &Conv2d,
-    depthwise: &DepthwiseWeight,
-    bias: Option<&[f32]>,
-    act: Activation,
-    band: usize,
-    y: &mut [f32],
-) {
-    let (cin, c) = (pointwise.cols(), g.in_c);
     let (oh_n, ow_n) = (g.out_h(), g.out_w());
     let image_in = g.in_h * g.in_w * cin;
     let row = g.in_w * c;
@@ -958,7 +960,7 @@ mod tests {
             conv2d(&exec, &x, &pointwise_g, &pointwise, Some(&pb), pa, &mut mid);
             depthwise_conv2d(&exec, &mid, &g, &dw, Some(&b), act, &mut want);
             let mut y = vec![f32::NAN; want.len()];
-            in_bands(&exec, &x, (&pointwise, Some(&pb), pa), &g, &dw, Some(&b), act, band, &mut y);
+            pointwise_depthwise_in_bands(&exec, &x, (&pointwise, Some(&pb), pa), &g, &dw, Some(&b), act, band, &mut y);
             let differs = y.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
             proptest::prop_assert!(differs.is_none(), "[{:?}] of {:?}, band {}", differs, g, band);
         }

@@ -21,6 +21,8 @@
 //!   definition's patches, group by group;
 //! - f32 weights give the same bits in both families, and the depthwise op
 //!   the bits of `conv::depthwise` on `DepthwiseWeight::taps`;
+//! - `ops::pointwise_depthwise_in_bands`, a 1x1 convolution into the
+//!   depthwise one in bands of any height: the bits of the two ops;
 //! - max pooling: the largest value inside the window (padding and NaN
 //!   never win; a window with neither gives -Inf), bit for bit; average
 //!   pooling (both `count_include_pad`) and the global pool within rounding
@@ -504,6 +506,67 @@ fn depthwise(
             );
         }
         check_against_exact("depthwise op", g, rows, &values, bias, act, &want);
+    }
+    pointwise_pair(src, g, bias, act, threads);
+}
+
+/// A 1x1 convolution into the depthwise one, run as one op in bands of any
+/// height: the bits of the two ops, on inputs of any value, in both
+/// families, with 8-bit and f32 pointwise weights.
+fn pointwise_pair(src: &mut Source, g: &Conv2d, bias: Option<&[f32]>, act: Activation, threads: usize) {
+    let (c, kk) = (g.in_c, g.kh * g.kw);
+    let cin = 1 + usize::from(src.byte() % 4);
+    let pointwise_g = Conv2d {
+        in_c: cin,
+        kh: 1,
+        kw: 1,
+        stride: [1, 1],
+        dilation: [1, 1],
+        pads: [0; 4],
+        groups: 1,
+        ..*g
+    };
+    let x = src.values(g.batch * g.in_h * g.in_w * cin);
+    let pointwise_act = src.activation();
+    let pointwise_bias = (!src.byte().is_multiple_of(3)).then(|| src.values(c));
+    let band = 1 + usize::from(src.byte()) % (g.out_h() + 1);
+    let (quantized, taps) = (Quantized::new(src, c, cin), Quantized::new(src, c, kk));
+    let w = finite(src, c * cin);
+    let data = StaticSlice::new(le_bytes(&w));
+    // SAFETY: the weights are dropped at the end of this function, before
+    // `quantized`, `taps` and `data` (declared before them).
+    let (pointwise, dw) = unsafe {
+        (
+            [quantized.weight(c, cin), float_weight(&data, c, cin)],
+            DepthwiseWeight {
+                weight: taps.weight(c, kk),
+                taps: TapsCache::new(),
+            },
+        )
+    };
+    for w in &pointwise {
+        for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+            let exec = Exec { kernels, threads };
+            let mut mid = vec![f32::NAN; g.batch * g.in_h * g.in_w * c];
+            let mut want = vec![f32::NAN; g.out_pixels() * c];
+            ops::conv2d(
+                &exec,
+                &x,
+                &pointwise_g,
+                w,
+                pointwise_bias.as_deref(),
+                pointwise_act,
+                &mut mid,
+            );
+            ops::depthwise_conv2d(&exec, &mid, g, &dw, bias, act, &mut want);
+            let mut y = vec![f32::NAN; want.len()];
+            let layer = (w, pointwise_bias.as_deref(), pointwise_act);
+            ops::pointwise_depthwise_in_bands(&exec, &x, layer, g, &dw, bias, act, band, &mut y);
+            assert!(
+                y.iter().zip(&want).all(|(&a, &b)| same(a, b)),
+                "{g:?}: 1x1 into depthwise in bands of {band}, {kernels:?}"
+            );
+        }
     }
 }
 
