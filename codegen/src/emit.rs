@@ -468,6 +468,7 @@ fn weights_doc(display_path: &str, baked: &Baked, options: &Options) -> String {
 }
 
 fn model_doc(display_path: &str, plan: &Plan, baked: &Baked) -> String {
+    let fused_into_next = plan.fused_into_next();
     let quantized: usize = baked
         .weights
         .iter()
@@ -539,7 +540,7 @@ fn model_doc(display_path: &str, plan: &Plan, baked: &Baked) -> String {
             Op::Alias if step.op_name == "layout" => "the same buffer in the other layout".into(),
             Op::Softmax { .. } | Op::Alias | Op::GlobalAveragePool { .. } => step.op_name.clone(),
         };
-        let fused = if plan.fuses_with_next(i) {
+        let fused = if fused_into_next[i] {
             " (run band by band inside the next step: this output never exists whole)"
         } else {
             ""
@@ -717,9 +718,10 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
         let #input_ident: &[f32] = input #flat_in;
         let out: &mut [f32] = output #flat_out;
     };
+    let fused_into_next = plan.fused_into_next();
     for (i, step) in plan.steps.iter().enumerate() {
         // Run inside the next step, below.
-        if plan.fuses_with_next(i) {
+        if fused_into_next[i] {
             continue;
         }
         let ins: Vec<Ident> = step
@@ -789,9 +791,9 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
             } => {
                 let (g, w, bias, act) = (geom_tokens(geom), names.get(weight), bias_tokens(bias), act_tokens(act, names));
                 match i.checked_sub(1).map(|p| (p, &plan.steps[p])) {
-                    Some((p, pointwise)) if plan.fuses_with_next(p) => {
+                    Some((p, pointwise)) if fused_into_next[p] => {
                         let Op::Conv { weight: pw, bias: pb, act: pa, .. } = &pointwise.op else {
-                            unreachable!("`fuses_with_next` takes 1x1 convolutions")
+                            unreachable!("`fused_into_next` takes 1x1 convolutions")
                         };
                         let x = ident_for(pointwise.inputs[0], &plan.values[pointwise.inputs[0]]);
                         let (pw, pb, pa) = (names.get(pw), bias_tokens(pb), act_tokens(pa, names));

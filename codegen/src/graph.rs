@@ -331,25 +331,29 @@ impl Plan {
         &self.tensors[name]
     }
 
-    /// Whether step `i`, a 1x1 convolution, runs inside step `i + 1`, the
-    /// depthwise convolution that alone reads its output: one call to
-    /// `qbake::ops::pointwise_depthwise`, band by band, so that the 1x1
-    /// output (an expansion, six times its input) never exists whole and
-    /// has no buffer.
-    pub fn fuses_with_next(&self, i: usize) -> bool {
-        let (Some(step), Some(next)) = (self.steps.get(i), self.steps.get(i + 1)) else {
-            return false;
+    /// For each step, whether it is a 1x1 convolution that runs inside the
+    /// next step, the depthwise convolution that alone reads its output:
+    /// one call to `qbake::ops::pointwise_depthwise`, band by band, so
+    /// that the 1x1 output (an expansion, six times its input) never exists
+    /// whole and has no buffer. One pass over the steps.
+    pub fn fused_into_next(&self) -> Vec<bool> {
+        let mut reads = vec![0usize; self.values.len()];
+        for step in &self.steps {
+            for &v in &step.inputs {
+                reads[v] += 1;
+            }
+        }
+        let pair = |step: &Step, next: &Step| {
+            matches!(&step.op, Op::Conv { geom, .. } if geom.is_pointwise())
+                && matches!(next.op, Op::Depthwise { .. })
+                && next.inputs == [step.output]
+                && step.output != self.output
+                && reads[step.output] == 1
         };
-        matches!(&step.op, Op::Conv { geom, .. } if geom.is_pointwise())
-            && matches!(next.op, Op::Depthwise { .. })
-            && next.inputs == [step.output]
-            && step.output != self.output
-            && self
-                .steps
-                .iter()
-                .filter(|s| s.inputs.contains(&step.output))
-                .count()
-                == 1
+        let mut fused: Vec<bool> = self.steps.windows(2).map(|w| pair(&w[0], &w[1])).collect();
+        fused.push(false);
+        fused.truncate(self.steps.len());
+        fused
     }
 
     /// The weights of depthwise convolutions: baked beside a cache of f32

@@ -36,9 +36,9 @@ pub fn assign(plan: &Plan) -> Scratch {
         }
     }
     // A 1x1 convolution that runs inside the depthwise one after it
-    // (`Plan::fuses_with_next`) reads its input during that next step, and
+    // (`Plan::fused_into_next`) reads its input during that next step, and
     // its output has no buffer.
-    let fused: Vec<bool> = (0..plan.steps.len()).map(|i| plan.fuses_with_next(i)).collect();
+    let fused = plan.fused_into_next();
     let mut last_read = vec![0usize; n];
     for (i, step) in plan.steps.iter().enumerate() {
         for &v in &step.inputs {
@@ -111,7 +111,7 @@ mod tests {
     /// every slot holds what is written to it.
     fn check(plan: &Plan) -> usize {
         let scratch = assign(plan);
-        let fused: Vec<bool> = (0..plan.steps.len()).map(|i| plan.fuses_with_next(i)).collect();
+        let fused = plan.fused_into_next();
         // When each value is last read (aliases read through to their source).
         let mut root: Vec<usize> = (0..plan.values.len()).collect();
         let mut last_read = vec![0; plan.values.len()];
@@ -168,7 +168,7 @@ mod tests {
         ] {
             let plan = plan(model, &options);
             let bytes = check(&plan);
-            let fused = (0..plan.steps.len()).filter(|&i| plan.fuses_with_next(i)).count();
+            let fused = plan.fused_into_next().iter().filter(|&&f| f).count();
             if model.starts_with("models/") {
                 assert!(fused >= 10, "{model}: {fused} fused pairs");
             }

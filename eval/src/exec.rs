@@ -125,7 +125,7 @@ impl Executor {
     /// left them), after one pass that fills the weight caches.
     ///
     /// With `fused`, a 1x1 convolution that the generated `forward` runs
-    /// inside the depthwise one after it ([`Plan::fuses_with_next`]) is
+    /// inside the depthwise one after it ([`Plan::fused_into_next`]) is
     /// timed as it runs there: the pair's time is the depthwise step's, and
     /// the 1x1 step's is 0. Without, each step runs on its own.
     ///
@@ -142,6 +142,7 @@ impl Executor {
         let mut values = self.run_all(kernels, input);
         let exec = Exec { kernels, threads };
         let steps = &self.plan.steps;
+        let into_next = self.plan.fused_into_next();
         let mut best = vec![f64::INFINITY; steps.len()];
         exec.run(|| {
             for _ in 0..rounds {
@@ -149,8 +150,8 @@ impl Executor {
                     let mut y = std::mem::take(&mut values[step.output]);
                     let start = Instant::now();
                     match i.checked_sub(1) {
-                        _ if fused && self.plan.fuses_with_next(i) => {}
-                        Some(p) if fused && self.plan.fuses_with_next(p) => {
+                        _ if fused && into_next[i] => {}
+                        Some(p) if fused && into_next[p] => {
                             self.pointwise_depthwise(&exec, &steps[p], step, &values, &mut y)
                         }
                         _ => self.step(&exec, step, &values, &mut y),
@@ -161,7 +162,7 @@ impl Executor {
             }
         });
         for (i, best) in best.iter_mut().enumerate() {
-            if fused && self.plan.fuses_with_next(i) {
+            if fused && into_next[i] {
                 *best = 0.0;
             }
         }
@@ -193,7 +194,7 @@ impl Executor {
             },
         ) = (&pointwise.op, &depthwise.op)
         else {
-            unreachable!("`fuses_with_next` pairs a 1x1 convolution with a depthwise one")
+            unreachable!("`fused_into_next` pairs a 1x1 convolution with a depthwise one")
         };
         let x = &values[pointwise.inputs[0]];
         let (pw, pa) = (self.weights[pw], self.act(pa));

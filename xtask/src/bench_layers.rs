@@ -104,6 +104,7 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -
     // on the three alike.
     // Each engine as the generated `forward` runs it, then (when that
     // fuses steps) with every step on its own, in the same rounds.
+    let into_next = plan.fused_into_next();
     let mut times = vec![vec![f64::INFINITY; plan.steps.len()]; engines.len()];
     let mut unfused = times.clone();
     for _ in 0..rounds {
@@ -120,7 +121,7 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -
                 // flatter them).
                 let mut t = exec.time_steps(*kernels, threads, &input, 1, false);
                 for i in 0..t.len() {
-                    if plan.fuses_with_next(i) {
+                    if into_next[i] {
                         t[i + 1] += std::mem::take(&mut t[i]);
                     }
                 }
@@ -141,7 +142,7 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -
     // Each step's own multiply-adds, for its GEMM shape below.
     let own_macs: Vec<usize> = steps.iter().map(|s| s.1).collect();
     for i in 0..steps.len() {
-        if fused && plan.fuses_with_next(i) {
+        if fused && into_next[i] {
             let (pointwise, macs) = std::mem::take(&mut steps[i]);
             let depthwise = &mut steps[i + 1];
             *depthwise = (format!("{pointwise} + {}", depthwise.0), macs + depthwise.1);
