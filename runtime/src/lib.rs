@@ -15,7 +15,8 @@
 //!   ([`hybrid`]), giving float outputs.
 //!
 //! Depthwise convolutions run in f32 in both, on taps dequantized once
-//! ([`DepthwiseWeight`]).
+//! ([`DepthwiseWeight`]); a 1x1 convolution that only feeds one runs inside
+//! it, band by band ([`ops::pointwise_depthwise`]).
 //!
 //! This crate knows nothing of files or syntax; `qbake-codegen` does that.
 
