@@ -257,7 +257,7 @@ const WHOLE_IMAGE_BYTES: usize = 1 << 20;
 /// A 1x1 convolution (`pointwise`, stride 1, no padding) whose output only
 /// the depthwise convolution `g` reads, run as one op: band by band of
 /// output rows, the pointwise rows each band reads go into a per-thread
-/// buffer ([`BAND_BYTES`]) that the depthwise kernel reads while they are
+/// buffer (at most 384 KB) that the depthwise kernel reads while they are
 /// still in cache, and rows shared with the next band are kept, not
 /// recomputed. The pointwise output never exists whole: an expansion's
 /// (EfficientNet-Lite0's 112 x 112 x 96, 4.8 MB) no longer goes out to
@@ -287,7 +287,7 @@ pub fn pointwise_depthwise(
 
 /// [`pointwise_depthwise`] with `band` output rows per band (the two ops
 /// whole when `band` is the output's height or more): for tests, which
-/// reach band edges that real sizes reach only past [`WHOLE_IMAGE_BYTES`].
+/// reach band edges that real sizes reach only past 1 MB of 1x1 output.
 #[allow(clippy::too_many_arguments)]
 pub fn pointwise_depthwise_in_bands(
     exec: &Exec,
