@@ -322,10 +322,11 @@ pub fn pointwise_depthwise_in_bands(
     let image_in = g.in_h * g.in_w * cin;
     let row = g.in_w * c;
     if band >= oh_n {
-        // Small enough to stay in cache whole: the two ops one after the
-        // other, each split across the threads on its own. (Split by
-        // output rows, the parts would each compute the 1x1 rows they
-        // share: at 7x7 with a 5x5 kernel, 11 rows for 7 at 2 threads.)
+        // One band (an image small enough to stay in cache whole): the
+        // two ops one after the other, each split across the threads on
+        // its own. (Split by output rows, the parts would each compute the
+        // 1x1 rows they share: at 7x7 with a 5x5 kernel, 11 rows for 7 at
+        // 2 threads.)
         return scratch::with_f32(&scratch::BAND, g.batch * g.in_h * row, |mid| {
             dense(exec, x, pointwise, pointwise_bias, pointwise_act, mid);
             depthwise_conv2d(exec, mid, g, depthwise, bias, act, y);
@@ -408,7 +409,7 @@ fn band_rows(g: &Conv2d) -> usize {
     let row_bytes = g.in_w * g.in_c * std::mem::size_of::<f32>();
     let span = g.dilation[0] * (g.kh - 1) + 1;
     let fit = BAND_BYTES / row_bytes.max(1);
-    if g.in_h * row_bytes <= WHOLE_IMAGE_BYTES {
+    if g.in_h.saturating_mul(row_bytes) <= WHOLE_IMAGE_BYTES {
         g.out_h()
     } else if fit < span {
         1

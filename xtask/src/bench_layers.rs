@@ -54,7 +54,7 @@ fn kind_and_macs(baked: &Baked, op: &Op, output_len: usize) -> (String, usize) {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// `cargo xtask bench --layers [--runs N] [--threads N]` (`args` after `bench`).
+/// `cargo xtask bench --layers [--runs N] [--threads N] [--unfused]` (`args` after `bench`).
 pub fn main(root: &Path, args: &[String]) -> Result<()> {
     if cfg!(debug_assertions) {
         return crate::bench_latency::run_release(root, "bench", args, false);

@@ -19,9 +19,10 @@ tasks:
              float model, at 1 thread and all cores, with --peers beside ONNX
              Runtime (docs/bench.md;
              target/qbake-bench/latency.json and latency.svg)
-  bench --layers [--runs N] [--threads N]
+  bench --layers [--runs N] [--threads N] [--unfused]
              each step of the real models timed in place, in the float model
-             and both kernel families, at 1 thread or N (docs/bench.md)
+             and both kernel families, at 1 thread or N; a fused 1x1 and
+             depthwise pair as one step, unless --unfused (docs/bench.md)
   bench --compile [--runs N]
              compile time and rustc memory of baking an 18 MB model, by the
              macro and by a build script (target/qbake-bench/compile.json)
