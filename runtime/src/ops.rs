@@ -802,6 +802,20 @@ mod tests {
         }
     }
 
+    /// The 1x1 convolution of `cin` inputs whose output `g` reads.
+    fn pointwise_into(g: &Conv2d, cin: usize) -> Conv2d {
+        Conv2d {
+            in_c: cin,
+            kh: 1,
+            kw: 1,
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [0; 4],
+            groups: 1,
+            ..*g
+        }
+    }
+
     /// `pointwise_depthwise` against `conv2d` then `depthwise_conv2d`, bit
     /// for bit, in both families, at 1 to 3 threads: images large enough
     /// for bands (strides 1 and 2, 3x3 and 5x5, dilation 2, uneven padding,
@@ -873,16 +887,7 @@ mod tests {
         ];
         for (seed, (cin, g, pointwise_act, act, quantized, biased)) in cases.into_iter().enumerate() {
             let c = g.in_c;
-            let pointwise_g = Conv2d {
-                in_c: cin,
-                kh: 1,
-                kw: 1,
-                stride: [1, 1],
-                dilation: [1, 1],
-                pads: [0; 4],
-                groups: 1,
-                ..g
-            };
+            let pointwise_g = pointwise_into(&g, cin);
             let x = values(seed as u64 * 10 + 1, g.batch * g.in_h * g.in_w * cin);
             let q: Vec<u8> = (0..c * cin).map(|i| ((i * 89 + seed) % 256) as u8).collect();
             let pointwise = if quantized {
@@ -942,7 +947,7 @@ mod tests {
                 stride: [stride; 2], dilation: [dilation; 2], pads, groups: c,
             };
             proptest::prop_assume!(g.check().is_ok());
-            let pointwise_g = Conv2d { in_c: cin, kh: 1, kw: 1, stride: [1, 1], dilation: [1, 1], pads: [0; 4], groups: 1, ..g };
+            let pointwise_g = pointwise_into(&g, cin);
             let x = values(seed as u64, batch * h * w * cin);
             let q: Vec<u8> = (0..c * cin).map(|i| ((i * 89 + seed) % 256) as u8).collect();
             let pointwise = if quantized {
