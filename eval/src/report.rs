@@ -46,6 +46,10 @@ pub struct LayerReport {
     pub output_sqnr_db: Option<f64>,
     /// The SQNR of the weight it multiplies by, as baked, when it has one.
     pub weight_sqnr_db: Option<f64>,
+    /// The float output's energy and the error's, summed over the inputs:
+    /// what [`Report::merge`] adds up.
+    #[serde(skip)]
+    energies: (f64, f64),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,6 +96,84 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
 
 fn db(signal: f64, noise: f64) -> Option<f64> {
     (noise > 0.0).then(|| 10.0 * (signal / noise).log10())
+}
+
+/// Lowest output SQNR first, exact ones last.
+fn worst_first(layers: &mut [LayerReport]) {
+    layers.sort_by(|a, b| {
+        let key = |l: &LayerReport| l.output_sqnr_db.unwrap_or(f64::INFINITY);
+        key(a).total_cmp(&key(b))
+    });
+}
+
+impl Report {
+    /// Reports of one model on disjoint sets of inputs (the folds of a
+    /// held-out evaluation, say) as one report on all of them, in order:
+    /// agreements, accuracies and the mean cosine over every input, the
+    /// lowest cosine, the misses numbered among all inputs, and each
+    /// layer's SQNR from its energies summed over every input. `None` for
+    /// no parts, or parts whose families or layers differ.
+    pub fn merge(parts: &[Report]) -> Option<Report> {
+        let first = parts.first()?;
+        let inputs: usize = parts.iter().map(|p| p.inputs).sum();
+        let n = inputs.max(1) as f64;
+        // A percentage of each part's inputs, over all of them.
+        let pooled = |each: &dyn Fn(&Report) -> Option<f64>| -> Option<f64> {
+            parts
+                .iter()
+                .map(|p| each(p).map(|v| v * p.inputs as f64))
+                .sum::<Option<f64>>()
+                .map(|s| s / n)
+        };
+        let mut families = Vec::new();
+        for (f, family) in first.families.iter().enumerate() {
+            let of: Vec<&FamilyReport> = parts
+                .iter()
+                .map(|p| {
+                    p.families
+                        .get(f)
+                        .filter(|g| g.kernels == family.kernels && g.layers.len() == family.layers.len())
+                })
+                .collect::<Option<_>>()?;
+            let mut offset = 0;
+            let mut misses = Vec::new();
+            for (p, g) in parts.iter().zip(&of) {
+                misses.extend(g.misses.iter().map(|m| Miss {
+                    input: m.input + offset,
+                    ..*m
+                }));
+                offset += p.inputs;
+            }
+            let mut layers = family.layers.clone();
+            for layer in &mut layers {
+                let mut energies = (0.0, 0.0);
+                for g in &of {
+                    let l = g.layers.iter().find(|l| l.step == layer.step)?;
+                    energies.0 += l.energies.0;
+                    energies.1 += l.energies.1;
+                }
+                layer.energies = energies;
+                layer.output_sqnr_db = db(energies.0, energies.1);
+            }
+            worst_first(&mut layers);
+            families.push(FamilyReport {
+                kernels: family.kernels.clone(),
+                top1_agreement: pooled(&|p| Some(p.families[f].top1_agreement))?,
+                top5_agreement: pooled(&|p| Some(p.families[f].top5_agreement))?,
+                accuracy: pooled(&|p| p.families[f].accuracy),
+                cosine_mean: pooled(&|p| Some(p.families[f].cosine_mean))?,
+                cosine_min: of.iter().map(|g| g.cosine_min).fold(f64::INFINITY, f64::min),
+                misses,
+                layers,
+            });
+        }
+        Some(Report {
+            model: first.model.clone(),
+            inputs,
+            float_accuracy: pooled(&|p| p.float_accuracy),
+            families,
+        })
+    }
 }
 
 /// Bakes `model` with `options`, runs the float reference and both kernel
@@ -225,12 +307,10 @@ pub fn evaluate_loaded(
                     op: s.op_name.clone(),
                     output_sqnr_db: db(acc.signal[s.output], acc.noise[s.output]),
                     weight_sqnr_db: s.op.weights().first().and_then(|w| weight_sqnr(w)),
+                    energies: (acc.signal[s.output], acc.noise[s.output]),
                 })
                 .collect();
-            layers.sort_by(|a, b| {
-                let key = |l: &LayerReport| l.output_sqnr_db.unwrap_or(f64::INFINITY);
-                key(a).total_cmp(&key(b))
-            });
+            worst_first(&mut layers);
             FamilyReport {
                 kernels: format!("{kernels:?}"),
                 top1_agreement: pct(acc.top1),
@@ -249,4 +329,65 @@ pub fn evaluate_loaded(
         float_accuracy: labels.map(|_| pct(float_correct)),
         families,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(inputs: usize, top1: f64, misses: &[usize], energies: (f64, f64), cosine_min: f64) -> Report {
+        let layer = |step: &str, energies: (f64, f64)| LayerReport {
+            step: step.into(),
+            op: "Conv".into(),
+            output_sqnr_db: db(energies.0, energies.1),
+            weight_sqnr_db: Some(40.0),
+            energies,
+        };
+        Report {
+            model: "m".into(),
+            inputs,
+            float_accuracy: None,
+            families: vec![FamilyReport {
+                kernels: "Hybrid".into(),
+                top1_agreement: top1,
+                top5_agreement: 100.0,
+                accuracy: None,
+                cosine_mean: 0.99,
+                cosine_min,
+                misses: misses
+                    .iter()
+                    .map(|&input| Miss {
+                        input,
+                        float_margin: 0.1,
+                    })
+                    .collect(),
+                layers: vec![layer("a", energies), layer("b", (1.0, 0.0))],
+            }],
+        }
+    }
+
+    /// Misses are numbered among all inputs, percentages weighted by each
+    /// part's inputs, SQNRs from the summed energies (not an average of
+    /// dB), and parts of different shapes do not merge.
+    #[test]
+    fn merge_numbers_misses_and_pools_energies() {
+        let merged = Report::merge(&[
+            part(4, 50.0, &[1, 3], (100.0, 1.0), 0.9),
+            part(2, 100.0, &[], (100.0, 9.0), 0.95),
+            part(4, 75.0, &[0], (100.0, 0.0), 0.8),
+        ])
+        .unwrap();
+        let f = &merged.families[0];
+        assert_eq!(merged.inputs, 10);
+        assert_eq!(f.misses.iter().map(|m| m.input).collect::<Vec<_>>(), [1, 3, 6]);
+        assert!((f.top1_agreement - 70.0).abs() < 1e-12);
+        assert_eq!(f.cosine_min, 0.8);
+        // 300 over 10: 14.77 dB, where the mean of the parts' dB would be 20 and 10.5 (and exact).
+        let a = f.layers.iter().find(|l| l.step == "a").unwrap();
+        assert!((a.output_sqnr_db.unwrap() - 10.0 * 30f64.log10()).abs() < 1e-12);
+        assert_eq!(f.layers.last().unwrap().step, "b", "exact layers last");
+        let mut odd = part(1, 0.0, &[], (1.0, 1.0), 1.0);
+        odd.families[0].layers.pop();
+        assert!(Report::merge(&[part(1, 0.0, &[], (1.0, 1.0), 1.0), odd]).is_none());
+    }
 }

@@ -113,3 +113,47 @@ fn the_report_measures_agreement_and_each_layer() {
     let err = qbake_eval::evaluate(&fixture(), &options(), &[vec![0.0; 3]], None, |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("the model takes 330"), "{err}");
 }
+
+/// Reports on parts of the inputs, merged, are the report on all of them:
+/// agreements, cosines, misses (numbered among all inputs) and each
+/// layer's SQNR from the summed energies.
+#[test]
+fn merged_parts_are_the_whole_report() {
+    let inputs = inputs(7);
+    let labels: Vec<usize> = (0..7).map(|i| (i * 3) % 10).collect();
+    let run = |range: std::ops::Range<usize>| {
+        qbake_eval::evaluate(
+            &fixture(),
+            &options(),
+            &inputs[range.clone()],
+            Some(&labels[range]),
+            |_, _| {},
+        )
+        .unwrap()
+    };
+    let whole = run(0..7);
+    let merged = qbake_eval::Report::merge(&[run(0..2), run(2..3), run(3..7)]).unwrap();
+    assert_eq!(merged.inputs, 7);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + b.abs());
+    assert!(close(
+        merged.float_accuracy.unwrap(),
+        whole.float_accuracy.unwrap()
+    ));
+    for (m, w) in merged.families.iter().zip(&whole.families) {
+        assert_eq!(m.kernels, w.kernels);
+        assert!(close(m.top1_agreement, w.top1_agreement) && close(m.top5_agreement, w.top5_agreement));
+        assert!(close(m.accuracy.unwrap(), w.accuracy.unwrap()));
+        assert!(close(m.cosine_mean, w.cosine_mean) && m.cosine_min == w.cosine_min);
+        let misses = |f: &qbake_eval::FamilyReport| f.misses.iter().map(|m| m.input).collect::<Vec<_>>();
+        assert_eq!(misses(m), misses(w));
+        assert_eq!(m.layers.len(), w.layers.len());
+        for l in &w.layers {
+            let got = m.layers.iter().find(|g| g.step == l.step).unwrap();
+            match (got.output_sqnr_db, l.output_sqnr_db) {
+                (Some(a), Some(b)) => assert!(close(a, b), "{}: {a} vs {b}", l.step),
+                (a, b) => assert_eq!(a, b, "{}", l.step),
+            }
+        }
+    }
+    assert!(qbake_eval::Report::merge(&[]).is_none());
+}

@@ -24,7 +24,9 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --mse-ranges B     true (default) or false
   --calibration P    bias correction from inputs' measured means: a safetensors file of inputs, a
                      directory of photos (22 variants each, same --mean and --scale; keep them apart
-                     from the photos measured, or the figures flatter the model), or `synthetic`
+                     from the photos measured, or the figures flatter the model), `synthetic`, or
+                     `held-out` (with --photos: each photo measured with calibration from the
+                     others' 22 variants, one bake per photo; NAME_123.png is NAME.png's photo)
   --json             the report as JSON on stdout";
 
 /// Inputs, flattened, and a name for each.
@@ -87,6 +89,20 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     let reference = qbake_codegen::reference::Reference::load_with(&model, &options)
         .map_err(|e| format!("{}: {e}", model.display()))?;
     let shape = reference.plan().input().shape.clone();
+    if calibration.as_deref() == Some(Path::new("held-out")) {
+        return held_out(
+            root,
+            &model,
+            &reference,
+            &options,
+            photos_dir,
+            (mean, scale),
+            dense,
+            inputs_file,
+            labels_file,
+            json,
+        );
+    }
     let mut written = None;
     if let Some(path) = calibration {
         options.calibration = Some(if path.as_os_str() == "synthetic" {
@@ -189,13 +205,18 @@ fn from_photos(
     scale: f32,
     dense: bool,
 ) -> Result<Named, Box<dyn Error>> {
-    let &[1, 3, h, w] = shape else {
-        return Err(format!("--photos needs a model input of shape [1, 3, H, W], not {shape:?}").into());
-    };
-    if h != w {
-        return Err(format!("--photos needs a square input, not {h}x{w}").into());
+    let files = photo_files(dir)?;
+    let named = photo_variants(&files, shape, mean, scale, dense)?;
+    if named.1.is_empty() {
+        return Err(format!("no PNG or JPEG files in {}", dir.display()).into());
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+    Ok(named)
+}
+
+/// The PNG and JPEG files in `dir`, sorted.
+fn photo_files(dir: &Path) -> Result<Vec<PathBuf>, Box<dyn Error>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|e| {
@@ -204,8 +225,26 @@ fn from_photos(
         })
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// Each file squared and resized to the model's input, with its 22 crops
+/// and mirrorings (56 if `dense`), as inputs `(pixel - mean) / scale`.
+fn photo_variants(
+    files: &[PathBuf],
+    shape: &[usize],
+    mean: f32,
+    scale: f32,
+    dense: bool,
+) -> Result<Named, Box<dyn Error>> {
+    let &[1, 3, h, w] = shape else {
+        return Err(format!("--photos needs a model input of shape [1, 3, H, W], not {shape:?}").into());
+    };
+    if h != w {
+        return Err(format!("--photos needs a square input, not {h}x{w}").into());
+    }
     let (mut names, mut inputs) = (Vec::new(), Vec::new());
-    for file in &files {
+    for file in files {
         let img = image::open(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?
             .to_rgb8();
@@ -225,10 +264,121 @@ fn from_photos(
             inputs.push(photos::nchw(&v, mean, scale));
         }
     }
-    if inputs.is_empty() {
-        return Err(format!("no PNG or JPEG files in {}", dir.display()).into());
-    }
     Ok((names, inputs))
+}
+
+/// The photo a file shows: its name without the extension and without a
+/// trailing `_<digits>` (`chelsea_160.png` is `chelsea.png` at another
+/// size), so that no photo calibrates its own fold.
+fn photo_of(file: &Path) -> String {
+    let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+    match stem.rsplit_once('_') {
+        Some((name, size))
+            if !name.is_empty() && !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            name.to_string()
+        }
+        _ => stem.into_owned(),
+    }
+}
+
+/// `--calibration held-out`: for each photo in `--photos`, a bake
+/// calibrated on every other photo's 22 variants, measured on its own
+/// variants; the folds' reports merged into one over all the inputs.
+#[allow(clippy::too_many_arguments)]
+fn held_out(
+    root: &Path,
+    model: &Path,
+    reference: &qbake_codegen::reference::Reference,
+    options: &Options,
+    photos_dir: Option<PathBuf>,
+    (mean, scale): (Option<f32>, Option<f32>),
+    dense: Option<bool>,
+    inputs_file: Option<PathBuf>,
+    labels_file: Option<PathBuf>,
+    json: bool,
+) -> Result<(), Box<dyn Error>> {
+    let (Some(dir), None) = (photos_dir, inputs_file) else {
+        return Err(format!("--calibration held-out takes --photos, not --inputs\n\n{USAGE}").into());
+    };
+    if labels_file.is_some() {
+        return Err(format!(
+            "--calibration held-out measures the photos fold by fold; it takes no --labels\n\n{USAGE}"
+        )
+        .into());
+    }
+    let (Some(mean), Some(scale)) = (mean, scale) else {
+        return Err(format!("--photos needs --mean and --scale\n\n{USAGE}").into());
+    };
+    let shape = reference.plan().input().shape.clone();
+    let files = photo_files(&dir)?;
+    let mut folds: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    for file in files {
+        let photo = photo_of(&file);
+        match folds.iter_mut().find(|(p, _)| *p == photo) {
+            Some((_, fold)) => fold.push(file),
+            None => folds.push((photo, vec![file])),
+        }
+    }
+    if folds.len() < 2 {
+        return Err(format!(
+            "--calibration held-out needs photos of two scenes or more in {}",
+            dir.display()
+        )
+        .into());
+    }
+    let file = root.join(format!(
+        "target/qbake-eval/calibration-{}.safetensors",
+        std::process::id()
+    ));
+    let (mut names, mut reports) = (Vec::new(), Vec::new());
+    let mut stderr = std::io::stderr();
+    for (i, (photo, own)) in folds.iter().enumerate() {
+        let others: Vec<PathBuf> = folds
+            .iter()
+            .filter(|(p, _)| p != photo)
+            .flat_map(|(_, f)| f.iter().cloned())
+            .collect();
+        let (_, calibration) = photo_variants(&others, &shape, mean, scale, false)?;
+        let (fold_names, inputs) = photo_variants(own, &shape, mean, scale, dense.unwrap_or(false))?;
+        write_inputs(&file, &shape, &calibration)?;
+        let options = Options {
+            calibration: Some(Calibration::Inputs(file.clone())),
+            ..options.clone()
+        };
+        let report = qbake_eval::evaluate_loaded(
+            &model.display().to_string(),
+            reference,
+            &options,
+            &inputs,
+            None,
+            |done, total| {
+                if done == total {
+                    let _ = writeln!(
+                        stderr,
+                        "  fold {}/{} ({photo}): calibrated on {} inputs, measured {total}",
+                        i + 1,
+                        folds.len(),
+                        calibration.len()
+                    );
+                }
+            },
+        );
+        let _ = std::fs::remove_file(&file);
+        reports.push(report?);
+        names.extend(fold_names);
+    }
+    let report = qbake_eval::Report::merge(&reports).ok_or("the folds' reports differ in shape")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "held out: each of {} photos measured with calibration from the others' variants",
+            folds.len()
+        );
+        print_report(&report, &names);
+    }
+    Ok(())
 }
 
 fn read_labels(file: &Path) -> Result<Vec<usize>, Box<dyn Error>> {
@@ -328,6 +478,20 @@ mod tests {
         assert!(err.contains("not a batch of inputs of shape [1, 5]"), "{err}");
         assert!(from_tensor(&file, Some("y"), &[1, 4]).is_err());
         std::fs::remove_file(file).unwrap();
+    }
+
+    /// A photo's files at several sizes are one fold; other underscores
+    /// and names that are all digits stay as they are.
+    #[test]
+    fn a_photo_is_its_name_without_a_size() {
+        let photo = |f: &str| photo_of(Path::new(f));
+        assert_eq!(photo("dir/chelsea_160.png"), "chelsea");
+        assert_eq!(photo("chelsea.png"), "chelsea");
+        assert_eq!(photo("golden_retriever.jpg"), "golden_retriever");
+        assert_eq!(photo("golden_retriever_224.jpg"), "golden_retriever");
+        assert_eq!(photo("_160.png"), "_160");
+        assert_eq!(photo("cat_.png"), "cat_");
+        assert_eq!(photo("2024_01.png"), "2024");
     }
 
     #[test]
