@@ -44,6 +44,18 @@ impl Activation {
         }
     }
 
+    /// [`Activation::apply`] as bounds, `max(v, lower)` then `min(v,
+    /// upper)` where given: what a SIMD kernel puts in registers once per
+    /// call (for `ClipChannels`, its lower bound only).
+    pub(crate) fn bounds(self) -> (Option<f32>, Option<f32>) {
+        match self {
+            Activation::None => (None, None),
+            Activation::Relu => (Some(0.0), None),
+            Activation::Clip { min, max } => (Some(min), Some(max)),
+            Activation::ClipChannels { min, .. } => (Some(min), None),
+        }
+    }
+
     /// The part applied per element: `ClipChannels` without its upper bounds.
     pub fn lower(self) -> Activation {
         match self {

@@ -3,7 +3,7 @@
 use super::depthwise::Pixels;
 use super::direct::Direct;
 use crate::gemm_f32::NR;
-use crate::gemm_f32::avx2::activate;
+use crate::gemm_f32::avx2::Bounds;
 use crate::ops::Activation;
 use std::arch::x86_64::*;
 
@@ -29,6 +29,7 @@ impl Pixels for Avx2 {
         let c = bias.len();
         debug_assert_eq!(out.len(), P * c);
         let (img, tp, o) = (image.as_ptr(), taps.as_ptr(), out.as_mut_ptr());
+        let bounds = Bounds::new(act);
         let mut ch = 0;
         // SAFETY (every block below): ch + 8 * blocks <= c, and the caller's offsets.
         unsafe {
@@ -46,7 +47,7 @@ impl Pixels for Avx2 {
                 }
                 for (p, acc) in acc.iter().enumerate() {
                     for (k, acc) in acc.iter().enumerate() {
-                        _mm256_storeu_ps(o.add(p * c + ch + 8 * k), activate(*acc, act));
+                        _mm256_storeu_ps(o.add(p * c + ch + 8 * k), bounds.apply(*acc));
                     }
                 }
                 ch += 8 * B;
@@ -60,7 +61,7 @@ impl Pixels for Avx2 {
                     }
                 }
                 for (p, acc) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(o.add(p * c + ch), activate(*acc, act));
+                    _mm256_storeu_ps(o.add(p * c + ch), bounds.apply(*acc));
                 }
                 ch += 8;
             }
@@ -93,6 +94,7 @@ impl Pixels for Avx2 {
         let c = bias.len();
         debug_assert_eq!(out.len(), P * c);
         let (img, tp, o) = (image.as_ptr(), taps.as_ptr(), out.as_mut_ptr());
+        let bounds = Bounds::new(act);
         let mut ch = 0;
         // SAFETY (every block below): ch + 8 <= c, and the caller's offsets.
         unsafe {
@@ -115,7 +117,7 @@ impl Pixels for Avx2 {
                     }
                 }
                 for (p, acc) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(o.add(p * c + ch), activate(*acc, act));
+                    _mm256_storeu_ps(o.add(p * c + ch), bounds.apply(*acc));
                 }
                 ch += 8;
             }
@@ -158,6 +160,7 @@ impl Direct for Avx2 {
         cols: usize,
     ) {
         let (img, w) = (image.as_ptr(), panel.as_ptr());
+        let bounds = Bounds::new(act);
         // SAFETY: the caller's offsets.
         let acc = unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; P];
@@ -184,15 +187,15 @@ impl Direct for Avx2 {
             if cols == NR {
                 // SAFETY: `row` has 16 values.
                 unsafe {
-                    _mm256_storeu_ps(row.as_mut_ptr(), activate(acc[0], act));
-                    _mm256_storeu_ps(row.as_mut_ptr().add(8), activate(acc[1], act));
+                    _mm256_storeu_ps(row.as_mut_ptr(), bounds.apply(acc[0]));
+                    _mm256_storeu_ps(row.as_mut_ptr().add(8), bounds.apply(acc[1]));
                 }
             } else {
                 let mut all = [0.0f32; NR];
                 // SAFETY: `all` has 16 values.
                 unsafe {
-                    _mm256_storeu_ps(all.as_mut_ptr(), activate(acc[0], act));
-                    _mm256_storeu_ps(all.as_mut_ptr().add(8), activate(acc[1], act));
+                    _mm256_storeu_ps(all.as_mut_ptr(), bounds.apply(acc[0]));
+                    _mm256_storeu_ps(all.as_mut_ptr().add(8), bounds.apply(acc[1]));
                 }
                 row.copy_from_slice(&all[..cols]);
             }

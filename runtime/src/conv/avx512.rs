@@ -5,7 +5,7 @@
 use super::depthwise::Pixels;
 use super::direct::Direct;
 use crate::gemm_f32::NR;
-use crate::gemm_f32::avx512::activate;
+use crate::gemm_f32::avx512::Bounds;
 use crate::ops::Activation;
 use std::arch::x86_64::*;
 
@@ -31,6 +31,7 @@ impl Pixels for Avx512 {
         let c = bias.len();
         debug_assert_eq!(out.len(), P * c);
         let (img, tp, o) = (image.as_ptr(), taps.as_ptr(), out.as_mut_ptr());
+        let bounds = Bounds::new(act);
         let mut ch = 0;
         // SAFETY (every block below): ch + 16 * blocks <= c, or the mask covers
         // only channels below c; and the caller's offsets.
@@ -49,7 +50,7 @@ impl Pixels for Avx512 {
                 }
                 for (p, acc) in acc.iter().enumerate() {
                     for (k, acc) in acc.iter().enumerate() {
-                        _mm512_storeu_ps(o.add(p * c + ch + 16 * k), activate(*acc, act));
+                        _mm512_storeu_ps(o.add(p * c + ch + 16 * k), bounds.apply(*acc));
                     }
                 }
                 ch += 16 * B;
@@ -66,7 +67,7 @@ impl Pixels for Avx512 {
                     }
                 }
                 for (p, acc) in acc.iter().enumerate() {
-                    _mm512_mask_storeu_ps(o.add(p * c + ch), mask, activate(*acc, act));
+                    _mm512_mask_storeu_ps(o.add(p * c + ch), mask, bounds.apply(*acc));
                 }
                 ch += 16;
             }
@@ -99,7 +100,7 @@ impl Pixels for Avx512 {
             (base, c, ch): (usize, usize, usize),
             bias: *const f32,
             rows: &[(usize, usize)],
-            act: Activation,
+            bounds: Bounds,
             load: impl Fn(*const f32) -> __m512,
             store: impl Fn(*mut f32, __m512),
         ) {
@@ -123,11 +124,12 @@ impl Pixels for Avx512 {
                     }
                 }
                 for (p, acc) in acc.iter().enumerate() {
-                    store(o.add(p * c + ch), activate(*acc, act));
+                    store(o.add(p * c + ch), bounds.apply(*acc));
                 }
             }
         }
         let ptrs = (img, tp, o);
+        let bounds = Bounds::new(act);
         let mut ch = 0;
         // SAFETY: whole blocks below c, then the rest under a mask of the
         // channels below c; and the caller's offsets.
@@ -138,7 +140,7 @@ impl Pixels for Avx512 {
                     (base, c, ch),
                     bias.as_ptr(),
                     rows,
-                    act,
+                    bounds,
                     |p| _mm512_loadu_ps(p),
                     |p, v| _mm512_storeu_ps(p, v),
                 );
@@ -151,7 +153,7 @@ impl Pixels for Avx512 {
                     (base, c, ch),
                     bias.as_ptr(),
                     rows,
-                    act,
+                    bounds,
                     |p| _mm512_maskz_loadu_ps(mask, p),
                     |p, v| _mm512_mask_storeu_ps(p, mask, v),
                 );
@@ -190,7 +192,7 @@ impl Direct for Avx512 {
             (base, step, panel_stride, ldo, cols): (usize, usize, usize, usize, usize),
             terms: &[(usize, usize)],
             bias: &[f32; 2 * NR],
-            act: Activation,
+            bounds: Bounds,
         ) {
             let lanes = |h: usize| -> __mmask16 {
                 let c = cols.saturating_sub(h * NR);
@@ -215,7 +217,7 @@ impl Direct for Avx512 {
                 for (p, acc) in acc.iter().enumerate() {
                     for (h, acc) in acc.iter().enumerate() {
                         let bias = _mm512_loadu_ps(bias.as_ptr().add(h * NR));
-                        let v = activate(_mm512_add_ps(*acc, bias), act);
+                        let v = bounds.apply(_mm512_add_ps(*acc, bias));
                         _mm512_mask_storeu_ps(o.add(p * ldo + h * NR), lanes(h), v);
                     }
                 }
@@ -223,12 +225,13 @@ impl Direct for Avx512 {
         }
         let ptrs = (image.as_ptr(), panel.as_ptr(), out.as_mut_ptr());
         let dims = (base, step, panel_stride, ldo, cols);
+        let bounds = Bounds::new(act);
         // SAFETY: the caller's.
         unsafe {
             if cols > NR {
-                panels::<P, 2>(ptrs, dims, terms, bias, act)
+                panels::<P, 2>(ptrs, dims, terms, bias, bounds)
             } else {
-                panels::<P, 1>(ptrs, dims, terms, bias, act)
+                panels::<P, 1>(ptrs, dims, terms, bias, bounds)
             }
         }
     }

@@ -199,7 +199,7 @@ type Sums = Aligned<[[i32; 2 * NR]; 2 * TILE_ROWS]>;
 #[target_feature(enable = "avx512f")]
 unsafe fn finish_block(s: &Strip<'_>, m: usize, rows: usize, two: bool, sums: &Sums, c: *mut f32) {
     let masks = avx512::column_masks(s);
-    let consts = [&s.params[0], &s.params[usize::from(two)]].map(|p| avx512::PanelConsts::new(p));
+    let consts = [&s.params[0], &s.params[usize::from(two)]].map(|p| avx512::PanelConsts::new(p, s.act));
     // SAFETY: the caller's; `finish` writes the strip's columns of row m + r.
     unsafe {
         let c = c.add(m * s.ldc);

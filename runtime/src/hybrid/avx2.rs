@@ -1,7 +1,7 @@
 //! The x86-64 AVX2 hybrid kernels: a 4 x 16 int8 tile and the row quantizer.
 
 use super::{MAX_F32_EXACT_K, MR, Strip};
-use crate::gemm_f32::avx2::activate;
+use crate::gemm_f32::avx2::Bounds;
 use crate::tiles::row_tiles;
 use qbake_format::{KG, NR};
 use std::arch::x86_64::*;
@@ -63,6 +63,7 @@ unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
             )
         };
         let halves = [half(0), half(1)];
+        let bounds = Bounds::new(s.act);
         for (r, dot) in dot.iter().enumerate() {
             let (sum, scale_x) = (s.sums[m0 + r], _mm256_set1_ps(s.scales[m0 + r]));
             let (sum_i, sum_f) = (_mm256_set1_epi32(sum), _mm256_set1_ps(sum as f32));
@@ -73,7 +74,7 @@ unsafe fn tile<const R: usize>(s: &Strip<'_>, m0: usize, c: *mut f32) {
                     _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, _mm256_mullo_epi32(zp, sum_i)))
                 };
                 let v = _mm256_add_ps(_mm256_mul_ps(acc, _mm256_mul_ps(scale_w, scale_x)), bias);
-                _mm256_storeu_ps(out.add(r * ld + 8 * h), activate(v, s.act));
+                _mm256_storeu_ps(out.add(r * ld + 8 * h), bounds.apply(v));
             }
         }
         if s.cols != NR {

@@ -19,7 +19,8 @@
 //! the same operations in the same order: the same bits.
 
 use super::{MAX_F32_EXACT_K, PanelParams, Strip};
-use crate::gemm_f32::avx512::activate;
+use crate::gemm_f32::avx512::Bounds;
+use crate::ops::Activation;
 use crate::tiles::row_tiles;
 use qbake_format::{KG, NR};
 use std::arch::x86_64::*;
@@ -104,7 +105,7 @@ unsafe fn tile<const R: usize, const TWO: bool>(s: &Strip<'_>, m0: usize, c: *mu
 
         let c = c.add(m0 * s.ldc);
         for h in 0..panels {
-            let consts = PanelConsts::new(&s.params[h]);
+            let consts = PanelConsts::new(&s.params[h], s.act);
             for (r, acc) in acc.iter().enumerate() {
                 finish(s, m0 + r, acc[h], &consts, c.add(r * s.ldc + h * NR), masks[h]);
             }
@@ -122,18 +123,19 @@ pub(super) fn column_masks(s: &Strip<'_>) -> [__mmask16; 2] {
     }
 }
 
-/// One panel's epilogue constants, in registers.
+/// One panel's epilogue constants, and the activation's bounds, in registers.
 pub(super) struct PanelConsts {
     zero_point: __m512i,
     zero_point_f: __m512,
     scale: __m512,
     bias: __m512,
+    bounds: Bounds,
 }
 
 impl PanelConsts {
     #[target_feature(enable = "avx512f")]
     #[inline]
-    pub(super) fn new(p: &PanelParams) -> Self {
+    pub(super) fn new(p: &PanelParams, act: Activation) -> Self {
         // SAFETY: each array has NR = 16 entries.
         unsafe {
             let zero_point = _mm512_loadu_si512(p.zero_point.as_ptr().cast());
@@ -142,6 +144,7 @@ impl PanelConsts {
                 zero_point_f: _mm512_cvtepi32_ps(zero_point),
                 scale: _mm512_loadu_ps(p.scale.as_ptr()),
                 bias: _mm512_loadu_ps(p.bias.as_ptr()),
+                bounds: Bounds::new(act),
             }
         }
     }
@@ -179,7 +182,7 @@ pub(super) unsafe fn finish(
     };
     let v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_mul_ps(p.scale, scale_x)), p.bias);
     // SAFETY: the caller's.
-    unsafe { _mm512_mask_storeu_ps(dst, mask, activate(v, s.act)) };
+    unsafe { _mm512_mask_storeu_ps(dst, mask, p.bounds.apply(v)) };
 }
 
 /// [`super::QuantizedRows::quantize_into`] with [`quantize_row`] inlined.
