@@ -185,21 +185,87 @@ pub(super) unsafe fn finish(
     unsafe { _mm512_mask_storeu_ps(dst, mask, p.bounds.apply(v)) };
 }
 
-/// [`super::QuantizedRows::quantize_into`] with [`quantize_row`] inlined.
+/// [`super::QuantizedRows::quantize_into`] with [`quantize_row`] inlined
+/// (as `each_row` does for the other kernels), and the rows' sums reduced
+/// sixteen rows at a time ([`sum_each`]): reduced row by row, the sums
+/// drew a fifth of the quantizer's samples. In one process against the
+/// row-by-row reduction, a hybrid forward was 2-5% faster; the same loop
+/// written as an `each_row` closure gained nothing.
 ///
 /// # Safety
 /// The CPU must have AVX-512F, BW and VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn quantize_rows(rows: &mut super::QuantizedRows, x: &[f32]) {
-    // SAFETY: this function's caller checked the features `quantize_row` needs.
-    super::each_row(rows, x, |x, q| unsafe { quantize_row(x, q) });
+    let (k, stride) = (rows.k, rows.stride);
+    // The lanes of each pending row's sum, from row `first`.
+    let mut pending = [_mm512_setzero_si512(); 16];
+    let mut first = 0;
+    let flush = |pending: &mut [__m512i; 16], first: usize, count: usize, sums: &mut [i32]| {
+        pending[count..].fill(_mm512_setzero_si512());
+        let lanes: __mmask16 = if count == 16 { !0 } else { (1u16 << count) - 1 };
+        // SAFETY: `sums` has a value for each of the `count` rows from `first`.
+        unsafe {
+            _mm512_mask_storeu_epi32(
+                sums[first..first + count].as_mut_ptr().cast(),
+                lanes,
+                sum_each(pending),
+            )
+        };
+    };
+    for (r, x_row) in x.chunks_exact(k).enumerate() {
+        let (q_row, padding) = rows.values[r * stride..(r + 1) * stride].split_at_mut(k);
+        // As in `each_row`: `fill` on an empty slice still calls memset.
+        if !padding.is_empty() {
+            padding.fill(0);
+        }
+        // SAFETY: this function's caller checked the features `quantize_row` needs.
+        let (scale, sum, nonnegative) = unsafe { quantize_row(x_row, q_row) };
+        (rows.scales[r], rows.nonnegative[r]) = (scale, nonnegative);
+        pending[r - first] = sum;
+        if r - first == 15 {
+            flush(&mut pending, first, 16, &mut rows.sums);
+            first = r + 1;
+        }
+    }
+    let count = x.len() / k - first;
+    if count > 0 {
+        flush(&mut pending, first, count, &mut rows.sums);
+    }
+}
+
+/// Lane `r` of the result is the sum of `v[r]`'s lanes: sixteen horizontal
+/// sums in four levels of adds on interleaved halves, about three
+/// instructions a row where one row's own reduction takes eight.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn sum_each(v: &[__m512i; 16]) -> __m512i {
+    // In each 128-bit quarter, rows 2i and 2i + 1: [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
+    let pairs: [__m512i; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+    });
+    // In each quarter, rows 4i..4i + 4, each the sum of its four lanes there.
+    let quads: [__m512i; 4] = std::array::from_fn(|i| {
+        let (a, b) = (pairs[2 * i], pairs[2 * i + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+    });
+    // Quarters added in pairs: [rows 8i..8i + 4 in quarters 0 + 1, the same
+    // rows in quarters 2 + 3, rows 8i + 4..8i + 8 likewise].
+    let halves = |a: __m512i, b: __m512i| {
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
+        )
+    };
+    let (low, high) = (halves(quads[0], quads[1]), halves(quads[2], quads[3]));
+    halves(low, high)
 }
 
 /// [`super::quantize_row`] sixteen values at a time, the last ones through
 /// a lane mask (no scalar tail), with the same bits; returns `(scale, sum of
-/// q, no q negative)`. Rows with NaN or an infinity, and the short and
-/// subnormal-scale paths, go to the scalar definition, as in the AVX2
-/// quantizer.
+/// q spread over sixteen lanes, no q negative)`. Rows with NaN or an
+/// infinity, and the short and subnormal-scale paths, go to the scalar
+/// definition, as in the AVX2 quantizer (their sum in lane 0).
 ///
 /// The largest magnitude is taken as an unsigned integer maximum of the
 /// values' bits with the sign cleared: for non-negative floats the integer
@@ -213,7 +279,7 @@ pub(super) unsafe fn quantize_rows(rows: &mut super::QuantizedRows, x: &[f32]) {
 /// The CPU must have AVX-512F, BW and VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
+unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, __m512i, bool) {
     assert_eq!(x.len(), q.len());
     let (full, rest) = (x.len() / 16, x.len() % 16);
     let tail: __mmask16 = ((1u32 << rest) - 1) as u16;
@@ -237,7 +303,8 @@ unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
         let scale = amax / 127.0;
         let inv = 127.0 / amax;
         if amax_bits >= f32::INFINITY.to_bits() || scale <= 0.0 || !inv.is_finite() {
-            return super::scalar::quantize_row(x, q);
+            let (scale, sum, nonnegative) = super::scalar::quantize_row(x, q);
+            return (scale, _mm512_maskz_set1_epi32(1, sum), nonnegative);
         }
         let vinv = _mm512_set1_ps(inv);
         // `cvtps` rounds to nearest, ties to even (Rust never changes
@@ -276,10 +343,6 @@ unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
         // `signs` or-s bytes and i32 lanes: a value is negative only if its
         // top bit is set, and that of a value in 0..=127 is clear, as are
         // all its other bytes' top bits.
-        (
-            scale,
-            _mm512_reduce_add_epi32(sum),
-            _mm512_movepi8_mask(signs) == 0,
-        )
+        (scale, sum, _mm512_movepi8_mask(signs) == 0)
     }
 }

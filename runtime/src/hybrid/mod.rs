@@ -223,10 +223,11 @@ impl QuantizedRows {
 
 /// Quantizes each of `x`'s rows into `rows` (sized by
 /// [`QuantizedRows::quantize_into`]) with `row`, which returns `(scale, sum
-/// of q, no q negative)`. Inlined into each kernel's `quantize_rows`, so
-/// that its SIMD row function inlines here too: a call per row (registers
-/// saved, the reductions' results passed back through memory) cost as much
-/// as quantizing a row of 16 values.
+/// of q, no q negative)`. Inlined into the scalar and AVX2 kernels'
+/// `quantize_rows` (the AVX-512 one has its own loop), so that a SIMD row
+/// function inlines here too: a call per row (registers saved, the
+/// reductions' results passed back through memory) cost as much as
+/// quantizing a row of 16 values.
 #[inline(always)]
 fn each_row(rows: &mut QuantizedRows, x: &[f32], mut row: impl FnMut(&[f32], &mut [i8]) -> (f32, i32, bool)) {
     let (k, stride) = (rows.k, rows.stride);
