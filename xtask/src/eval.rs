@@ -282,9 +282,7 @@ fn photo_of(file: &Path) -> String {
     }
 }
 
-/// `--calibration held-out`: for each photo in `--photos`, a bake
-/// calibrated on every other photo's 22 variants, measured on its own
-/// variants; the folds' reports merged into one over all the inputs.
+/// `--calibration held-out`: [`held_out_report`], printed.
 #[allow(clippy::too_many_arguments)]
 fn held_out(
     root: &Path,
@@ -298,6 +296,38 @@ fn held_out(
     labels_file: Option<PathBuf>,
     json: bool,
 ) -> Result<(), Box<dyn Error>> {
+    let args = (photos_dir, (mean, scale), dense, inputs_file, labels_file);
+    let (report, names, folds) = held_out_report(root, model, reference, options, args)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("held out: each of {folds} photos measured with calibration from the others' variants");
+        print_report(&report, &names);
+    }
+    Ok(())
+}
+
+/// The arguments `held_out_report` takes from the command line: `--photos`,
+/// `--mean` and `--scale`, `--variants`, `--inputs`, `--labels`.
+type HeldOutArgs = (
+    Option<PathBuf>,
+    (Option<f32>, Option<f32>),
+    Option<bool>,
+    Option<PathBuf>,
+    Option<PathBuf>,
+);
+
+/// For each photo in `--photos`, a bake calibrated on every other photo's
+/// 22 variants, measured on its own variants; the folds' reports merged
+/// into one over all the inputs, with the inputs' names and the number of
+/// folds.
+fn held_out_report(
+    root: &Path,
+    model: &Path,
+    reference: &qbake_codegen::reference::Reference,
+    options: &Options,
+    (photos_dir, (mean, scale), dense, inputs_file, labels_file): HeldOutArgs,
+) -> Result<(Report, Vec<String>, usize), Box<dyn Error>> {
     let (Some(dir), None) = (photos_dir, inputs_file) else {
         return Err(format!("--calibration held-out takes --photos, not --inputs\n\n{USAGE}").into());
     };
@@ -369,16 +399,7 @@ fn held_out(
         names.extend(fold_names);
     }
     let report = qbake_eval::Report::merge(&reports).ok_or("the folds' reports differ in shape")?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "held out: each of {} photos measured with calibration from the others' variants",
-            folds.len()
-        );
-        print_report(&report, &names);
-    }
-    Ok(())
+    Ok((report, names, folds.len()))
 }
 
 fn read_labels(file: &Path) -> Result<Vec<usize>, Box<dyn Error>> {
@@ -478,6 +499,88 @@ mod tests {
         assert!(err.contains("not a batch of inputs of shape [1, 5]"), "{err}");
         assert!(from_tensor(&file, Some("y"), &[1, 4]).is_err());
         std::fs::remove_file(file).unwrap();
+    }
+
+    /// A held-out evaluation of a tiny image model on four files of three
+    /// photos (one at two sizes): three folds, every variant of every file
+    /// measured once, in fold order; and the arguments it refuses.
+    #[test]
+    fn held_out_folds_cover_every_photo_once() {
+        let dir = std::env::temp_dir().join(format!("qbake-held-out-{}", std::process::id()));
+        let photos = dir.join("photos");
+        std::fs::create_dir_all(&photos).unwrap();
+        let graph = serde_json::json!({
+            "version": 1,
+            "inputs": [{"name": "image", "shape": [1, 3, 8, 8]}],
+            "outputs": ["y"],
+            "nodes": [
+                {"name": "conv", "op": "Conv", "inputs": ["image"], "output": "c", "weight": "conv.weight", "bias": "conv.bias", "pads": [1, 1, 1, 1], "activation": "relu"},
+                {"name": "head", "op": "Conv", "inputs": ["c"], "output": "y", "weight": "head.weight"}
+            ]
+        });
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 37 + seed * 11) % 23) as f32 / 23.0 - 0.5)
+                .collect()
+        };
+        let tensors = vec![
+            (
+                "conv.weight",
+                crate::fixtures::f32s(&[8, 3, 3, 3], &values(216, 1)),
+            ),
+            ("conv.bias", crate::fixtures::f32s(&[8], &values(8, 2))),
+            (
+                "head.weight",
+                crate::fixtures::f32s(&[4, 8, 1, 1], &values(32, 3)),
+            ),
+        ];
+        crate::fixtures::write(&dir, "tiny_image.safetensors", tensors, Some(graph)).unwrap();
+        for (i, name) in ["a.png", "a_16.png", "b.png", "c.png"].iter().enumerate() {
+            let img = image::RgbImage::from_fn(12 + 4 * (i as u32 % 2), 12, |x, y| {
+                image::Rgb([
+                    (x * 20 + i as u32 * 40) as u8,
+                    (y * 20) as u8,
+                    ((x + y) * 9) as u8,
+                ])
+            });
+            img.save(photos.join(name)).unwrap();
+        }
+        let model = dir.join("tiny_image.safetensors");
+        let options = Options::default();
+        let reference = qbake_codegen::reference::Reference::load_with(&model, &options).unwrap();
+        let report = |args: HeldOutArgs| held_out_report(&dir, &model, &reference, &options, args);
+        let photos_args = |dense| {
+            (
+                Some(photos.clone()),
+                (Some(127.5), Some(127.5)),
+                dense,
+                None,
+                None,
+            )
+        };
+        let (merged, names, folds) = report(photos_args(None)).unwrap();
+        assert_eq!((folds, merged.inputs, names.len()), (3, 88, 88));
+        assert!(
+            names[..44]
+                .iter()
+                .all(|n| n.starts_with("a ") || n.starts_with("a_16 ")),
+            "{names:?}"
+        );
+        assert!(
+            names[44..66].iter().all(|n| n.starts_with("b "))
+                && names[66..].iter().all(|n| n.starts_with("c "))
+        );
+        assert_eq!(merged.families.len(), 2);
+        let err = |args: HeldOutArgs| report(args).unwrap_err().to_string();
+        let (p, ms) = (Some(photos.clone()), (Some(127.5), Some(127.5)));
+        assert!(err((p.clone(), ms, None, Some(dir.join("x.safetensors")), None)).contains("not --inputs"));
+        assert!(err((p.clone(), ms, None, None, Some(dir.join("labels.txt")))).contains("no --labels"));
+        assert!(err((p, (None, None), None, None, None)).contains("--mean and --scale"));
+        for name in ["a_16.png", "b.png", "c.png"] {
+            std::fs::remove_file(photos.join(name)).unwrap();
+        }
+        assert!(err(photos_args(None)).contains("two scenes or more"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A photo's files at several sizes are one fold; other underscores

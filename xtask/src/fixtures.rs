@@ -12,13 +12,13 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
 /// A tensor to write: dtype, shape and little-endian bytes.
 #[derive(Clone)]
-struct Tensor {
+pub(crate) struct Tensor {
     dtype: Dtype,
     shape: Vec<usize>,
     bytes: Vec<u8>,
 }
 
-fn f32s(shape: &[usize], values: &[f32]) -> Tensor {
+pub(crate) fn f32s(shape: &[usize], values: &[f32]) -> Tensor {
     assert_eq!(shape.iter().product::<usize>(), values.len());
     Tensor {
         dtype: Dtype::F32,
@@ -57,7 +57,12 @@ impl Rng {
     }
 }
 
-fn write(dir: &Path, name: &str, tensors: Vec<(&str, Tensor)>, graph: Option<Value>) -> Result<()> {
+pub(crate) fn write(
+    dir: &Path,
+    name: &str,
+    tensors: Vec<(&str, Tensor)>,
+    graph: Option<Value>,
+) -> Result<()> {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .map(|(n, t)| {
