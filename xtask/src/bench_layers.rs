@@ -101,9 +101,8 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -
     ];
     eprintln!("{}: {} steps, {rounds} rounds", spec.name, plan.steps.len());
     // Rounds outside, engines inside: whatever else the machine does falls
-    // on the three alike.
-    // Each engine as the generated `forward` runs it, then (when that
-    // fuses steps) with every step on its own, in the same rounds.
+    // on the three alike. Each engine as the generated `forward` runs it,
+    // then (when that fuses steps) with every step on its own.
     let into_next = plan.fused_into_next();
     let mut times = vec![vec![f64::INFINITY; plan.steps.len()]; engines.len()];
     let mut unfused = times.clone();
@@ -138,16 +137,13 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -
         .collect();
     // A 1x1 convolution run inside the depthwise one after it counts with
     // it, as one step of both kinds; the 1x1 step itself is left out.
-    let mut counted = vec![true; steps.len()];
+    let counted: Vec<bool> = into_next.iter().map(|&f| !(fused && f)).collect();
     // Each step's own multiply-adds, for its GEMM shape below.
     let own_macs: Vec<usize> = steps.iter().map(|s| s.1).collect();
-    for i in 0..steps.len() {
-        if fused && into_next[i] {
-            let (pointwise, macs) = std::mem::take(&mut steps[i]);
-            let depthwise = &mut steps[i + 1];
-            *depthwise = (format!("{pointwise} + {}", depthwise.0), macs + depthwise.1);
-            counted[i] = false;
-        }
+    for i in (0..steps.len()).filter(|&i| !counted[i]) {
+        let (pointwise, macs) = std::mem::take(&mut steps[i]);
+        let depthwise = &mut steps[i + 1];
+        *depthwise = (format!("{pointwise} + {}", depthwise.0), macs + depthwise.1);
     }
     let totals: Vec<f64> = times.iter().map(|t| t.iter().sum()).collect();
     let macs: usize = steps.iter().map(|s| s.1).sum();

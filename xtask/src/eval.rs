@@ -90,18 +90,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
         .map_err(|e| format!("{}: {e}", model.display()))?;
     let shape = reference.plan().input().shape.clone();
     if calibration.as_deref() == Some(Path::new("held-out")) {
-        return held_out(
-            root,
-            &model,
-            &reference,
-            &options,
-            photos_dir,
-            (mean, scale),
-            dense,
-            inputs_file,
-            labels_file,
-            json,
-        );
+        let args = (photos_dir, (mean, scale), dense, inputs_file, labels_file);
+        let (report, names, folds) = held_out_report(root, &model, &reference, &options, args)?;
+        if !json {
+            println!("held out: each of {folds} photos measured with calibration from the others' variants");
+        }
+        return show(&report, &names, json);
     }
     let mut written = None;
     if let Some(path) = calibration {
@@ -112,12 +106,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
                 return Err(format!("--calibration DIR needs --mean and --scale\n\n{USAGE}").into());
             };
             let (_, inputs) = from_photos(&path, &shape, mean, scale, false)?;
-            // The code generator reads calibration inputs from a file: one per
-            // process, removed once baked.
-            let file = root.join(format!(
-                "target/qbake-eval/calibration-{}.safetensors",
-                std::process::id()
-            ));
+            let file = calibration_file(root);
             write_inputs(&file, &shape, &inputs)?;
             written = Some(file.clone());
             Calibration::Inputs(file)
@@ -163,13 +152,27 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     if let Some(file) = written {
         let _ = std::fs::remove_file(file);
     }
-    let report = report?;
+    show(&report?, &names, json)
+}
+
+/// The report as JSON on stdout, or as tables.
+fn show(report: &Report, names: &[String], json: bool) -> Result<(), Box<dyn Error>> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print_report(&report, &names);
+        print_report(report, names);
     }
     Ok(())
+}
+
+/// Where calibration photos are written for the code generator, which
+/// reads calibration inputs from a file: one per process, removed once
+/// baked.
+fn calibration_file(root: &Path) -> PathBuf {
+    root.join(format!(
+        "target/qbake-eval/calibration-{}.safetensors",
+        std::process::id()
+    ))
 }
 
 /// Writes `inputs` as one F32 tensor `[N, shape...]` (calibration inputs
@@ -282,31 +285,6 @@ fn photo_of(file: &Path) -> String {
     }
 }
 
-/// `--calibration held-out`: [`held_out_report`], printed.
-#[allow(clippy::too_many_arguments)]
-fn held_out(
-    root: &Path,
-    model: &Path,
-    reference: &qbake_codegen::reference::Reference,
-    options: &Options,
-    photos_dir: Option<PathBuf>,
-    (mean, scale): (Option<f32>, Option<f32>),
-    dense: Option<bool>,
-    inputs_file: Option<PathBuf>,
-    labels_file: Option<PathBuf>,
-    json: bool,
-) -> Result<(), Box<dyn Error>> {
-    let args = (photos_dir, (mean, scale), dense, inputs_file, labels_file);
-    let (report, names, folds) = held_out_report(root, model, reference, options, args)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("held out: each of {folds} photos measured with calibration from the others' variants");
-        print_report(&report, &names);
-    }
-    Ok(())
-}
-
 /// The arguments `held_out_report` takes from the command line: `--photos`,
 /// `--mean` and `--scale`, `--variants`, `--inputs`, `--labels`.
 type HeldOutArgs = (
@@ -357,10 +335,7 @@ fn held_out_report(
         )
         .into());
     }
-    let file = root.join(format!(
-        "target/qbake-eval/calibration-{}.safetensors",
-        std::process::id()
-    ));
+    let file = calibration_file(root);
     let (mut names, mut reports) = (Vec::new(), Vec::new());
     let mut stderr = std::io::stderr();
     for (i, (photo, own)) in folds.iter().enumerate() {
