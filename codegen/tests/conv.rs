@@ -515,6 +515,20 @@ fn mean_shift(path: &Path, options: &qbake_codegen::Options, input: &[f32], want
     per_channel.iter().map(|e| e.abs()).sum::<f64>() / 16.0
 }
 
+/// The per-channel shifts of the first layer's outputs (a batch norm's
+/// `beta`, or the bias it folds into), shared by the two mean-shift tests.
+fn shifts(c: usize) -> Vec<f32> {
+    (0..c).map(|i| 1.5 - 0.4 * i as f32).collect()
+}
+
+/// The second layer's `[16, c]` weights, the one whose mean shift both
+/// tests measure.
+fn second_weights(c: usize) -> Vec<f32> {
+    (0..16 * c)
+        .map(|i| ((i * 37 % 29) as f32 / 29.0 - 0.45) * 0.7)
+        .collect()
+}
+
 /// Bias correction: a layer whose input a batch normalization describes
 /// loses the mean shift its rounded weights cause. Inputs are drawn from
 /// the distribution the normalization states, so the corrected layer's
@@ -528,10 +542,7 @@ fn bias_correction_removes_the_mean_shift() {
         .map(|i| if i / c == i % c { 1.0 } else { 0.0 })
         .collect();
     let gamma: Vec<f32> = (0..c).map(|i| 0.5 + 0.3 * i as f32).collect();
-    let beta: Vec<f32> = (0..c).map(|i| 1.5 - 0.4 * i as f32).collect();
-    let w2: Vec<f32> = (0..16 * c)
-        .map(|i| ((i * 37 % 29) as f32 / 29.0 - 0.45) * 0.7)
-        .collect();
+    let (beta, w2) = (shifts(c), second_weights(c));
     let graph = serde_json::json!({
         "version": 1, "inputs": [{"name": "x", "shape": [1, c, 32, 32]}], "outputs": ["y"],
         "nodes": [
@@ -591,10 +602,7 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
             }
         })
         .collect();
-    let beta: Vec<f32> = (0..c).map(|i| 1.5 - 0.4 * i as f32).collect();
-    let w2: Vec<f32> = (0..16 * c)
-        .map(|i| ((i * 37 % 29) as f32 / 29.0 - 0.45) * 0.7)
-        .collect();
+    let (beta, w2) = (shifts(c), second_weights(c));
     let graph = serde_json::json!({
         "version": 1, "inputs": [{"name": "x", "shape": [1, c, 32, 32]}], "outputs": ["y"],
         "nodes": [
