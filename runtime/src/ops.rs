@@ -108,6 +108,14 @@ fn int8_weight<'w>(exec: &Exec, w: &'w Weight) -> Option<&'w QuantWeight> {
     }
 }
 
+/// Rows of the tile of the GEMM kernel that multiplies by `w`.
+fn row_tile(exec: &Exec, w: &Weight) -> usize {
+    match int8_weight(exec, w) {
+        Some(qw) => hybrid::Kernel::detect().row_tile(qw.cols),
+        None => gemm_f32::Kernel::detect().row_tile(),
+    }
+}
+
 /// Fully connected layer: `y[m, n] = act(sum_k x[m, k] * w[n, k] + bias[n])`,
 /// with `x` of `m` rows of `w.cols()`.
 pub fn dense(exec: &Exec, x: &[f32], w: &Weight, bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
@@ -177,13 +185,10 @@ pub fn conv2d(
     };
     // Split by output pixels, each part writing its own im2col rows on its
     // own thread (the stem's im2col is as long as its GEMM), or whole.
-    match crate::parallel::rows_per_part(exec.threads, m, m * n * k) {
-        Some(per) => {
-            use rayon::prelude::*;
+    match crate::parallel::RowParts::new(exec.threads, m, m * n * k, row_tile(exec, w)) {
+        Some(parts) => {
             let one = Exec { threads: 1, ..*exec };
-            y.par_chunks_mut(per * n).enumerate().for_each(|(i, y)| {
-                part(i * per..i * per + y.len() / n, &one, y);
-            });
+            parts.run(y, n, &|pixels, y| part(pixels, &one, y));
         }
         None => part(0..m, exec, y),
     }
@@ -1004,7 +1009,7 @@ mod tests {
         };
         let (m, k) = (g.out_pixels(), g.patch_len());
         assert!(
-            crate::parallel::rows_per_part(2, m, m * g.out_c * k).is_some(),
+            crate::parallel::RowParts::new(2, m, m * g.out_c * k, 1).is_some(),
             "the case must split"
         );
         let x = values(11, g.batch * g.in_h * g.in_w * g.in_c);

@@ -43,11 +43,21 @@ pub(crate) fn worth_splitting(m: usize, macs: usize) -> bool {
 pub const MIN_PARALLEL_DEPTHWISE_MACS: usize = 1 << 18;
 
 /// Runs `drive(rows, panels, y_part, ldc)` over all of an `m x n` output,
-/// split across up to `threads` threads. `y_part` starts at the first row of
-/// `rows` and the first column of `panels` (`panels` counts groups of `nr`
-/// columns), and has row stride `ldc`.
-pub fn split_gemm<F>(threads: usize, m: usize, n: usize, nr: usize, macs: usize, y: &mut [f32], drive: F)
-where
+/// split across up to `threads` threads ([`RowParts`] of `tile`-row tiles,
+/// or panels). `y_part` starts at the first row of `rows` and the first
+/// column of `panels` (`panels` counts groups of `nr` columns), and has row
+/// stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+pub fn split_gemm<F>(
+    threads: usize,
+    m: usize,
+    n: usize,
+    nr: usize,
+    tile: usize,
+    macs: usize,
+    y: &mut [f32],
+    drive: F,
+) where
     F: Fn(Range<usize>, Range<usize>, &mut [f32], usize) + Sync,
 {
     assert_eq!(y.len(), m * n);
@@ -56,10 +66,8 @@ where
     if threads == 1 || !worth_splitting(m, macs) {
         return drive(0..m, 0..panels, y, n);
     }
-    if let Some(per) = rows_per_part(threads, m, macs) {
-        y.par_chunks_mut(per * n).enumerate().for_each(|(i, part)| {
-            drive(i * per..(i * per + per).min(m), 0..panels, part, n);
-        });
+    if let Some(parts) = RowParts::new(threads, m, macs, tile) {
+        parts.run(y, n, &|rows, part| drive(rows, 0..panels, part, n));
     } else if panels >= 2 {
         // Each part's columns, all rows, into its own slice of one buffer
         // (reused from call to call: no allocation once warm), copied into
@@ -83,13 +91,82 @@ where
     }
 }
 
-/// The rows each part of an `m`-row GEMM of `macs` multiply-adds gets when
-/// [`split_gemm`] splits it by rows across `threads`, or `None` when it
-/// does not (too little work, or too few rows: then it splits by panels or
-/// not at all).
-pub fn rows_per_part(threads: usize, m: usize, macs: usize) -> Option<usize> {
-    let threads = threads.max(1);
-    (threads > 1 && macs >= MIN_PARALLEL_MACS && m >= threads * 8).then(|| m.div_ceil(threads))
+/// How a GEMM's rows split across threads: one contiguous part per
+/// thread, with boundaries on the kernel's row tiles (`tile`: the rows one
+/// microkernel call computes, 16 for an AMX tile). Each part gets a fair
+/// share of the whole tiles, and the last, which has the fewest, also the
+/// rows past them. Cut anywhere else, each part would end in a partial
+/// tile of its own: split evenly, 49 rows on AMX were a 16-row tile and 9
+/// rows on the 8-row VNNI tile in each part, and 2 threads were no faster
+/// than 1. When the whole tiles are fewer than the threads, the rows split
+/// evenly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowParts {
+    m: usize,
+    parts: usize,
+    tile: usize,
+}
+
+impl RowParts {
+    /// The split of an `m`-row GEMM of `macs` multiply-adds, or `None` when
+    /// there is none (too little work, or too few rows: then it splits by
+    /// panels or not at all).
+    pub fn new(threads: usize, m: usize, macs: usize, tile: usize) -> Option<Self> {
+        let parts = threads.max(1);
+        (parts > 1 && macs >= MIN_PARALLEL_MACS && m >= parts * 8).then_some(RowParts {
+            m,
+            parts,
+            tile: tile.max(1),
+        })
+    }
+
+    pub fn parts(&self) -> usize {
+        self.parts
+    }
+
+    /// The first row of part `i` (`m` for `i == parts`).
+    fn start(&self, i: usize) -> usize {
+        let whole = self.m / self.tile;
+        if i >= self.parts {
+            self.m
+        } else if whole >= self.parts {
+            let (each, extra) = (whole / self.parts, whole % self.parts);
+            self.tile * (i * each + i.min(extra))
+        } else {
+            i * self.m / self.parts
+        }
+    }
+
+    /// The rows of part `i`.
+    pub fn rows(&self, i: usize) -> Range<usize> {
+        self.start(i)..self.start(i + 1)
+    }
+
+    /// Runs `f(rows, y_part)` for every part on rayon's pool (the calling
+    /// thread's among them), `y_part` being the part's rows of `y`, each
+    /// `row_len` long. Joins halves recursively: nothing is allocated.
+    pub fn run<F>(&self, y: &mut [f32], row_len: usize, f: &F)
+    where
+        F: Fn(Range<usize>, &mut [f32]) + Sync,
+    {
+        assert_eq!(y.len(), self.m * row_len);
+        self.run_parts(0..self.parts, y, row_len, f);
+    }
+
+    fn run_parts<F>(&self, parts: Range<usize>, y: &mut [f32], row_len: usize, f: &F)
+    where
+        F: Fn(Range<usize>, &mut [f32]) + Sync,
+    {
+        if parts.len() == 1 {
+            return f(self.rows(parts.start), y);
+        }
+        let mid = parts.start + parts.len() / 2;
+        let (a, b) = y.split_at_mut((self.start(mid) - self.start(parts.start)) * row_len);
+        rayon::join(
+            || self.run_parts(parts.start..mid, a, row_len, f),
+            || self.run_parts(mid..parts.end, b, row_len, f),
+        );
+    }
 }
 
 /// Runs `run(rows, y_part)` over `rows` rows of `row_len` outputs each,
@@ -113,6 +190,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::RowParts;
     use crate::gemm_f32::{self, PackedF32};
     use crate::hybrid::{self, QuantizedRows};
     use crate::test_values::values;
@@ -124,7 +202,15 @@ mod tests {
     #[test]
     fn threads_give_the_same_bits() {
         // The last: a matrix-vector product under MIN_PARALLEL_MACS.
-        for (m, k, n) in [(300, 256, 70), (2, 4096, 300), (1, 2100, 1001), (1, 1280, 1000)] {
+        // The second: 49 rows on 16-row AMX tiles, parts of 32 and 17 rows
+        // (16, 16 and 17 at 3 threads).
+        for (m, k, n) in [
+            (300, 256, 70),
+            (49, 128, 340),
+            (2, 4096, 300),
+            (1, 2100, 1001),
+            (1, 1280, 1000),
+        ] {
             assert!(
                 super::worth_splitting(m, m * k * n),
                 "the case must take the threaded path"
@@ -176,5 +262,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every row in exactly one part, in order, one part per thread; cuts on
+    /// whole tiles, shared fairly, the rest of the rows in the last part;
+    /// an even split when there are fewer whole tiles than threads.
+    #[test]
+    fn row_parts_cut_on_tiles() {
+        for threads in [2, 3, 4, 5, 16] {
+            for tile in [1, 4, 8, 12, 16] {
+                for m in threads * 8..400 {
+                    let parts = RowParts::new(threads, m, super::MIN_PARALLEL_MACS, tile).expect("splits");
+                    assert_eq!(parts.parts(), threads);
+                    let rows: Vec<_> = (0..threads).map(|i| parts.rows(i)).collect();
+                    assert_eq!(rows[0].start, 0);
+                    assert_eq!(rows[threads - 1].end, m);
+                    assert!(rows.windows(2).all(|r| r[0].end == r[1].start), "{rows:?}");
+                    let whole = m / tile;
+                    if whole >= threads {
+                        let tiles: Vec<usize> = rows.iter().map(|r| r.len() / tile).collect();
+                        assert!(rows.iter().all(|r| r.start % tile == 0), "{m} {tile} {rows:?}");
+                        assert!(rows[..threads - 1].iter().all(|r| r.len() % tile == 0));
+                        assert_eq!(tiles.iter().sum::<usize>(), whole);
+                        let (min, max) = (tiles.iter().min().unwrap(), tiles.iter().max().unwrap());
+                        assert!(max - min <= 1, "{m} {tile} {rows:?}");
+                        assert_eq!(
+                            tiles[threads - 1],
+                            *min,
+                            "the rest goes to a part of the fewest tiles"
+                        );
+                    } else {
+                        assert!(
+                            rows.iter().all(|r| r.len().abs_diff(m / threads) <= 1),
+                            "{rows:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            RowParts::new(2, 16, super::MIN_PARALLEL_MACS, 16).map(|p| p.rows(0)),
+            Some(0..8)
+        );
+        assert_eq!(
+            RowParts::new(2, 49, super::MIN_PARALLEL_MACS, 16).map(|p| p.rows(1)),
+            Some(32..49)
+        );
+        assert!(RowParts::new(2, 15, super::MIN_PARALLEL_MACS, 16).is_none());
+        assert!(RowParts::new(2, 4000, super::MIN_PARALLEL_MACS - 1, 16).is_none());
+        assert!(RowParts::new(1, 4000, super::MIN_PARALLEL_MACS, 16).is_none());
     }
 }

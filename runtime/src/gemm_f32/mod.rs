@@ -100,6 +100,16 @@ impl Kernel {
         }
     }
 
+    /// Rows of this kernel's tile: where a split across threads may cut
+    /// the rows ([`crate::parallel::RowParts`]).
+    pub const fn row_tile(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::MR,
+            _ => MR,
+        }
+    }
+
     /// The fastest kernel this CPU runs (every op asks: no allocation).
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -215,7 +225,8 @@ pub fn gemm_threads(
     if let Some(b) = bias {
         assert_eq!(b.len(), n);
     }
-    crate::parallel::split_gemm(threads, m, n, NR, m * n * k, y, |rows, panels, y, ldc| {
+    let tile = kernel.row_tile();
+    crate::parallel::split_gemm(threads, m, n, NR, tile, m * n * k, y, |rows, panels, y, ldc| {
         drive(kernel, x, w, bias, act, rows, panels, y, ldc)
     });
 }

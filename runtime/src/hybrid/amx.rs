@@ -25,7 +25,7 @@ use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// Rows of an activation tile, and sum-tile rows.
-const TILE_ROWS: usize = 16;
+pub(super) const TILE_ROWS: usize = 16;
 /// Bytes of a tile row: 16 groups of 4 inputs.
 const TILE_BYTES: usize = 64;
 /// Packed groups a tile covers.

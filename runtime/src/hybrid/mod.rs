@@ -88,6 +88,18 @@ impl Kernel {
         }
     }
 
+    /// Rows of this kernel's tile at inner dimension `k`: where a split
+    /// across threads may cut the rows ([`crate::parallel::RowParts`]).
+    pub fn row_tile(self, k: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx if amx::rows_on_tiles(amx::TILE_ROWS, padded_k(k) / KG) > 0 => amx::TILE_ROWS,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni | Kernel::Amx => avx512::MR,
+            _ => MR,
+        }
+    }
+
     /// The fastest kernel this CPU runs (every op asks: no allocation).
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -394,7 +406,8 @@ pub fn gemm_threads(
     if let Some(b) = bias {
         assert_eq!(b.len(), n);
     }
-    crate::parallel::split_gemm(threads, m, n, NR, m * n * k, y, |rows, panels, y, ldc| {
+    let tile = kernel.row_tile(k);
+    crate::parallel::split_gemm(threads, m, n, NR, tile, m * n * k, y, |rows, panels, y, ldc| {
         drive(kernel, x, w, bias, act, rows, panels, y, ldc)
     });
 }
@@ -416,21 +429,17 @@ pub fn quantize_gemm_threads(
     act: Activation,
     y: &mut [f32],
 ) {
-    use rayon::prelude::*;
     let (n, k) = (w.rows, w.cols);
     assert!(k > 0 && x.len().is_multiple_of(k), "x is not whole rows of K");
     let m = x.len() / k;
     assert_eq!(y.len(), m * n, "y has the wrong size");
-    match crate::parallel::rows_per_part(threads, m, m * n * k) {
-        Some(per) => y
-            .par_chunks_mut(per * n)
-            .zip(x.par_chunks(per * k))
-            .for_each(|(y, x)| {
-                crate::scratch::with_rows(|qx| {
-                    qx.quantize_into(kernel, x, k);
-                    gemm_threads(kernel, 1, qx, w, bias, act, y);
-                })
-            }),
+    match crate::parallel::RowParts::new(threads, m, m * n * k, kernel.row_tile(k)) {
+        Some(parts) => parts.run(y, n, &|rows, y| {
+            crate::scratch::with_rows(|qx| {
+                qx.quantize_into(kernel, &x[rows.start * k..rows.end * k], k);
+                gemm_threads(kernel, 1, qx, w, bias, act, y);
+            })
+        }),
         None => crate::scratch::with_rows(|qx| {
             qx.quantize_into(kernel, x, k);
             gemm_threads(kernel, threads, qx, w, bias, act, y);
