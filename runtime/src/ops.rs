@@ -271,6 +271,21 @@ const BAND_BYTES: usize = 384 * 1024;
 /// (0.8-0.96x at 14x14 to 40x40 in the prototype).
 const WHOLE_IMAGE_BYTES: usize = 1 << 20;
 
+/// Pointwise multiply-adds (f32) that the parts of a small image's
+/// [`pointwise_depthwise`] may each compute, for the input rows both read,
+/// rather than run the two ops one after the other, each split across the
+/// threads: up to this, the rows computed twice cost less than what the
+/// second hand-off and the rows written by one core and read by the other
+/// do. Measured at 2 threads against the two split ops: 1.0-1.2x faster at
+/// 0.25-1.5 M multiply-adds shared (28x28 to 5x5), 0.8-0.95x slower at
+/// 3-6 M (14x14 and 7x7 with 5x5 kernels).
+const MAX_SHARED_MACS_F32: usize = 2 << 20;
+
+/// [`MAX_SHARED_MACS_F32`] for the hybrid family, whose products are 3-4x
+/// faster: 1.1-1.45x faster up to 4.2 M multiply-adds shared, even at 6.2 M
+/// (7x7 with a 5x5 kernel, 57% of its pointwise rows twice).
+const MAX_SHARED_MACS_INT8: usize = 6 << 20;
+
 /// A 1x1 convolution (`pointwise`, stride 1, no padding) whose output only
 /// the depthwise convolution `g` reads, run as one op: band by band of
 /// output rows, the pointwise rows each band reads go into a per-thread
@@ -299,7 +314,8 @@ pub fn pointwise_depthwise(
 ) {
     g.check().expect("a valid geometry");
     let layer = (pointwise, pointwise_bias, pointwise_act);
-    pointwise_depthwise_in_bands(exec, x, layer, g, depthwise, bias, act, band_rows(g), y);
+    let band = band_rows(exec, pointwise, g);
+    pointwise_depthwise_in_bands(exec, x, layer, g, depthwise, bias, act, band, y);
 }
 
 /// [`pointwise_depthwise`] with `band` output rows per band (the two ops
@@ -421,17 +437,40 @@ pub fn pointwise_depthwise_in_bands(
 
 /// Output rows per band of [`pointwise_depthwise`]: as many as keep the
 /// pointwise rows they read within [`BAND_BYTES`] (at least one), or the
-/// whole image when it is small.
-fn band_rows(g: &Conv2d) -> usize {
+/// whole image when it is small; with threads, a small image is one band
+/// per part when the pointwise rows the parts would both compute are cheap
+/// ([`MAX_SHARED_MACS_F32`], [`MAX_SHARED_MACS_INT8`]).
+fn band_rows(exec: &Exec, pointwise: &Weight, g: &Conv2d) -> usize {
     let row_bytes = g.in_w * g.in_c * std::mem::size_of::<f32>();
     let span = g.dilation[0] * (g.kh - 1) + 1;
     let fit = BAND_BYTES / row_bytes.max(1);
+    let oh = g.out_h();
     if g.in_h.saturating_mul(row_bytes) <= WHOLE_IMAGE_BYTES {
-        g.out_h()
+        let macs =
+            g.batch * g.in_h * g.in_w * pointwise.cols() * g.in_c + g.out_pixels() * g.in_c * g.kh * g.kw;
+        if exec.threads > 1 && macs >= crate::parallel::MIN_PARALLEL_DEPTHWISE_MACS {
+            // `split_rows`'s parts of one image.
+            let per = oh.div_ceil(exec.threads.min(oh));
+            let rows_read = |band: std::ops::Range<usize>| g.band(band).map_or(0, |(_, rows)| rows.len());
+            let twice = (0..oh)
+                .step_by(per)
+                .map(|r| rows_read(r..(r + per).min(oh)))
+                .sum::<usize>()
+                - rows_read(0..oh);
+            let shared_macs = g.batch * twice * g.in_w * pointwise.cols() * g.in_c;
+            let max = match int8_weight(exec, pointwise) {
+                Some(_) => MAX_SHARED_MACS_INT8,
+                None => MAX_SHARED_MACS_F32,
+            };
+            if shared_macs <= max {
+                return per;
+            }
+        }
+        oh
     } else if fit < span {
         1
     } else {
-        ((fit - span) / g.stride[0] + 1).min(g.out_h())
+        ((fit - span) / g.stride[0] + 1).min(oh)
     }
 }
 
@@ -987,6 +1026,57 @@ mod tests {
             let differs = y.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
             proptest::prop_assert!(differs.is_none(), "[{:?}] of {:?}, band {}", differs, g, band);
         }
+    }
+
+    /// A small image's pair, with threads: one band per part where the
+    /// pointwise rows the parts share are cheap for the family, the two ops
+    /// whole where not; one thread always whole; a large image in bands
+    /// that fit BAND_BYTES, whatever the threads.
+    #[test]
+    fn band_rows_per_part_when_shared_rows_are_cheap() {
+        let pair = |hw: usize, cin: usize, c: usize, k: usize, stride: usize| {
+            let g = Conv2d {
+                batch: 1,
+                in_h: hw,
+                in_w: hw,
+                in_c: c,
+                out_c: c,
+                kh: k,
+                kw: k,
+                stride: [stride; 2],
+                dilation: [1, 1],
+                pads: [k / 2; 4],
+                groups: c,
+            };
+            let q = vec![7u8; c * cin];
+            let int8 = Weight::U8(quant_weight(&q, c, cin, 1));
+            let f32 = Weight::F32(float_weight(&values(1, c * cin), c, cin));
+            (g, int8, f32)
+        };
+        let (hybrid, dequant) = (Exec::new(Kernels::Hybrid), Exec::new(Kernels::Dequant));
+        let two = |e: Exec| Exec { threads: 2, ..e };
+        // EfficientNet-Lite0's 28x28 5x5 pair: rows 12..16 of 28 twice,
+        // 1.1 M multiply-adds: bands of 14 in both families.
+        let (g, int8, f32) = pair(28, 40, 240, 5, 1);
+        assert_eq!(band_rows(&two(hybrid), &int8, &g), 14);
+        assert_eq!(band_rows(&two(dequant), &f32, &g), 14);
+        assert_eq!(band_rows(&two(dequant), &int8, &g), 14);
+        assert_eq!(band_rows(&hybrid, &int8, &g), 28);
+        // Its 14x14 5x5 pairs: 4 of 14 rows twice, 4.2 M: bands only for
+        // the hybrid family (Dequant multiplies the 8-bit weight in f32).
+        let (g, int8, f32) = pair(14, 112, 672, 5, 1);
+        assert_eq!(band_rows(&two(hybrid), &int8, &g), 7);
+        assert_eq!(band_rows(&two(dequant), &f32, &g), 14);
+        assert_eq!(band_rows(&two(dequant), &int8, &g), 14);
+        assert_eq!(band_rows(&two(hybrid), &f32, &g), 14, "an f32 weight runs in f32");
+        // 7x7 5x5 at 3 threads: bands of 3, 3 and 1 rows read 5, 6 and 3
+        // rows, 7 twice: 10.8 M, past both bounds.
+        let (g, int8, _) = pair(7, 192, 1152, 5, 1);
+        assert_eq!(band_rows(&Exec { threads: 3, ..hybrid }, &int8, &g), 7);
+        // 112x112x96 (4.8 MB): bands of 384 KB at any thread count.
+        let (g, int8, _) = pair(112, 16, 96, 3, 2);
+        assert_eq!(band_rows(&two(hybrid), &int8, &g), band_rows(&hybrid, &int8, &g));
+        assert!(band_rows(&hybrid, &int8, &g) < g.out_h());
     }
 
     /// A k x k convolution large enough to split by output pixels (each
