@@ -275,6 +275,7 @@ fn run(root: &Path, args: &Args) -> Result<()> {
         threads.push(cores);
     }
     let load_before = load_average();
+    let ticks_before = cpu_ticks();
     // The 1-thread runs, ours and the peer's, all on one core: on a shared
     // machine the other processes are not spread evenly over the cores, and
     // two processes left free would each meet different ones.
@@ -412,6 +413,7 @@ fn run(root: &Path, args: &Args) -> Result<()> {
             "int8_kernel": format!("{:?}", qbake::hybrid::Kernel::detect()),
             "load_average_before": load_before,
             "load_average_after": load_average(),
+            "steal_percent_during_run": ticks_before.zip(cpu_ticks()).and_then(|(a, b)| steal_percent(a, b)),
         },
         "rounds": { "warmup": args.warmup, "measured": args.runs, "order": "every configuration once per round, in a new random order each round (fixed seed)" },
         "one_thread_runs_pinned_to_core": pin_core,
@@ -797,10 +799,14 @@ fn print_report(r: &Value) {
     println!(
         "\nx ORT f32 median: the configuration's median over ONNX Runtime float32's at the same \
          threads (below 1 is faster).\nper round: the median over rounds of the two runs' ratio in \
-         the same round.\nload average before {}, after {} (the figures to trust are \
-         the ratios).\nnote: {}",
+         the same round.\nload average before {}, after {}; the hypervisor ran other machines \
+         for {} of this one's CPU time (steal) during the run (the figures to trust are the \
+         ratios).\nnote: {}",
         r["machine"]["load_average_before"].as_str().unwrap_or(""),
         r["machine"]["load_average_after"].as_str().unwrap_or(""),
+        r["machine"]["steal_percent_during_run"]
+            .as_f64()
+            .map_or("an unknown share".into(), |p| format!("{p:.1}%")),
         r["note"].as_str().unwrap_or("")
     );
 }
@@ -957,6 +963,33 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// This machine's CPU time so far, in clock ticks, from `/proc/stat`.
+fn cpu_ticks() -> Option<CpuTicks> {
+    parse_cpu_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// `(all, stolen)`: the time of every state, and the time the hypervisor
+/// ran other machines while this one's CPUs were ready (`steal`).
+type CpuTicks = (u64, u64);
+
+/// The first line of `/proc/stat`: `cpu user nice system idle iowait irq
+/// softirq steal [guest guest_nice]` (guest time is already in user).
+fn parse_cpu_ticks(stat: &str) -> Option<CpuTicks> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    (fields.len() == 8).then(|| (fields.iter().sum(), fields[7]))
+}
+
+/// The percent of the CPU time between two readings that was stolen.
+fn steal_percent(before: CpuTicks, after: CpuTicks) -> Option<f64> {
+    let all = after.0.checked_sub(before.0).filter(|&t| t > 0)?;
+    Some(100.0 * after.1.checked_sub(before.1)? as f64 / all as f64)
 }
 
 /// ONNX Runtime in a Python child process (`ort_peer.py`).
@@ -1243,6 +1276,20 @@ mod tests {
         let s = stats(&v);
         assert_eq!((s.median, s.p90), (5.5, 9.0));
         assert_eq!(paired_ratio(&[2.0, 9.0, 4.0], &[1.0, 3.0, 1.0]), 3.0);
+    }
+
+    #[test]
+    fn steal_is_its_share_of_all_cpu_time() {
+        let before = "cpu  100 5 50 800 10 0 5 30 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        let after = "cpu  160 5 70 900 10 0 5 60 9 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        let (a, b) = (parse_cpu_ticks(before).unwrap(), parse_cpu_ticks(after).unwrap());
+        assert_eq!(a, (1000, 30));
+        assert_eq!(b, (1210, 60));
+        assert_eq!(steal_percent(a, b), Some(100.0 * 30.0 / 210.0));
+        assert_eq!(steal_percent(a, a), None, "no time passed");
+        // Kernels before 2.6.11 have no steal field.
+        assert_eq!(parse_cpu_ticks("cpu  1 2 3 4 5 6 7\n"), None);
+        assert_eq!(parse_cpu_ticks("intr 5\n"), None);
     }
 
     #[test]
