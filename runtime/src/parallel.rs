@@ -4,7 +4,8 @@
 //! A GEMM is split into disjoint parts, each run on rayon's pool by the
 //! same single-threaded driver:
 //! - by rows, when there are many (convolutions, batches): each thread owns
-//!   a contiguous block of output rows, a plain `chunks_mut` of `y`;
+//!   a contiguous block of output rows, cut between the kernel's row tiles
+//!   ([`RowParts`]);
 //! - by panels of output channels, when rows are few (a fully connected
 //!   layer on one input): each thread writes its columns into its own part
 //!   of a per-thread buffer, copied into `y` after the join.
