@@ -431,8 +431,13 @@ pub fn pointwise_depthwise_in_bands(
             }
         })
     };
-    let macs = g.batch * g.in_h * g.in_w * cin * c + g.out_pixels() * c * g.kh * g.kw;
-    crate::parallel::split_rows(exec.threads, g.batch * oh_n, ow_n * c, macs, y, run);
+    crate::parallel::split_rows(exec.threads, g.batch * oh_n, ow_n * c, pair_macs(g, cin), y, run);
+}
+
+/// Multiply-adds of a 1x1 convolution from `cin` channels and the
+/// depthwise convolution `g` after it.
+fn pair_macs(g: &Conv2d, cin: usize) -> usize {
+    g.batch * g.in_h * g.in_w * cin * g.in_c + g.out_pixels() * g.in_c * g.kh * g.kw
 }
 
 /// Output rows per band of [`pointwise_depthwise`]: as many as keep the
@@ -446,8 +451,7 @@ fn band_rows(exec: &Exec, pointwise: &Weight, g: &Conv2d) -> usize {
     let fit = BAND_BYTES / row_bytes.max(1);
     let oh = g.out_h();
     if g.in_h.saturating_mul(row_bytes) <= WHOLE_IMAGE_BYTES {
-        let macs =
-            g.batch * g.in_h * g.in_w * pointwise.cols() * g.in_c + g.out_pixels() * g.in_c * g.kh * g.kw;
+        let macs = pair_macs(g, pointwise.cols());
         if exec.threads > 1 && macs >= crate::parallel::MIN_PARALLEL_DEPTHWISE_MACS {
             // `split_rows`'s parts of one image.
             let per = oh.div_ceil(exec.threads.min(oh));
