@@ -54,6 +54,56 @@ fn kind_and_macs(baked: &Baked, op: &Op, output_len: usize) -> (String, usize) {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// With `--threads N`: each engine's sum of steps at 1 thread, timed in the
+/// same rounds, and the steps whose parts lose the most time to the split
+/// in the hybrid family (`N`-thread time past a perfect `1/N` of the
+/// 1-thread one), where threads gain least.
+fn scaling(
+    plan: &qbake_codegen::graph::Plan,
+    steps: &[(String, usize)],
+    counted: &[bool],
+    times: &[Vec<f64>],
+    one_thread: &[Vec<f64>],
+    threads: usize,
+) {
+    let sum = |t: &[f64]| t.iter().sum::<f64>();
+    let gain = |e: usize| sum(&one_thread[e]) / sum(&times[e]);
+    println!(
+        "  at 1 thread, same rounds: f32 reference {:.2} ms, Dequant {:.2} ms, Hybrid {:.2} ms; {threads} threads are {:.2}x, {:.2}x, {:.2}x faster",
+        sum(&one_thread[0]) * 1e3,
+        sum(&one_thread[1]) * 1e3,
+        sum(&one_thread[2]) * 1e3,
+        gain(0),
+        gain(1),
+        gain(2),
+    );
+    let (one, many) = (&one_thread[2], &times[2]);
+    let lost = |i: usize| many[i] - one[i] / threads as f64;
+    let mut order: Vec<usize> = (0..steps.len()).filter(|&i| counted[i]).collect();
+    order.sort_by(|&a, &b| lost(b).total_cmp(&lost(a)));
+    println!("  Hybrid steps that gain least, by time past 1/{threads} of their 1-thread time:");
+    println!(
+        "  {:<36} {:>16} | {:>9} {:>9} {:>7} {:>9}",
+        "step",
+        "output",
+        "1 thread",
+        format!("{threads} threads"),
+        "gain",
+        "lost"
+    );
+    for &i in order.iter().take(10) {
+        println!(
+            "  {:<36} {:>16} | {:>6.1} us {:>6.1} us {:>6.2}x {:>6.1} us",
+            steps[i].0,
+            format!("{:?}", plan.values[plan.steps[i].output].shape),
+            one[i] * 1e6,
+            many[i] * 1e6,
+            one[i] / many[i],
+            lost(i) * 1e6,
+        );
+    }
+}
+
 /// `cargo xtask bench --layers [--runs N] [--threads N] [--unfused]` (`args` after `bench`).
 pub fn main(root: &Path, args: &[String]) -> Result<()> {
     if cfg!(debug_assertions) {
@@ -106,13 +156,25 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -
     let into_next = plan.fused_into_next();
     let mut times = vec![vec![f64::INFINITY; plan.steps.len()]; engines.len()];
     let mut unfused = times.clone();
+    // With threads, each engine also at 1 thread in the same rounds.
+    let mut one_thread = times.clone();
     for _ in 0..rounds {
-        for ((_, exec, kernels), (best, alone)) in engines.iter().zip(times.iter_mut().zip(&mut unfused)) {
+        for (e, ((_, exec, kernels), (best, alone))) in
+            engines.iter().zip(times.iter_mut().zip(&mut unfused)).enumerate()
+        {
             for (best, t) in best
                 .iter_mut()
                 .zip(exec.time_steps(*kernels, threads, &input, 1, fused))
             {
                 *best = best.min(t);
+            }
+            if threads > 1 {
+                for (best, t) in one_thread[e]
+                    .iter_mut()
+                    .zip(exec.time_steps(*kernels, 1, &input, 1, fused))
+                {
+                    *best = best.min(t);
+                }
             }
             if fused {
                 // A pair's two steps summed in each round, as the fused
@@ -172,6 +234,9 @@ fn model(root: &Path, spec: &Spec, rounds: usize, threads: usize, fused: bool) -
             alone[1] / totals[1],
             alone[2] / totals[2],
         );
+    }
+    if threads > 1 {
+        scaling(&plan, &steps, &counted, &times, &one_thread, threads);
     }
     // By kind.
     let mut kinds: Vec<(String, usize, usize, [f64; 3])> = Vec::new();
