@@ -21,8 +21,9 @@ tasks:
              target/qbake-bench/latency.json and latency.svg)
   bench --layers [--runs N] [--threads N] [--unfused]
              each step of the real models timed in place, in the float model
-             and both kernel families, at 1 thread or N; a fused 1x1 and
-             depthwise pair as one step, unless --unfused (docs/bench.md)
+             and both kernel families, at 1 thread or N (then also at 1 in
+             the same rounds, with the steps that gain least); a fused 1x1
+             and depthwise pair as one step, unless --unfused (docs/bench.md)
   bench --compile [--runs N]
              compile time and rustc memory of baking an 18 MB model, by the
              macro and by a build script (target/qbake-bench/compile.json)
