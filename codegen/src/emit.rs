@@ -838,7 +838,7 @@ fn forward_body(plan: &Plan, names: &StaticNames, scratch: &Scratch) -> TokenStr
             }
             Op::Add { act } => {
                 let (b, act) = (&ins[1], act_tokens(act, names));
-                quote!(::qbake::ops::add(&#x, &#b, #act, #dst);)
+                quote!(::qbake::ops::add(&self.exec, &#x, &#b, #act, #dst);)
             }
             Op::AddConstant { constant, act } => {
                 let (c, act) = (names.get(constant), act_tokens(act, names));

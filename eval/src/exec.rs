@@ -258,7 +258,7 @@ impl Executor {
                 pads,
                 value,
             } => ops::pad_nhwc(x, *batch, *h, *w, *c, *pads, *value, y),
-            Op::Add { act: a } => ops::add(x, &values[step.inputs[1]], self.act(a), y),
+            Op::Add { act: a } => ops::add(exec, x, &values[step.inputs[1]], self.act(a), y),
             Op::AddConstant { constant, act: a } => {
                 ops::add_constant(x, self.floats[constant], self.act(a), y)
             }
