@@ -282,7 +282,7 @@ const WHOLE_IMAGE_BYTES: usize = 1 << 20;
 const MAX_SHARED_MACS_F32: usize = 2 << 20;
 
 /// [`MAX_SHARED_MACS_F32`] for the hybrid family, whose products are 3-4x
-/// faster: 1.1-1.45x faster up to 4.2 M multiply-adds shared, even at 6.2 M
+/// faster: 1.1-1.45x faster up to 4.2 M multiply-adds shared, as fast at 6.2 M
 /// (7x7 with a 5x5 kernel, 57% of its pointwise rows twice).
 const MAX_SHARED_MACS_INT8: usize = 6 << 20;
 
@@ -293,7 +293,9 @@ const MAX_SHARED_MACS_INT8: usize = 6 << 20;
 /// still in cache, and rows shared with the next band are kept, not
 /// recomputed. The pointwise output never exists whole: an expansion's
 /// (EfficientNet-Lite0's 112 x 112 x 96, 4.8 MB) no longer goes out to
-/// memory and back.
+/// memory and back. A small image (1x1 output up to 1 MB) runs as the two
+/// ops, each split across the threads; or, with threads, as one band per
+/// thread when the 1x1 rows two bands share are cheap ([`band_rows`]).
 ///
 /// The outputs are those of [`conv2d`] then [`depthwise_conv2d`], bit for
 /// bit, in both kernel families and at any thread count: each pointwise

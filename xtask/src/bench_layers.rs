@@ -7,9 +7,10 @@
 //! fastest of the rounds, which take the three engines in turn: the float
 //! model (`reference = true`'s weights) and the 8-bit one in both kernel
 //! families, at 1 thread (or `--threads N`, and 1 in the same rounds:
-//! which steps gain from more cores, and which do not). A 1x1 convolution that the generated `forward`
-//! runs inside the depthwise one after it is timed with it, as one step
-//! (`--unfused` times each step on its own, as `forward` ran them before).
+//! which steps gain from more cores, and which do not). A 1x1 convolution
+//! that the generated `forward` runs inside the depthwise one after it is
+//! timed with it, as one step (`--unfused` times each step on its own, as
+//! `forward` ran them before).
 
 use crate::bench_latency::{MODELS, Spec, photo_input};
 use qbake::Kernels;
