@@ -295,7 +295,7 @@ const MAX_SHARED_MACS_INT8: usize = 6 << 20;
 /// (EfficientNet-Lite0's 112 x 112 x 96, 4.8 MB) no longer goes out to
 /// memory and back. A small image (1x1 output up to 1 MB) runs as the two
 /// ops, each split across the threads; or, with threads, as one band per
-/// thread when the 1x1 rows two bands share are cheap ([`band_rows`]).
+/// thread when the 1x1 rows two bands share are cheap.
 ///
 /// The outputs are those of [`conv2d`] then [`depthwise_conv2d`], bit for
 /// bit, in both kernel families and at any thread count: each pointwise
