@@ -359,9 +359,9 @@ pub fn pointwise_depthwise_in_bands(
     if band >= oh_n {
         // One band (an image small enough to stay in cache whole): the
         // two ops one after the other, each split across the threads on
-        // its own. (Split by output rows, the parts would each compute the
-        // 1x1 rows they share: at 7x7 with a 5x5 kernel, 11 rows for 7 at
-        // 2 threads.)
+        // its own. (`band_rows` gives one band per thread instead where
+        // the 1x1 rows the parts would both compute are cheap: at 7x7 with
+        // a 5x5 kernel they are 11 rows for 7 at 2 threads.)
         return scratch::with_f32(&scratch::BAND, g.batch * g.in_h * row, |mid| {
             dense(exec, x, pointwise, pointwise_bias, pointwise_act, mid);
             depthwise_conv2d(exec, mid, g, depthwise, bias, act, y);
@@ -456,7 +456,7 @@ fn band_rows(exec: &Exec, pointwise: &Weight, g: &Conv2d) -> usize {
         let macs = pair_macs(g, pointwise.cols());
         if exec.threads > 1 && macs >= crate::parallel::MIN_PARALLEL_DEPTHWISE_MACS {
             // `split_rows`'s parts of one image.
-            let per = oh.div_ceil(exec.threads.min(oh));
+            let per = crate::parallel::split_rows_per_part(exec.threads, oh);
             let rows_read = |band: std::ops::Range<usize>| g.band(band).map_or(0, |(_, rows)| rows.len());
             let twice = (0..oh)
                 .step_by(per)

@@ -170,6 +170,12 @@ impl RowParts {
     }
 }
 
+/// The rows of each part (the last may have fewer) when [`split_rows`]
+/// splits `rows` rows across `threads`.
+pub(crate) fn split_rows_per_part(threads: usize, rows: usize) -> usize {
+    rows.div_ceil(threads.max(1).min(rows.max(1)))
+}
+
 /// Runs `run(rows, y_part)` over `rows` rows of `row_len` outputs each,
 /// split by rows across up to `threads` threads (the caller's among them)
 /// when `macs` is large enough: for ops other than GEMMs (depthwise and
@@ -179,11 +185,10 @@ where
     F: Fn(Range<usize>, &mut [f32]) + Sync,
 {
     assert_eq!(y.len(), rows * row_len);
-    let threads = threads.max(1).min(rows.max(1));
-    if threads == 1 || macs < MIN_PARALLEL_DEPTHWISE_MACS {
+    if threads.max(1).min(rows.max(1)) == 1 || macs < MIN_PARALLEL_DEPTHWISE_MACS {
         return run(0..rows, y);
     }
-    let per = rows.div_ceil(threads);
+    let per = split_rows_per_part(threads, rows);
     y.par_chunks_mut(per * row_len).enumerate().for_each(|(i, part)| {
         run(i * per..(i * per + per).min(rows), part);
     });
