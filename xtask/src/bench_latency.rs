@@ -3,9 +3,12 @@
 //! at all cores, and with `--peers` beside ONNX Runtime on the same ONNX
 //! files (docs/bench.md).
 //!
-//! Every configuration (model x engine x threads) runs once per round, in a
-//! new random order each round, so that noise from other processes on the
-//! machine falls on all of them alike; the warm-up rounds are not recorded.
+//! Every configuration (model x engine x threads) takes one turn per round,
+//! in a new random order each round, so that noise from other processes on
+//! the machine falls on all of them alike; the warm-up rounds are not
+//! recorded. A turn is two runs in a row, each timed: one after a pause, as
+//! an application that runs a model now and then meets it, and one back to
+//! back, as a loop of inferences does.
 //! The 1-thread runs, ours and ONNX Runtime's, are pinned to one shared core.
 //! The figures to read are the ratios, all measured in the same run.
 //!
@@ -54,7 +57,8 @@ const PEER_SCRIPT: &str = include_str!("ort_peer.py");
 
 const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--peers] [--json]
 
-  --runs N   measured rounds (default 30); each round runs every configuration once
+  --runs N   measured rounds (default 30); in each, every configuration runs twice in a row
+             (timed after a pause, then back to back)
   --quick    5 rounds after 1 warm-up round
   --peers    also ONNX Runtime, float32 and quantize_dynamic, in the same rounds
   --json     print only the JSON report on stdout (no table, no progress)
@@ -243,9 +247,16 @@ struct Config {
     engine: &'static str,
     threads: usize,
     runner: Runner,
-    /// Seconds, one per measured round.
-    samples: Vec<f64>,
+    /// Seconds, one per measured round: the first run of the round, after
+    /// the pause that followed the previous configuration.
+    after_pause: Vec<f64>,
+    /// Seconds, one per measured round: the run right after that one.
+    back_to_back: Vec<f64>,
 }
+
+/// How many times each configuration runs in a row, per round: once after
+/// the pause, then once back to back.
+const RUNS_PER_TURN: usize = 2;
 
 /// The pause after each measured run: long enough for a thread pool's
 /// spinning workers to go to sleep, so that they do not take a core from
@@ -304,7 +315,8 @@ fn run(root: &Path, args: &Args) -> Result<()> {
                     engine,
                     threads: t,
                     runner: Runner::Ours(forward(m, engine, t, input)),
-                    samples: Vec::new(),
+                    after_pause: Vec::new(),
+                    back_to_back: Vec::new(),
                 });
             }
         }
@@ -348,7 +360,7 @@ fn run(root: &Path, args: &Args) -> Result<()> {
         }
     }
 
-    // Rounds: warm-up, then measured; every configuration once per round.
+    // Rounds: warm-up, then measured; every configuration one turn per round.
     let total = args.warmup + args.runs;
     let progress = !args.json;
     let tty = std::io::stderr().is_terminal();
@@ -361,12 +373,13 @@ fn run(root: &Path, args: &Args) -> Result<()> {
         for &i in &order {
             let c = &mut configs[i];
             let core = pin_core.filter(|_| c.threads == 1);
-            let t = once(c, core, peer.as_mut(), &mut scratch)?;
+            let [after_pause, back_to_back] = turn(c, core, peer.as_mut(), &mut scratch)?;
             // Let the engine just measured go idle (ONNX Runtime's workers
             // spin-wait after a run) before the next one takes the cores.
             std::thread::sleep(SETTLE);
             if round >= args.warmup {
-                c.samples.push(t);
+                c.after_pause.push(after_pause);
+                c.back_to_back.push(back_to_back);
             }
         }
         if progress && (tty || (round + 1) % 10 == 0 || round + 1 == total) {
@@ -415,7 +428,7 @@ fn run(root: &Path, args: &Args) -> Result<()> {
             "load_average_after": load_average(),
             "steal_percent_during_run": ticks_before.zip(cpu_ticks()).and_then(|(a, b)| steal_percent(a, b)),
         },
-        "rounds": { "warmup": args.warmup, "measured": args.runs, "order": "every configuration once per round, in a new random order each round (fixed seed)" },
+        "rounds": { "warmup": args.warmup, "measured": args.runs, "order": "every configuration once per round, in a new random order each round (fixed seed)", "runs_per_turn": RUNS_PER_TURN, "pause_ms": SETTLE.as_millis() as u64 },
         "one_thread_runs_pinned_to_core": pin_core,
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "note": "qbake f32 reference is the float model baked by reference = true (f32 weights, BatchNormalization folded, not quantized) run by the f32 kernels; Dequant runs the same kernels on the 8-bit weights dequantized once",
@@ -447,23 +460,42 @@ fn shuffle(order: &mut [usize], state: &mut u64) {
     }
 }
 
-/// One timed run, on `core` alone when given (else on every core this
-/// process may use).
-fn once(c: &mut Config, core: Option<usize>, peer: Option<&mut Peer>, out: &mut Vec<f32>) -> Result<f64> {
+/// A configuration's turn in a round: [`RUNS_PER_TURN`] timed runs in a
+/// row, on `core` alone when given (else on every core this process may
+/// use). The first starts after the pause, on caches and a core that
+/// whatever ran meanwhile left behind (on a VM, possibly another machine);
+/// the second starts where the first left off, as in a loop of inferences.
+fn turn(
+    c: &mut Config,
+    core: Option<usize>,
+    peer: Option<&mut Peer>,
+    out: &mut Vec<f32>,
+) -> Result<[f64; RUNS_PER_TURN]> {
     match &mut c.runner {
         Runner::Ours(f) => {
             affinity::pin(core);
-            let t = f(out);
+            let times = std::array::from_fn(|_| f(out));
             affinity::pin(None);
-            Ok(t)
+            Ok(times)
         }
         Runner::Ort(name) => {
             let peer = peer.ok_or("an ONNX Runtime configuration without the peer")?;
             let core = core.map_or("-".to_string(), |c| c.to_string());
-            let reply = peer.request(&format!("run\t{name}\t1\t{core}"))?;
-            Ok(reply.trim().parse()?)
+            let reply = peer.request(&format!("run\t{name}\t{RUNS_PER_TURN}\t{core}"))?;
+            parse_times(&reply)
         }
     }
+}
+
+/// The peer's answer to `run NAME N CORE`: N times in seconds.
+fn parse_times<const N: usize>(reply: &str) -> Result<[f64; N]> {
+    let times: Vec<f64> = reply
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()?;
+    times
+        .try_into()
+        .map_err(|t: Vec<f64>| format!("the peer sent {} times, not {N}: `{reply}`", t.len()).into())
 }
 
 /// The output of one configuration on the model's input.
@@ -635,17 +667,23 @@ fn model_report(m: usize, spec: &Spec, configs: &[Config], sizes: &Value, thread
     for engine in [REFERENCE, DEQUANT, HYBRID, ORT_F32, ORT_INT8] {
         for &t in threads {
             let Some(c) = find(engine, t) else { continue };
-            let s = stats(&c.samples);
-            let vs_ort = find(ORT_F32, t).map(|o| s.median / stats(&o.samples).median);
+            let ort = find(ORT_F32, t);
+            let timing = |samples: &[f64], of_ort: Option<&[f64]>| {
+                let s = stats(samples);
+                json!({
+                    "median_ms": ms(s.median),
+                    "p90_ms": ms(s.p90),
+                    "min_ms": ms(s.min),
+                    "mean_ms": ms(s.mean),
+                    "vs_ort_f32": of_ort.map(|o| s.median / stats(o).median),
+                    "samples_ms": samples.iter().map(|&x| ms(x)).collect::<Vec<_>>(),
+                })
+            };
             rows.push(json!({
                 "engine": engine,
                 "threads": t,
-                "median_ms": ms(s.median),
-                "p90_ms": ms(s.p90),
-                "min_ms": ms(s.min),
-                "mean_ms": ms(s.mean),
-                "vs_ort_f32": vs_ort,
-                "samples_ms": c.samples.iter().map(|&x| ms(x)).collect::<Vec<_>>(),
+                "back_to_back": timing(&c.back_to_back, ort.map(|o| &o.back_to_back[..])),
+                "after_pause": timing(&c.after_pause, ort.map(|o| &o.after_pause[..])),
             }));
         }
     }
@@ -653,11 +691,13 @@ fn model_report(m: usize, spec: &Spec, configs: &[Config], sizes: &Value, thread
     let mut speedups = Vec::new();
     let mut speedup = |what: String, fast: Option<&Config>, slow: Option<&Config>| {
         if let (Some(f), Some(s)) = (fast, slow) {
+            let (sb, fb) = (&s.back_to_back, &f.back_to_back);
             speedups.push(json!({
                 "what": what,
-                "of_medians": stats(&s.samples).median / stats(&f.samples).median,
-                "paired_median": paired_ratio(&s.samples, &f.samples),
-                "of_minimums": stats(&s.samples).min / stats(&f.samples).min,
+                "of_medians": stats(sb).median / stats(fb).median,
+                "paired_median": paired_ratio(sb, fb),
+                "of_minimums": stats(sb).min / stats(fb).min,
+                "paired_median_after_pause": paired_ratio(&s.after_pause, &f.after_pause),
             }));
         }
     };
@@ -768,40 +808,61 @@ fn print_report(r: &Value) {
             }
         }
         println!(
-            "\n  {:<19} {:>7} {:>10} {:>10} {:>10} {:>16}",
-            "config", "threads", "median ms", "p90 ms", "min ms", "x ORT f32 median"
+            "\n  {:<19} {:>7} | {:^46} | {:^27}",
+            "", "", "back to back", "after a pause"
         );
+        println!(
+            "  {:<19} {:>7} | {:>9} {:>9} {:>9} {:>16} | {:>9} {:>17}",
+            "config",
+            "threads",
+            "median ms",
+            "p90 ms",
+            "min ms",
+            "x ORT f32 median",
+            "median ms",
+            "x ORT f32 median"
+        );
+        let ratio = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
         for c in model["configs"].as_array().into_iter().flatten() {
+            let (b, a) = (&c["back_to_back"], &c["after_pause"]);
             println!(
-                "  {:<19} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>16}",
+                "  {:<19} {:>7} | {:>9.2} {:>9.2} {:>9.2} {:>16} | {:>9.2} {:>17}",
                 c["engine"].as_str().unwrap_or(""),
                 c["threads"].as_u64().unwrap_or(0),
-                c["median_ms"].as_f64().unwrap_or(f64::NAN),
-                c["p90_ms"].as_f64().unwrap_or(f64::NAN),
-                c["min_ms"].as_f64().unwrap_or(f64::NAN),
-                c["vs_ort_f32"].as_f64().map_or("-".into(), |x| format!("{x:.2}"))
+                b["median_ms"].as_f64().unwrap_or(f64::NAN),
+                b["p90_ms"].as_f64().unwrap_or(f64::NAN),
+                b["min_ms"].as_f64().unwrap_or(f64::NAN),
+                ratio(&b["vs_ort_f32"]),
+                a["median_ms"].as_f64().unwrap_or(f64::NAN),
+                ratio(&a["vs_ort_f32"]),
             );
         }
         println!(
-            "\n  speedups, x faster: {:<21} {:>10} {:>10} {:>10}",
-            "", "of medians", "per round", "of minima"
+            "\n  speedups, x faster: {:<21} {:>10} {:>10} {:>10} | {:>13}",
+            "", "of medians", "per round", "of minima", "after a pause"
         );
         for s in model["speedups"].as_array().into_iter().flatten() {
             println!(
-                "    {:<40} {:>9.2}x {:>9.2}x {:>9.2}x",
+                "    {:<40} {:>9.2}x {:>9.2}x {:>9.2}x | {:>12.2}x",
                 s["what"].as_str().unwrap_or(""),
                 s["of_medians"].as_f64().unwrap_or(f64::NAN),
                 s["paired_median"].as_f64().unwrap_or(f64::NAN),
-                s["of_minimums"].as_f64().unwrap_or(f64::NAN)
+                s["of_minimums"].as_f64().unwrap_or(f64::NAN),
+                s["paired_median_after_pause"].as_f64().unwrap_or(f64::NAN)
             );
         }
     }
     println!(
-        "\nx ORT f32 median: the configuration's median over ONNX Runtime float32's at the same \
-         threads (below 1 is faster).\nper round: the median over rounds of the two runs' ratio in \
-         the same round.\nload average before {}, after {}; the hypervisor ran other machines \
+        "\nback to back: each round runs every configuration twice in a row; the second run, \
+         which starts where the first left off, as in a loop of inferences.\nafter a pause: the \
+         first run, after {} ms in which the previous configuration's threads went idle and \
+         whatever else the machine runs had the cores.\nx ORT f32 median: the configuration's \
+         median over ONNX Runtime float32's at the same threads (below 1 is faster).\nper round: \
+         the median over rounds of the two configurations' ratio in the same round (back to back; \
+         the last column, after a pause).\nload average before {}, after {}; the hypervisor ran other machines \
          for {} of this one's CPU time (steal) during the run (the figures to trust are the \
          ratios).\nnote: {}",
+        SETTLE.as_millis(),
         r["machine"]["load_average_before"].as_str().unwrap_or(""),
         r["machine"]["load_average_after"].as_str().unwrap_or(""),
         r["machine"]["steal_percent_during_run"]
@@ -829,17 +890,18 @@ fn svg(r: &Value) -> String {
     let mut y = 40.0;
     for model in &models {
         let configs: Vec<&Value> = model["configs"].as_array().into_iter().flatten().collect();
-        let p90 = |c: &Value| c["p90_ms"].as_f64().unwrap_or(0.0);
+        let p90 = |c: &Value| c["back_to_back"]["p90_ms"].as_f64().unwrap_or(0.0);
+        let paused = |c: &Value| c["after_pause"]["median_ms"].as_f64().unwrap_or(0.0);
         let max = configs
             .iter()
             .filter(|c| c["engine"] != ORT_INT8)
-            .map(|c| p90(c))
+            .map(|c| p90(c).max(paused(c)))
             .fold(0.0f64, f64::max)
             .max(1e-9);
         let scale = plot / max;
         let _ = writeln!(
             body,
-            r#"<text x="10" y="{:.1}" font-weight="bold">{}: median ms per image, whisker to p90</text>"#,
+            r#"<text x="10" y="{:.1}" font-weight="bold">{}: median ms per image back to back, whisker to p90; diamond: median after a pause</text>"#,
             y + 4.0,
             xml(model["name"].as_str().unwrap_or(""))
         );
@@ -847,7 +909,7 @@ fn svg(r: &Value) -> String {
         let top = y;
         for c in &configs {
             let engine = c["engine"].as_str().unwrap_or("");
-            let median = c["median_ms"].as_f64().unwrap_or(0.0);
+            let median = c["back_to_back"]["median_ms"].as_f64().unwrap_or(0.0);
             let cut = median * scale > plot;
             let (x1, x2) = (
                 left + (median * scale).min(plot),
@@ -887,10 +949,18 @@ fn svg(r: &Value) -> String {
                     mid + 5.0
                 );
             }
+            let xp = left + paused(c) * scale;
+            if xp <= left + plot {
+                let _ = writeln!(
+                    body,
+                    r##"<path d="M{xp:.1} {:.1}l4 5l-4 5l-4 -5z" fill="#222"/>"##,
+                    mid - 5.0
+                );
+            }
             let _ = writeln!(
                 body,
                 r#"<text x="{:.1}" y="{:.1}">{median:.1}{}</text>"#,
-                x2.max(x1) + 5.0,
+                x2.max(x1).max(xp.min(left + plot)) + 5.0,
                 mid + 4.0,
                 if cut { " (cut)" } else { "" }
             );
@@ -1168,7 +1238,8 @@ impl Peer {
                     engine,
                     threads: t,
                     runner: Runner::Ort(name),
-                    samples: Vec::new(),
+                    after_pause: Vec::new(),
+                    back_to_back: Vec::new(),
                 });
             }
         }
@@ -1302,6 +1373,14 @@ mod tests {
         assert_ne!(a, b);
         b.sort_unstable();
         assert_eq!(b, (0..16).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_peer_answers_as_many_times_as_asked() {
+        assert_eq!(parse_times::<2>("0.0125 0.011").unwrap(), [0.0125, 0.011]);
+        assert!(parse_times::<2>("0.0125").is_err());
+        assert!(parse_times::<2>("0.1 0.2 0.3").is_err());
+        assert!(parse_times::<2>("0.1 fast").is_err());
     }
 
     #[test]
