@@ -21,14 +21,15 @@ impl Exec {
         Exec { kernels, threads: 1 }
     }
 
-    /// Runs one forward pass, `f`. With threads, on one of rayon's pool
-    /// threads: each op then splits from inside the pool, where a join
-    /// hands one part to another pool thread and runs the other in place,
-    /// rather than each op waking the pool from outside and sleeping until
-    /// it is done. Called from inside the pool, it runs in place.
+    /// Runs one forward pass, `f`. With threads, on one of qbake's pool
+    /// threads ([`crate::parallel::run`]): each op then splits from
+    /// inside the pool, where a join hands one part to another pool thread
+    /// and runs the other in place, rather than each op waking the pool
+    /// from outside and sleeping until it is done. Called from inside the
+    /// pool, it runs in place.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        if self.threads > 1 && rayon::current_thread_index().is_none() {
-            rayon::scope(|_| f())
+        if self.threads > 1 {
+            crate::parallel::run(f)
         } else {
             f()
         }
