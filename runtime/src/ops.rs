@@ -634,9 +634,11 @@ pub fn add(exec: &Exec, a: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
     if exec.threads > 1 && y.len() >= MIN_PARALLEL_ADD {
         use rayon::prelude::*;
         let per = y.len().div_ceil(exec.threads).next_multiple_of(16);
-        y.par_chunks_mut(per)
-            .enumerate()
-            .for_each(|(i, y)| part(i * per, y));
+        crate::parallel::install(|| {
+            y.par_chunks_mut(per)
+                .enumerate()
+                .for_each(|(i, y)| part(i * per, y))
+        });
     } else {
         part(0, y);
     }

@@ -35,6 +35,16 @@ pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Runs `f` on qbake's pool like [`run`], without a scope: the splits
+/// below go through it, so that they run on the pool whoever calls them
+/// (in place inside a forward).
+pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match pool() {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
 /// The pool: one thread per CPU this process may use
 /// (`available_parallelism`). When those are exactly the CPUs its affinity
 /// allows, each thread is pinned to one of them (Linux), unless
@@ -116,7 +126,7 @@ pub fn split_gemm<F>(
         return drive(0..m, 0..panels, y, n);
     }
     if let Some(parts) = RowParts::new(threads, m, macs, tile) {
-        parts.run(y, n, &|rows, part| drive(rows, 0..panels, part, n));
+        install(|| parts.run(y, n, &|rows, part| drive(rows, 0..panels, part, n)));
     } else if panels >= 2 {
         // Each part's columns, all rows, into its own slice of one buffer
         // (reused from call to call: no allocation once warm), copied into
@@ -125,8 +135,10 @@ pub fn split_gemm<F>(
         let per = panels.div_ceil(threads.min(panels));
         let width = per * nr;
         crate::scratch::with_f32(&crate::scratch::PANEL_PARTS, m * n, |buf| {
-            buf.par_chunks_mut(m * width).enumerate().for_each(|(i, part)| {
-                drive(0..m, i * per..(i * per + per).min(panels), part, part.len() / m);
+            install(|| {
+                buf.par_chunks_mut(m * width).enumerate().for_each(|(i, part)| {
+                    drive(0..m, i * per..(i * per + per).min(panels), part, part.len() / m);
+                })
             });
             for (i, part) in buf.chunks(m * width).enumerate() {
                 let (c0, cols) = (i * width, part.len() / m);
@@ -237,8 +249,10 @@ where
         return run(0..rows, y);
     }
     let per = split_rows_per_part(threads, rows);
-    y.par_chunks_mut(per * row_len).enumerate().for_each(|(i, part)| {
-        run(i * per..(i * per + per).min(rows), part);
+    install(|| {
+        y.par_chunks_mut(per * row_len).enumerate().for_each(|(i, part)| {
+            run(i * per..(i * per + per).min(rows), part);
+        })
     });
 }
 
