@@ -256,9 +256,11 @@ fn weight_static(w: &BakedWeight, ident: &Ident, depthwise: bool, sink: &mut Byt
             let field = |f: fn(&QParams) -> f32| params.iter().map(move |p| Literal::f32_unsuffixed(f(p)));
             let (mins, maxs, scales) = (field(|p| p.min), field(|p| p.max), field(|p| p.scale));
             let zero_points = Literal::byte_string(&params.iter().map(|p| p.zero_point).collect::<Vec<_>>());
-            let s8_sums = qbake_format::s8_row_sums(data, w.rows, w.cols)
-                .into_iter()
-                .map(Literal::i32_unsuffixed);
+            let sums = |f: fn(&[u8], usize, usize) -> Vec<i32>| {
+                f(data, w.rows, w.cols).into_iter().map(Literal::i32_unsuffixed)
+            };
+            let s8_sums = sums(qbake_format::s8_row_sums);
+            let s8_negative_sums = sums(qbake_format::s8_negative_sums);
             let weight = quote! {
                 ::qbake::Weight::U8(::qbake::QuantWeight {
                     name: #name,
@@ -266,6 +268,7 @@ fn weight_static(w: &BakedWeight, ident: &Ident, depthwise: bool, sink: &mut Byt
                     cols: #cols,
                     packed: &#bytes_ident.0,
                     s8_sums: &[#(#s8_sums),*],
+                    s8_negative_sums: &[#(#s8_negative_sums),*],
                     params: ::qbake::QuantParams {
                         min: &[#(#mins),*],
                         max: &[#(#maxs),*],
@@ -422,7 +425,8 @@ fn weights_doc(display_path: &str, baked: &Baked, options: &Options) -> String {
          SQNR is the signal-to-quantization-noise ratio of the stored weights against the file's floats. \
          The bytes of each `*_S8` array are `q - 128`, packed at compile time in the panel order the int8 \
          kernels read (`qbake::format::packed_index`); `QuantWeight::q(n, k)` reads one weight back. \
-         `s8_sums` holds each output channel's sum of those bytes, for the AVX-512 VNNI kernel.\n\n\
+         `s8_sums` holds each output channel's sum of those bytes, for the AVX-512 VNNI kernel, and \
+         `s8_negative_sums` the sum of its negative ones' magnitudes, for the AVX2 kernel's mixed-sign rows.\n\n\
          | tensor | shape (out, in) | stored as | bytes | min | max | SQNR |\n|---|---|---|---|---|---|---|\n",
             options.keep_float_below,
             if options.per_channel {

@@ -40,6 +40,9 @@ fn weight(w: &qbake_codegen::quantize::BakedWeight) -> Weight {
                 cols: w.cols,
                 packed: leak(qbake::format::pack_b_s8(data, w.rows, w.cols).into_boxed_slice()),
                 s8_sums: leak(qbake::format::s8_row_sums(data, w.rows, w.cols).into_boxed_slice()),
+                s8_negative_sums: leak(
+                    qbake::format::s8_negative_sums(data, w.rows, w.cols).into_boxed_slice(),
+                ),
                 params: QuantParams {
                     min: field(|p| p.min),
                     max: field(|p| p.max),

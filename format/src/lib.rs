@@ -85,6 +85,22 @@ pub fn s8_row_sums(q: &[u8], n: usize, k: usize) -> Vec<i32> {
         .collect()
 }
 
+/// `sum_k max(128 - q[n, k], 0)` of each row of a row-major `[n, k]` u8
+/// matrix: the magnitudes of each output channel's negative s8 weights.
+/// The AVX2 kernel multiplies `|w|` by a mixed-sign activation flipped as
+/// `x ^ m` (`m` all ones where `w < 0`), which is `-x - 1` there: each
+/// negative weight's product comes out `|w|` short, and this sum puts the
+/// channel's shortfall back.
+pub fn s8_negative_sums(q: &[u8], n: usize, k: usize) -> Vec<i32> {
+    assert_eq!(q.len(), n * k, "the matrix is not n x k");
+    if k == 0 {
+        return vec![0; n];
+    }
+    q.chunks_exact(k)
+        .map(|row| row.iter().map(|&v| (-i32::from(to_s8(v))).max(0)).sum())
+        .collect()
+}
+
 /// The one definition of 8-bit dequantization: `(q - zero_point) * scale`.
 #[inline]
 pub fn dequantize(q: u8, scale: f32, zero_point: u8) -> f32 {
@@ -107,6 +123,22 @@ mod tests {
                 // Over the padded row too: the padding adds nothing.
                 let packed_sum: i32 = (0..padded_k(k)).map(|col| i32::from(packed[packed_index(row, col, k)] as i8)).sum();
                 prop_assert_eq!(sum, packed_sum);
+            }
+        }
+
+        #[test]
+        fn negative_sums_are_the_packed_channels_negative_weights(n in 1usize..40, k in 1usize..40, seed in any::<u8>()) {
+            let q: Vec<u8> = (0..n * k).map(|i| (i * 31 + usize::from(seed)) as u8).collect();
+            let packed = pack_b_s8(&q, n, k);
+            let sums = s8_negative_sums(&q, n, k);
+            prop_assert_eq!(sums.len(), n);
+            for (row, &sum) in sums.iter().enumerate() {
+                let negative: i32 = (0..padded_k(k))
+                    .map(|col| i32::from(packed[packed_index(row, col, k)] as i8))
+                    .filter(|&w| w < 0)
+                    .map(|w| -w)
+                    .sum();
+                prop_assert_eq!(sum, negative);
             }
         }
 

@@ -391,6 +391,7 @@ impl Case {
             cols: k,
             packed: leak(qbake::format::pack_b_s8(&q, n, k)),
             s8_sums: Box::leak(qbake::format::s8_row_sums(&q, n, k).into_boxed_slice()),
+            s8_negative_sums: Box::leak(qbake::format::s8_negative_sums(&q, n, k).into_boxed_slice()),
             params: QuantParams {
                 min: &[],
                 max: &[],

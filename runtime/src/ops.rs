@@ -710,6 +710,7 @@ mod tests {
             cols,
             packed: Box::leak(crate::format::pack_b_s8(q, rows, cols).into_boxed_slice()),
             s8_sums: Box::leak(crate::format::s8_row_sums(q, rows, cols).into_boxed_slice()),
+            s8_negative_sums: Box::leak(crate::format::s8_negative_sums(q, rows, cols).into_boxed_slice()),
             params: QuantParams {
                 min: &[],
                 max: &[],
@@ -1550,6 +1551,9 @@ mod tests {
                 cols: g.patch_len(),
                 packed: Box::leak(crate::format::pack_b_s8(&q, 20, g.patch_len()).into_boxed_slice()),
                 s8_sums: Box::leak(crate::format::s8_row_sums(&q, 20, g.patch_len()).into_boxed_slice()),
+                s8_negative_sums: Box::leak(
+                    crate::format::s8_negative_sums(&q, 20, g.patch_len()).into_boxed_slice(),
+                ),
                 params: QuantParams {
                     min: &[],
                     max: &[],

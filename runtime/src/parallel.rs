@@ -340,6 +340,7 @@ mod tests {
                 cols: k,
                 packed: Box::leak(crate::format::pack_b_s8(&q, n, k).into_boxed_slice()),
                 s8_sums: Box::leak(crate::format::s8_row_sums(&q, n, k).into_boxed_slice()),
+                s8_negative_sums: Box::leak(crate::format::s8_negative_sums(&q, n, k).into_boxed_slice()),
                 params: QuantParams {
                     min: &[],
                     max: &[],

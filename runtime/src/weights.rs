@@ -54,6 +54,11 @@ pub struct QuantWeight {
     /// The kernels trust it as they trust the bytes; another value changes
     /// that kernel's outputs, and nothing else.
     pub s8_sums: &'static [i32],
+    /// `sum_k max(128 - q[n, k], 0)` of each output channel, baked beside
+    /// the bytes (`qbake_format::s8_negative_sums`): the AVX2 kernel's
+    /// mixed-sign rows come out that much short and take it back. Trusted
+    /// as `s8_sums` is.
+    pub s8_negative_sums: &'static [i32],
     pub params: QuantParams,
     /// The f32 panels for [`Kernels::Dequant`](crate::Kernels::Dequant), filled on first use.
     pub cache: DequantCache,
@@ -84,6 +89,7 @@ impl QuantWeight {
         let mut params = PanelParams {
             zero_point: [0; NR],
             offset_correction: [0; NR],
+            negative_sum: [0; NR],
             scale: [0.0; NR],
             bias: [0.0; NR],
         };
@@ -94,6 +100,7 @@ impl QuantWeight {
             // Wrapping, as the kernels' sums are: a sum that is not the
             // weights' own (a hand-built weight) gives wrong values, not a panic.
             params.offset_correction[j] = self.s8_sums[n].wrapping_mul(-128);
+            params.negative_sum[j] = self.s8_negative_sums[n];
             params.scale[j] = scale;
             params.bias[j] = bias.map_or(0.0, |b| b[n]);
         }
@@ -283,6 +290,7 @@ mod tests {
                 cols: taps,
                 packed: Box::leak(qbake_format::pack_b_s8(q, c, taps).into_boxed_slice()),
                 s8_sums: Box::leak(qbake_format::s8_row_sums(q, c, taps).into_boxed_slice()),
+                s8_negative_sums: Box::leak(qbake_format::s8_negative_sums(q, c, taps).into_boxed_slice()),
                 params: QuantParams {
                     min: &[],
                     max: &[],
@@ -371,6 +379,7 @@ mod tests {
             cols: 3,
             packed,
             s8_sums: Box::leak(qbake_format::s8_row_sums(&rows, 2, 3).into_boxed_slice()),
+            s8_negative_sums: Box::leak(qbake_format::s8_negative_sums(&rows, 2, 3).into_boxed_slice()),
             params: QuantParams {
                 min: &[-1.0, 0.0],
                 max: &[1.0, 2.55],

@@ -276,6 +276,7 @@ fn quantizer_keeps_subnormal_rows_within_127() {
         cols: 4,
         packed: Box::leak(qbake::format::pack_b_s8(&[0; 4], 1, 4).into_boxed_slice()),
         s8_sums: Box::leak(qbake::format::s8_row_sums(&[0; 4], 1, 4).into_boxed_slice()),
+        s8_negative_sums: Box::leak(qbake::format::s8_negative_sums(&[0; 4], 1, 4).into_boxed_slice()),
         params: QuantParams {
             min: &[],
             max: &[],

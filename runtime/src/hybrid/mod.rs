@@ -21,8 +21,10 @@
 //! - rows with no negative value (the usual case after ReLU) are the
 //!   unsigned operand, `0..=127`, against the s8 weight: at most
 //!   2 * 127 * 128 = 32512;
-//! - other rows take the weight's sign (`sign_epi8`) and multiply `|w| <= 128`
-//!   by `±q_x`: the same bound, for one more instruction per product.
+//! - other rows are flipped where the weight is negative (`q_x ^ m`, which
+//!   is `-q_x - 1` there) and multiply `|w| <= 128`: pairs within
+//!   `-32768..=32512`, each negative weight's product `|w|` short, which
+//!   the weights' baked `QuantWeight::s8_negative_sums` give back.
 //!
 //! The AVX-512 VNNI kernel (`avx512`) multiplies four bytes per lane with
 //! no 16-bit step; rows with a negative value go in as `q_x + 128`, which the
@@ -44,7 +46,7 @@ pub use qbake_format::MAX_EXACT_K;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
-pub mod avx2;
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod scalar;
@@ -289,6 +291,9 @@ pub struct PanelParams {
     /// `-128 * sum_k w_s8[n, k]`: what multiplying `q_x + 128` instead of
     /// `q_x` adds to each channel's dot product, negated.
     pub offset_correction: [i32; NR],
+    /// `sum_k max(-w_s8[n, k], 0)`: what the AVX2 kernel's flipped
+    /// mixed-sign rows leave out of each channel's dot product.
+    pub negative_sum: [i32; NR],
     pub scale: [f32; NR],
     pub bias: [f32; NR],
 }
@@ -401,6 +406,7 @@ pub fn gemm_threads(
         "weights are not packed for n x k"
     );
     assert_eq!(w.s8_sums.len(), n, "one weight sum per output channel");
+    assert_eq!(w.s8_negative_sums.len(), n, "one negative sum per output channel");
     let m = x.rows();
     assert_eq!(y.len(), m * n, "y has the wrong size");
     if let Some(b) = bias {

@@ -14,6 +14,7 @@ fn weight(rows: usize, cols: usize, q: &[u8], scale: &[f32], zero_point: &[u8]) 
         cols,
         packed: leak(qbake_format::pack_b_s8(q, rows, cols)),
         s8_sums: leak(qbake_format::s8_row_sums(q, rows, cols)),
+        s8_negative_sums: leak(qbake_format::s8_negative_sums(q, rows, cols)),
         params: QuantParams {
             min: &[],
             max: &[],

@@ -17,7 +17,7 @@
 //! When the input runs out, a generator seeded by its hash continues, so a
 //! short input still describes full-size matrices.
 
-use qbake::format::{pack_b_s8, s8_row_sums};
+use qbake::format::{pack_b_s8, s8_negative_sums, s8_row_sums};
 use qbake::hybrid::{self, QuantizedRows};
 use qbake::{Activation, DequantCache, QuantParams, QuantWeight, gemm_f32};
 
@@ -327,6 +327,7 @@ fn int8_gemm(
 
     let packed = StaticSlice::new(pack_b_s8(&q, n, k));
     let s8_sums = StaticSlice::new(s8_row_sums(&q, n, k));
+    let s8_negative_sums = StaticSlice::new(s8_negative_sums(&q, n, k));
     let scales = StaticSlice::new(scale);
     let zero_points = StaticSlice::new(zero_point);
     // SAFETY: `w` is dropped at the end of this function, before the slices
@@ -338,6 +339,7 @@ fn int8_gemm(
             cols: k,
             packed: packed.get(),
             s8_sums: s8_sums.get(),
+            s8_negative_sums: s8_negative_sums.get(),
             params: QuantParams {
                 min: &[],
                 max: &[],

@@ -35,7 +35,7 @@
 
 use super::{Expect, Source, StaticSlice, expect, f32_kernels, same};
 use qbake::conv::{self, Conv2d};
-use qbake::format::{dequantize, pack_b_s8, s8_row_sums};
+use qbake::format::{dequantize, pack_b_s8, s8_negative_sums, s8_row_sums};
 use qbake::hybrid::{self, QuantizedRows};
 use qbake::{
     Activation, DepthwiseWeight, DequantCache, Exec, FloatWeight, Kernels, QuantParams, QuantWeight,
@@ -229,6 +229,7 @@ struct Quantized {
     q: Vec<u8>,
     packed: StaticSlice<u8>,
     s8_sums: StaticSlice<i32>,
+    s8_negative_sums: StaticSlice<i32>,
     scale: StaticSlice<f32>,
     zero_point: StaticSlice<u8>,
 }
@@ -256,6 +257,7 @@ impl Quantized {
         Quantized {
             packed: StaticSlice::new(pack_b_s8(&q, n, k)),
             s8_sums: StaticSlice::new(s8_row_sums(&q, n, k)),
+            s8_negative_sums: StaticSlice::new(s8_negative_sums(&q, n, k)),
             q,
             scale: StaticSlice::new(scale),
             zero_point: StaticSlice::new(zero_point),
@@ -273,6 +275,7 @@ impl Quantized {
                 cols: k,
                 packed: self.packed.get(),
                 s8_sums: self.s8_sums.get(),
+                s8_negative_sums: self.s8_negative_sums.get(),
                 params: QuantParams {
                     min: &[],
                     max: &[],
