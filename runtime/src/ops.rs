@@ -369,9 +369,9 @@ pub fn pointwise_depthwise_in_bands(
     if band >= oh_n {
         // One band (an image small enough to stay in cache whole). With
         // threads, split by channels; else the two ops one after the other.
-        // (`band_rows` gives one band per thread instead where the 1x1
-        // rows the parts would both compute are cheap: at 7x7 with a 5x5
-        // kernel they are 11 rows for 7 at 2 threads.)
+        // (`band_rows` gives one band per thread instead where the parts
+        // would compute few 1x1 rows twice: at 28x28 with a 3x3 kernel,
+        // 2 of 28.)
         if let Some(per) = channel_parts(exec, g, cin, [pointwise_act, act]) {
             let layer = (pointwise, pointwise_bias, pointwise_act);
             return pointwise_depthwise_by_channels(exec, x, layer, g, depthwise, bias, act, per, y);
@@ -523,7 +523,9 @@ fn pointwise_depthwise_by_channels(
                     act,
                     part_y,
                 );
-                out.write(c0, part_y);
+                // SAFETY: part i writes channels c0..c1 of its panels
+                // alone; the parts' panels do not overlap.
+                unsafe { out.write(c0, part_y) };
             });
         });
     };
@@ -550,40 +552,43 @@ fn pointwise_depthwise_by_channels(
     }
 }
 
-/// `y` as `[pixels, channels]`, written one range of channels at a time
-/// from several threads ([`pointwise_depthwise_by_channels`]).
-struct DisjointColumns {
+/// `y` as `[pixels, channels]`, borrowed for its lifetime, written one
+/// range of channels at a time from several threads
+/// ([`pointwise_depthwise_by_channels`]).
+struct DisjointColumns<'a> {
     ptr: *mut f32,
     len: usize,
     channels: usize,
+    _y: std::marker::PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: the writes through it are to disjoint channels (see `write`), and
-// the borrow it came from outlives every thread using it (the parts join
-// before `pointwise_depthwise_by_channels` returns).
-unsafe impl Sync for DisjointColumns {}
+// SAFETY: it only writes, through `write`, whose callers promise disjoint
+// channels; the borrow of `y` it holds keeps anyone else from reading it.
+unsafe impl Sync for DisjointColumns<'_> {}
 
-impl DisjointColumns {
-    fn new(y: &mut [f32], channels: usize) -> Self {
+impl<'a> DisjointColumns<'a> {
+    fn new(y: &'a mut [f32], channels: usize) -> Self {
         assert!(channels > 0 && y.len().is_multiple_of(channels));
         DisjointColumns {
             ptr: y.as_mut_ptr(),
             len: y.len(),
             channels,
+            _y: std::marker::PhantomData,
         }
     }
 
     /// Channels `c0..c0 + w` of every pixel from `part` (`[pixels, w]`).
-    /// Callers on different threads pass disjoint channel ranges, so no
-    /// value is written twice or read meanwhile.
-    fn write(&self, c0: usize, part: &[f32]) {
+    ///
+    /// # Safety
+    /// No other call writes any of these channels at the same time.
+    unsafe fn write(&self, c0: usize, part: &[f32]) {
         let pixels = self.len / self.channels;
         assert!(part.len().is_multiple_of(pixels.max(1)));
         let w = part.len() / pixels.max(1);
         assert!(c0 + w <= self.channels, "channels out of range");
         for (p, src) in part.chunks_exact(w.max(1)).enumerate().take(pixels) {
             // SAFETY: pixel p's channels c0..c0 + w are inside `y` (checked
-            // above), and no other thread writes them (the contract above).
+            // above), and no other thread writes them (the caller's promise).
             unsafe {
                 std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(p * self.channels + c0), w);
             }

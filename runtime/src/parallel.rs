@@ -10,10 +10,10 @@
 //!   layer on one input): each thread writes its columns into its own part
 //!   of a per-thread buffer, copied into `y` after the join.
 //!
-//! A forward with threads runs on qbake's own pool ([`run`]), whose threads live for
-//! the process (spawning threads per call cost tens of microseconds per op,
-//! more than small layers gain) and, where they cover every CPU the process
-//! may use, are pinned one to a CPU. Work under
+//! A forward with threads runs on qbake's own pool ([`run`]), whose
+//! threads live for the process (spawning threads per call cost tens of
+//! microseconds per op, more than small layers gain) and, where they cover
+//! every CPU the process may use, are pinned one to a CPU. Work under
 //! [`MIN_PARALLEL_MACS`] ([`MIN_PARALLEL_DEPTHWISE_MACS`] for a depthwise
 //! convolution) still stays on the calling thread. A hybrid layer split by
 //! rows quantizes each part's rows on that part's thread
@@ -45,17 +45,16 @@ pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// The pool: one thread per CPU this process may use
-/// (`available_parallelism`). When those are exactly the CPUs its affinity
-/// allows, each thread is pinned to one of them (Linux), unless
-/// `QBAKE_PIN_THREADS=0`.
+/// The pool, made by the first forward with threads: one thread per CPU
+/// that forward's thread may use (`available_parallelism`). When those are
+/// exactly the CPUs its affinity allows, each thread is pinned to one of
+/// them (Linux), unless `QBAKE_PIN_THREADS=0`.
 ///
-/// Why pinned: on a 2-vCPU VM (AMD EPYC, 2026-11), 2-thread
-/// EfficientNet-Lite0 forwards interleaved with 1-thread ones took 9.0 ms
-/// (median) on unpinned workers, no faster than one thread, and 5.4 ms
-/// pinned; in a loop of 2-thread forwards alone, 5.3 ms either way. The
-/// scheduler, left free, was slow to run a worker woken on the vCPU that
-/// had idled. Pinning only when the pool covers every
+/// Why pinned: on a 2-vCPU VM (AMD EPYC, 2026-11-30), 2-thread
+/// EfficientNet-Lite0 forwards with 1-thread ones between them took
+/// 8.3-10.5 ms (medians of three runs) on unpinned workers, against 9.2 ms
+/// on one thread, and 6.0-6.4 ms pinned; in a loop of 2-thread forwards
+/// alone, 5.3-5.9 ms either way. Pinning only when the pool covers every
 /// allowed CPU, one thread each, never crowds the pool onto some of them:
 /// under a CPU quota smaller than the affinity (a container) the threads
 /// stay free. `Model::with_threads` bounds how many a forward uses.
