@@ -140,6 +140,10 @@ impl Direct for Avx2 {
     /// 16 registers.
     const PANELS: usize = 1;
 
+    /// Six: eight pixels' accumulators (16) and the panel's two vectors
+    /// and a broadcast would need 19 of the 16 registers.
+    const GROUP: usize = 6;
+
     /// A panel's 16 channels in two vectors; a partial last panel's
     /// channels stored one by one.
     ///

@@ -35,6 +35,11 @@ pub(super) trait Direct {
     /// Panels a call covers: each input value broadcast once feeds them all.
     const PANELS: usize;
 
+    /// Pixels per call where whole groups fit: [`GROUP`], or 6 where eight
+    /// pixels' accumulators would not fit the registers (the driver's two
+    /// choices).
+    const GROUP: usize = GROUP;
+
     /// For each pixel `p < P`: `out[p * ldo + j] = act(sum over (o, k) in
     /// terms of image[base + p * step + o] * w(k, j) + bias[j])` for `j <
     /// cols`, where `w(k, j) = panel[j / 16 * panel_stride + k * 16 + j %
@@ -127,6 +132,7 @@ pub(super) unsafe fn rows<K: Direct>(
     let sw = g.stride[1];
     let Range { start: first, end } = inside_columns(g);
     let step = sw.saturating_mul(c);
+    let group = K::GROUP;
     for (row, y_row) in rows.zip(y.chunks_exact_mut(ow_n * n)) {
         let (b, oh) = (row / oh_n, row % oh_n);
         let image = &x[b * g.in_h * g.in_w * c..(b + 1) * g.in_h * g.in_w * c];
@@ -139,40 +145,38 @@ pub(super) unsafe fn rows<K: Direct>(
                 while done < ow.len() {
                     let out = &mut y_row[(ow.start + done) * n + p * NR..];
                     let base = base + done * step;
+                    // `P` pixels from `done`.
+                    macro_rules! pixels {
+                        ($p:expr) => {
+                            K::pixels::<{ $p }>(
+                                image,
+                                base,
+                                step,
+                                panel(p),
+                                NR * k,
+                                terms,
+                                &panel_bias,
+                                act,
+                                out,
+                                n,
+                                cols,
+                            )
+                        };
+                    }
                     // SAFETY: every term's offset is of an input value
                     // inside `image` for each of the pixels from `ow.start
                     // + done` (the caller's `base` and `terms`), and `k`
                     // indexes the panel's K values.
                     unsafe {
-                        if done + GROUP <= ow.len() {
-                            K::pixels::<GROUP>(
-                                image,
-                                base,
-                                step,
-                                panel(p),
-                                NR * k,
-                                terms,
-                                &panel_bias,
-                                act,
-                                out,
-                                n,
-                                cols,
-                            );
-                            done += GROUP;
+                        if done + group <= ow.len() {
+                            match group {
+                                6 => pixels!(6),
+                                GROUP => pixels!(GROUP),
+                                _ => unreachable!("Direct::GROUP is 6 or GROUP"),
+                            }
+                            done += group;
                         } else {
-                            K::pixels::<1>(
-                                image,
-                                base,
-                                step,
-                                panel(p),
-                                NR * k,
-                                terms,
-                                &panel_bias,
-                                act,
-                                out,
-                                n,
-                                cols,
-                            );
+                            pixels!(1);
                             done += 1;
                         }
                     }
