@@ -132,8 +132,8 @@ unsafe fn dot_tile_nonnegative<const R: usize>(
 /// Flipped or not the signed operand is in `-128..=127`, so a pair sums to
 /// `-32768..=32512` and never saturates. `madd` with ones widens pairs to
 /// i32. (`sign_epi8`, which flips exactly, ran this tile at 55 G
-/// multiply-adds/s on AMD Zen 4, against 74 G with the `xor`: it took a
-/// slot on the pipes that multiply.)
+/// multiply-adds/s on an AVX2-only AMD EPYC, against 74 G with the `xor`:
+/// it took a slot on the pipes that multiply.)
 ///
 /// # Safety
 /// Each `a[r]` has `groups * KG` readable bytes; `b` has `groups * NR * KG`.
