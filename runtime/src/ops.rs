@@ -492,11 +492,12 @@ fn pointwise_depthwise_by_channels(
     let (c, cin) = (g.in_c, pointwise.cols());
     let (pixels_in, kk) = (g.batch * g.in_h * g.in_w, g.kh * g.kw);
     let taps = depthwise.taps();
-    let parts = c.div_ceil(gemm_f32::NR).div_ceil(per);
+    let panels_n = c.div_ceil(gemm_f32::NR);
+    let parts = panels_n.div_ceil(per);
     let out = DisjointColumns::new(y, c);
     // Part `i`: channels `c0..c1`, with `gemm` writing their 1x1 outputs.
     let part = |i: usize, gemm: &dyn Fn(std::ops::Range<usize>, &mut [f32])| {
-        let panels = i * per..((i + 1) * per).min(c.div_ceil(gemm_f32::NR));
+        let panels = i * per..((i + 1) * per).min(panels_n);
         let (c0, c1) = (panels.start * gemm_f32::NR, (panels.end * gemm_f32::NR).min(c));
         let cw = c1 - c0;
         scratch::with_f32(&scratch::BAND, pixels_in * cw, |mid| {
@@ -1230,7 +1231,6 @@ mod tests {
                 for threads in [1, 2, 3] {
                     let mut y = vec![f32::NAN; want.len()];
                     let exec = Exec { kernels, threads };
-
                     pointwise_depthwise(&exec, &x, &pointwise, pb, pointwise_act, &g, &dw, b, act, &mut y);
                     let differs = y.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
                     assert!(

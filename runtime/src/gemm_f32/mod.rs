@@ -216,15 +216,8 @@ pub fn gemm_threads(
     y: &mut [f32],
 ) {
     let (n, k) = (w.n, w.k);
-    assert!(
-        k > 0 && x.len().is_multiple_of(k),
-        "x is not a whole number of rows"
-    );
-    let m = x.len() / k;
+    let m = rows_of(x, w, bias);
     assert_eq!(y.len(), m * n, "y has the wrong size");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n);
-    }
     let tile = kernel.row_tile();
     crate::parallel::split_gemm(threads, m, n, NR, tile, m * n * k, y, |rows, panels, y, ldc| {
         drive(kernel, x, w, bias, act, rows, panels, y, ldc)
@@ -242,18 +235,27 @@ pub(crate) fn gemm_panels(
     panels: Range<usize>,
     y: &mut [f32],
 ) {
-    let (n, k) = (w.n, w.k);
-    let cols = (panels.end * NR).min(n) - panels.start * NR;
+    let m = rows_of(x, w, bias);
     assert!(
-        k > 0 && x.len().is_multiple_of(k),
+        panels.start < panels.end && panels.end <= w.n.div_ceil(NR),
+        "panels out of range"
+    );
+    let cols = (panels.end * NR).min(w.n) - panels.start * NR;
+    assert_eq!(y.len(), m * cols, "y has the wrong size");
+    drive(kernel, x, w, bias, act, 0..m, panels, y, cols);
+}
+
+/// The rows of `x` for `w`, after what every product asserts of its
+/// operands before the kernels trust them.
+fn rows_of(x: &[f32], w: &PackedF32, bias: Option<&[f32]>) -> usize {
+    assert!(
+        w.k > 0 && x.len().is_multiple_of(w.k),
         "x is not a whole number of rows"
     );
-    let m = x.len() / k;
-    assert_eq!(y.len(), m * cols, "y has the wrong size");
     if let Some(b) = bias {
-        assert_eq!(b.len(), n);
+        assert_eq!(b.len(), w.n);
     }
-    drive(kernel, x, w, bias, act, 0..m, panels, y, cols);
+    x.len() / w.k
 }
 
 /// Rows `rows` of the product against panels `panels`, into `y` whose row 0

@@ -419,6 +419,10 @@ pub(crate) fn gemm_panels(
     y: &mut [f32],
 ) {
     check(x, w, bias);
+    assert!(
+        panels.start < panels.end && panels.end <= w.rows.div_ceil(NR),
+        "panels out of range"
+    );
     let cols = (panels.end * NR).min(w.rows) - panels.start * NR;
     assert_eq!(y.len(), x.rows() * cols, "y has the wrong size");
     drive(kernel, x, w, bias, act, 0..x.rows(), panels, y, cols);
