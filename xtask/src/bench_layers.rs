@@ -20,7 +20,7 @@ use qbake_eval::exec::Executor;
 use std::path::Path;
 
 /// How a step is counted: its kind and its multiply-adds.
-fn kind_and_macs(baked: &Baked, op: &Op, output_len: usize) -> (String, usize) {
+pub(crate) fn kind_and_macs(baked: &Baked, op: &Op, output_len: usize) -> (String, usize) {
     let cols = |name: &str| {
         baked
             .weights
