@@ -102,6 +102,8 @@ fn main() {
     let mut measured: Vec<(String, f64, f64, f64, f64, f64, f64)> = Vec::new();
     let mut fc_speedups = Vec::new();
     let mut two_threads: Vec<(f64, f64)> = Vec::new();
+    // Matrix-vector products: (name, int8 panel bytes and seconds, f32 panel bytes and seconds).
+    let mut gemv: Vec<(String, usize, f64, usize, f64)> = Vec::new();
     for &(m, k, n) in SHAPES {
         if !picked.is_empty() && !picked.iter().any(|p| **p == format!("{m}x{k}x{n}")) {
             continue;
@@ -185,6 +187,16 @@ fn main() {
         if k >= 256 {
             fc_speedups.push(fc);
         }
+        if m == 1 {
+            let f32_bytes = case.wf.data.len() * std::mem::size_of::<f32>();
+            gemv.push((
+                format!("{m}x{k}x{n}"),
+                case.w.packed.len(),
+                t_int8,
+                f32_bytes,
+                t_f32,
+            ));
+        }
         measured.push((
             format!("{m}x{k}x{n}"),
             ops / t_int8,
@@ -262,9 +274,58 @@ fn main() {
         geomean(&t32),
         t32.iter().copied().fold(f64::INFINITY, f64::min)
     );
+    if !gemv.is_empty() {
+        // One row reads every weight once per call: the bound is how fast
+        // the weights arrive, not the multiply rate (the f32 panels do not
+        // fit in L2).
+        println!(
+            "matrix-vector products against reading their weights (a buffer of the same size summed, best of the same rounds):"
+        );
+    }
+    for (name, int8_bytes, t_int8, f32_bytes, t_f32) in gemv {
+        let [read_int8, read_f32] = [int8_bytes, f32_bytes].map(|b| read_bandwidth(b, budget));
+        let line = |bytes: usize, t: f64, read: f64| {
+            format!(
+                "{:.2} MB of panels per call at {:.1} GB/s, {:.0}% of {:.1} GB/s",
+                bytes as f64 / 1e6,
+                bytes as f64 / t / 1e9,
+                100.0 * bytes as f64 / t / read,
+                read / 1e9
+            )
+        };
+        println!(
+            "{name:>16} | int8 {}; f32 {}",
+            line(int8_bytes, t_int8, read_int8),
+            line(f32_bytes, t_f32, read_f32)
+        );
+    }
     if picked.is_empty() {
         depthwise(budget);
     }
+}
+
+/// Bytes/s of summing a buffer of `bytes` once, the best of rounds within
+/// `budget`: the rate at which a one-row product can read its weights
+/// from wherever a buffer of that size stays between calls.
+fn read_bandwidth(bytes: usize, budget: Duration) -> f64 {
+    let words: Vec<u64> = (0..bytes.div_ceil(8) as u64).collect();
+    let fold = |v: &[u64]| {
+        // Eight lanes, so that the loop is loads, not one chain of xors.
+        let mut acc = [0u64; 8];
+        for chunk in v.chunks_exact(8) {
+            for (a, x) in acc.iter_mut().zip(chunk) {
+                *a ^= x;
+            }
+        }
+        acc.iter().fold(0, |a, b| a ^ b)
+    };
+    let t = best_of_rounds(
+        budget,
+        &mut [&mut || {
+            std::hint::black_box(fold(std::hint::black_box(&words)));
+        }],
+    );
+    (words.len() * 8) as f64 / t[0]
 }
 
 /// The depthwise kernel alone, f32 on both families' taps: GFLOP/s and its

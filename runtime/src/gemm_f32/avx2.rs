@@ -1,9 +1,10 @@
 //! The x86-64 AVX2+FMA f32 microkernel: a 6 x 16 tile in 12 registers.
 
-use super::{Epilogue, MR, NR, Strip};
+use super::{Epilogue, MR, NR, PackedF32, Strip};
 use crate::ops::Activation;
 use crate::tiles::row_tiles;
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 /// # Safety
 /// The CPU must have AVX2 and FMA, and `s` must have passed `Strip::check`.
@@ -104,6 +105,103 @@ unsafe fn kernel<const R: usize>(
         for (r, acc) in acc.iter().enumerate() {
             _mm256_storeu_ps(c.add(r * ldc), acc[0]);
             _mm256_storeu_ps(c.add(r * ldc + 8), acc[1]);
+        }
+    }
+}
+
+/// Panels [`row`] walks side by side: eight accumulator chains. A 1-row
+/// tile has two, so it waits on the FMA latency: 45 GB/s of weights at
+/// 1x1024x1001, where summing a buffer of that size reads 77 GB/s.
+const ROW_PANELS: usize = 4;
+
+/// One row `x` (`w.k` floats) against panels `panels` of `w`, into `y` (those
+/// panels' columns), with bias (zeros when `None`) and `act`: a
+/// matrix-vector product. Each output is the same chain of FMAs over `k`
+/// as [`kernel`]'s, from zero, then `+ bias` and the bounds: the same bits
+/// as the row computed in any tile, at any `KC` blocking.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn row(
+    x: &[f32],
+    w: &PackedF32,
+    panels: Range<usize>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let (n, k) = (w.n, w.k);
+    assert_eq!(x.len(), k, "x is not one row of K");
+    assert!(
+        panels.start < panels.end && panels.end <= n.div_ceil(NR),
+        "panels out of range"
+    );
+    let n0 = panels.start * NR;
+    assert_eq!(
+        y.len(),
+        (panels.end * NR).min(n) - n0,
+        "y is not the panels' columns"
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n);
+    }
+    let mut p = panels.start;
+    while p < panels.end {
+        let count = ROW_PANELS.min(panels.end - p);
+        let cols = (count * NR).min(n - p * NR);
+        let mut padded = [[0.0f32; NR]; ROW_PANELS];
+        if let Some(b) = bias {
+            padded.as_flattened_mut()[..cols].copy_from_slice(&b[p * NR..p * NR + cols]);
+        }
+        let mut out = [[0.0f32; NR]; ROW_PANELS];
+        // SAFETY: AVX2 and FMA (the caller); panels `p..p + count` are in
+        // `w` (asserted above), each `NR * k` floats.
+        unsafe {
+            let b = w.panels_from(p).as_ptr();
+            match count {
+                4 => row_panels::<4>(x, b, k, &padded, act, &mut out),
+                3 => row_panels::<3>(x, b, k, &padded, act, &mut out),
+                2 => row_panels::<2>(x, b, k, &padded, act, &mut out),
+                _ => row_panels::<1>(x, b, k, &padded, act, &mut out),
+            }
+        }
+        y[p * NR - n0..][..cols].copy_from_slice(&out.as_flattened()[..cols]);
+        p += count;
+    }
+}
+
+/// `out[i] = act(sum_kk x[kk] * b_i[kk] + bias[i])` for the `P` panels
+/// `b_i = b + i * NR * k`.
+///
+/// # Safety
+/// AVX2 and FMA; `b` has `P` panels of `NR * k` floats, `x` has `k`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_panels<const P: usize>(
+    x: &[f32],
+    b: *const f32,
+    k: usize,
+    bias: &[[f32; NR]; ROW_PANELS],
+    act: Activation,
+    out: &mut [[f32; NR]; ROW_PANELS],
+) {
+    // SAFETY (whole body): offsets stay within the extents above.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; P];
+        for (kk, xk) in x.iter().enumerate() {
+            let xv = _mm256_broadcast_ss(xk);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let w = b.add(i * NR * k + kk * NR);
+                acc[0] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w), acc[0]);
+                acc[1] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w.add(8)), acc[1]);
+            }
+        }
+        let bounds = Bounds::new(act);
+        for (i, acc) in acc.iter().enumerate() {
+            for (h, acc) in acc.iter().enumerate() {
+                let v = _mm256_add_ps(*acc, _mm256_loadu_ps(bias[i].as_ptr().add(8 * h)));
+                _mm256_storeu_ps(out[i].as_mut_ptr().add(8 * h), bounds.apply(v));
+            }
         }
     }
 }
