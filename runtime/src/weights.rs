@@ -84,27 +84,46 @@ impl QuantWeight {
         })
     }
 
-    /// The per-channel constants of panel `p` for the int8 kernels.
-    pub fn panel_params(&self, p: usize, bias: Option<&[f32]>) -> PanelParams {
-        let mut params = PanelParams {
-            zero_point: [0; NR],
-            offset_correction: [0; NR],
-            negative_sum: [0; NR],
-            scale: [0.0; NR],
-            bias: [0.0; NR],
-        };
-        for j in 0..NR.min(self.rows - p * NR) {
-            let n = p * NR + j;
-            let (scale, zp) = self.params.of_row(n);
-            params.zero_point[j] = i32::from(zp) - 128;
-            // Wrapping, as the kernels' sums are: a sum that is not the
-            // weights' own (a hand-built weight) gives wrong values, not a panic.
-            params.offset_correction[j] = self.s8_sums[n].wrapping_mul(-128);
-            params.negative_sum[j] = self.s8_negative_sums[n];
-            params.scale[j] = scale;
-            params.bias[j] = bias.map_or(0.0, |b| b[n]);
+    /// The per-channel constants of panel `p` for the int8 kernels, written
+    /// over `params` (channels past the matrix get zeros). In place and
+    /// field by field over slices: a one-row product makes these for every
+    /// panel on every call, and a loop over `of_row` returning a new
+    /// struct took 14% of a 1x1024x1001 one.
+    pub fn panel_params_into(&self, p: usize, bias: Option<&[f32]>, params: &mut PanelParams) {
+        let channels = p * NR..(p * NR + NR).min(self.rows);
+        let count = channels.len();
+        if self.params.per_channel() {
+            params.scale[..count].copy_from_slice(&self.params.scale[channels.clone()]);
+            for (z, &q) in params
+                .zero_point
+                .iter_mut()
+                .zip(&self.params.zero_point[channels.clone()])
+            {
+                *z = i32::from(q) - 128;
+            }
+        } else {
+            params.scale[..count].fill(self.params.scale[0]);
+            params.zero_point[..count].fill(i32::from(self.params.zero_point[0]) - 128);
         }
-        params
+        // Wrapping, as the kernels' sums are: a sum that is not the
+        // weights' own (a hand-built weight) gives wrong values, not a panic.
+        for (c, &sum) in params
+            .offset_correction
+            .iter_mut()
+            .zip(&self.s8_sums[channels.clone()])
+        {
+            *c = sum.wrapping_mul(-128);
+        }
+        params.negative_sum[..count].copy_from_slice(&self.s8_negative_sums[channels.clone()]);
+        match bias {
+            Some(b) => params.bias[..count].copy_from_slice(&b[channels]),
+            None => params.bias[..count].fill(0.0),
+        }
+        params.scale[count..].fill(0.0);
+        params.zero_point[count..].fill(0);
+        params.offset_correction[count..].fill(0);
+        params.negative_sum[count..].fill(0);
+        params.bias[count..].fill(0.0);
     }
 }
 
@@ -397,8 +416,21 @@ mod tests {
             [10.0 * 0.01, 20.0 * 0.01, 30.0 * 0.01]
         );
         assert!(w.cache.is_filled());
-        let p = w.panel_params(0, Some(&[5.0, 6.0]));
-        assert_eq!(p.zero_point[..2], [0, -128]);
+        // Over a panel's constants from another matrix: every field rewritten.
+        let mut p = PanelParams {
+            zero_point: [7; NR],
+            offset_correction: [7; NR],
+            negative_sum: [7; NR],
+            scale: [7.0; NR],
+            bias: [7.0; NR],
+        };
+        w.panel_params_into(0, Some(&[5.0, 6.0]), &mut p);
+        assert_eq!(p.zero_point[..3], [0, -128, 0]);
         assert_eq!(p.bias[..3], [5.0, 6.0, 0.0]);
+        assert_eq!(p.scale[..3], [2.0 / 255.0, 0.01, 0.0]);
+        assert_eq!(p.offset_correction[2..], [0; NR - 2]);
+        assert_eq!(p.negative_sum[2..], [0; NR - 2]);
+        w.panel_params_into(0, None, &mut p);
+        assert_eq!(p.bias, [0.0; NR]);
     }
 }

@@ -504,7 +504,7 @@ fn drive(
     // The part's panels' constants, once for all its row blocks.
     crate::scratch::with_vec(&crate::scratch::PANEL_PARAMS, panels.len(), |params| {
         for (params, p) in params.iter_mut().zip(panels.clone()) {
-            *params = w.panel_params(p, bias);
+            w.panel_params_into(p, bias, params);
         }
         for m0 in rows.clone().step_by(MC) {
             let count = MC.min(rows.end - m0);
