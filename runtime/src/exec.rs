@@ -29,7 +29,7 @@ impl Exec {
     /// pool, it runs in place.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         if self.threads > 1 {
-            crate::parallel::run(f)
+            crate::parallel::run(self.threads, f)
         } else {
             f()
         }
