@@ -55,22 +55,32 @@ pub fn run<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         1
     };
     let done = AtomicBool::new(false);
-    let done = &done;
-    pool.scope(|s| {
-        let owner = rayon::current_thread_index();
-        for _ in 1..helpers {
-            s.spawn(move |_| keep_awake(owner, done));
-        }
+    pool.scope(|_| with_helpers(helpers - 1, rayon::current_thread_index(), &done, f))
+}
+
+/// `f` on this thread, the forward's (`owner`), with `n` [`keep_awake`]
+/// jobs beside it for other pool threads, then `done`. Joined, not
+/// spawned: a spawned job is allocated, and a warm forward allocates
+/// nothing (`tests/no_alloc.rs` caught one allocation per forward).
+fn with_helpers<R: Send>(
+    n: usize,
+    owner: Option<usize>,
+    done: &AtomicBool,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    if n == 0 {
         let result = f();
         done.store(true, Ordering::Release);
-        result
-    })
+        return result;
+    }
+    rayon::join(|| with_helpers(n - 1, owner, done, f), || keep_awake(owner, done)).0
 }
 
 /// Runs the pool's pending jobs (the forward's splits) as they come, until
 /// `done`. Never on the forward's own thread (`owner`): a job it picked up
-/// while waiting in a `join` would spin until the forward it holds up
-/// ends. The scope of [`run`] waits for it, so it ends with the forward.
+/// while waiting in a `join`, or found unstolen at the end, would spin
+/// until the forward it holds up ends. Its `join` in [`with_helpers`]
+/// waits for it, so it ends with the forward.
 fn keep_awake(owner: Option<usize>, done: &AtomicBool) {
     if rayon::current_thread_index() == owner {
         return;
