@@ -76,13 +76,7 @@ pub fn pack_b_s8(q: &[u8], n: usize, k: usize) -> Vec<u8> {
 /// activation operand (AVX-512 VNNI: `vpdpbusd` is u8 x s8) multiplies
 /// `q_x + 128` instead of `q_x` and takes `128 * sum` back out.
 pub fn s8_row_sums(q: &[u8], n: usize, k: usize) -> Vec<i32> {
-    assert_eq!(q.len(), n * k, "the matrix is not n x k");
-    if k == 0 {
-        return vec![0; n];
-    }
-    q.chunks_exact(k)
-        .map(|row| row.iter().map(|&v| i32::from(to_s8(v))).sum())
-        .collect()
+    per_row_sums(q, n, k, i32::from)
 }
 
 /// `sum_k max(128 - q[n, k], 0)` of each row of a row-major `[n, k]` u8
@@ -92,12 +86,17 @@ pub fn s8_row_sums(q: &[u8], n: usize, k: usize) -> Vec<i32> {
 /// negative weight's product comes out `|w|` short, and this sum puts the
 /// channel's shortfall back.
 pub fn s8_negative_sums(q: &[u8], n: usize, k: usize) -> Vec<i32> {
+    per_row_sums(q, n, k, |w| (-i32::from(w)).max(0))
+}
+
+/// `sum_k term(q[n, k] - 128)` of each row of a row-major `[n, k]` u8 matrix.
+fn per_row_sums(q: &[u8], n: usize, k: usize, term: impl Fn(i8) -> i32) -> Vec<i32> {
     assert_eq!(q.len(), n * k, "the matrix is not n x k");
     if k == 0 {
         return vec![0; n];
     }
     q.chunks_exact(k)
-        .map(|row| row.iter().map(|&v| (-i32::from(to_s8(v))).max(0)).sum())
+        .map(|row| row.iter().map(|&v| term(to_s8(v))).sum())
         .collect()
 }
 
