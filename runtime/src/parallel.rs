@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// on a pinned pool, whose threads each have a CPU of their own: there
 /// the polling takes no time from `f`'s thread.
 pub fn run<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    let Some((pool, pinned)) = pool_and_pins() else {
+    let Some((pool, pinned)) = pool() else {
         return f();
     };
     // Unpinned (a CPU quota narrower than the affinity, or opted out), a
@@ -97,7 +97,7 @@ fn keep_awake(owner: Option<usize>, done: &AtomicBool) {
 /// (in place inside a forward).
 pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     match pool() {
-        Some(pool) => pool.install(f),
+        Some((pool, _)) => pool.install(f),
         None => f(),
     }
 }
@@ -115,12 +115,8 @@ pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// allowed CPU, one thread each, never crowds the pool onto some of them:
 /// under a CPU quota smaller than the affinity (a container) the threads
 /// stay free. `Model::with_threads` bounds how many a forward uses.
-fn pool() -> Option<&'static rayon::ThreadPool> {
-    pool_and_pins().map(|(pool, _)| pool)
-}
-
-/// The pool, and whether its threads are pinned one to a CPU.
-fn pool_and_pins() -> Option<(&'static rayon::ThreadPool, bool)> {
+/// Returned with whether its threads are pinned.
+fn pool() -> Option<(&'static rayon::ThreadPool, bool)> {
     static POOL: OnceLock<Option<(rayon::ThreadPool, bool)>> = OnceLock::new();
     POOL.get_or_init(|| {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
