@@ -214,7 +214,7 @@ impl QuantizedRows {
         self.sums.resize(m, 0);
         self.nonnegative.resize(m, false);
         match kernel {
-            Kernel::Scalar => each_row(self, x, scalar::quantize_row),
+            Kernel::Scalar => each_row(self, x, 0, scalar::quantize_row),
             // SAFETY: `detect` (or the test choosing it) checked AVX2.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::quantize_rows(self, x) },
@@ -235,7 +235,7 @@ impl QuantizedRows {
     }
 }
 
-/// Quantizes each of `x`'s rows into `rows` (sized by
+/// Quantizes each of `x`'s rows from `first` on into `rows` (sized by
 /// [`QuantizedRows::quantize_into`]) with `row`, which returns `(scale, sum
 /// of q, no q negative)`. Inlined into the scalar and AVX2 kernels'
 /// `quantize_rows` (the AVX-512 one has its own loop), so that a SIMD row
@@ -243,9 +243,14 @@ impl QuantizedRows {
 /// reductions' results passed back through memory) cost as much as
 /// quantizing a row of 16 values.
 #[inline(always)]
-fn each_row(rows: &mut QuantizedRows, x: &[f32], mut row: impl FnMut(&[f32], &mut [i8]) -> (f32, i32, bool)) {
+fn each_row(
+    rows: &mut QuantizedRows,
+    x: &[f32],
+    first: usize,
+    mut row: impl FnMut(&[f32], &mut [i8]) -> (f32, i32, bool),
+) {
     let (k, stride) = (rows.k, rows.stride);
-    for (r, x_row) in x.chunks_exact(k).enumerate() {
+    for (r, x_row) in x.chunks_exact(k).enumerate().skip(first) {
         let (q_row, padding) = rows.values[r * stride..(r + 1) * stride].split_at_mut(k);
         // Most rows have none (K a multiple of 4); `fill` on an empty
         // slice still cost a call to memset per row (1.2% of a hybrid

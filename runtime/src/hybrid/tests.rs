@@ -171,7 +171,9 @@ proptest! {
     /// kernel's rows equal the scalar kernel's, padding and flags included.
     #[test]
     fn quantizers_agree_row_after_row(
-        k in 1usize..150,
+        // Multiples of 8 as often as others: the AVX2 quantizer takes
+        // those eight rows at a time (unrolled for K = 16, 24, 32, 64).
+        k in prop_oneof![1usize..150, (1usize..20).prop_map(|c| 8 * c)],
         kinds in prop::collection::vec(0u8..8, 1..40),
         seed in any::<u64>(),
     ) {
