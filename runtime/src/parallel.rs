@@ -69,9 +69,16 @@ fn with_helpers<R: Send>(
     f: impl FnOnce() -> R + Send,
 ) -> R {
     if n == 0 {
-        let result = f();
-        done.store(true, Ordering::Release);
-        return result;
+        // Done also when `f` panics: the pollers stop, and the `join`s
+        // above them return the panic instead of waiting on them forever.
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let _done = Done(done);
+        return f();
     }
     rayon::join(|| with_helpers(n - 1, owner, done, f), || keep_awake(owner, done)).0
 }
@@ -484,6 +491,24 @@ mod tests {
         });
         let waited = wait.recv_timeout(std::time::Duration::from_secs(10));
         assert!(waited.is_ok(), "keep_awake held its forward's thread");
+    }
+
+    /// A forward that panics, with helpers polling beside it, ends with
+    /// its panic: they stop, rather than hold the `join` that unwinds.
+    #[test]
+    fn a_panicking_forward_with_threads_returns_its_panic() {
+        let (returned, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let outcome = std::panic::catch_unwind(|| {
+                super::run(2, || {
+                    split_rows(2, 64, 64, usize::MAX, &mut [0.0f32; 64 * 64], |_, _| {});
+                    panic!("an op's assertion");
+                })
+            });
+            returned.send(outcome.is_err()).unwrap();
+        });
+        let panicked = wait.recv_timeout(std::time::Duration::from_secs(20));
+        assert_eq!(panicked, Ok(true), "the forward's panic did not come back");
     }
 
     /// Forwards with threads from several threads at once, each splitting
