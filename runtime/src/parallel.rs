@@ -241,7 +241,7 @@ impl RowParts {
     /// panels or not at all).
     pub fn new(threads: usize, m: usize, macs: usize, tile: usize) -> Option<Self> {
         let parts = threads.max(1);
-        (parts > 1 && macs >= MIN_PARALLEL_MACS && m >= parts * 8).then_some(RowParts {
+        (parts > 1 && macs >= MIN_PARALLEL_MACS && m >= parts.saturating_mul(8)).then_some(RowParts {
             m,
             parts,
             tile: tile.max(1),

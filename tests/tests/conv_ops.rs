@@ -138,6 +138,12 @@ fn both_families_compute_the_baked_model() {
                 assert!(err <= 0.06, "{what} {kernels:?}: {err} from the float model");
                 // Threads split the work, never the arithmetic.
                 assert_eq!(forward(kernels, 3, &x), got, "{what} {kernels:?} with 3 threads");
+                // However many are asked for (nothing overflows).
+                assert_eq!(
+                    forward(kernels, usize::MAX, &x),
+                    got,
+                    "{what} {kernels:?} with usize::MAX threads"
+                );
             }
         }
     }

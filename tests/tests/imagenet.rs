@@ -254,7 +254,8 @@ fn fused_expansions_match_the_executor(
     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     for kernels in [Kernels::Dequant, Kernels::Hybrid] {
         let want = &executor.run_all(kernels, &input)[plan.output];
-        for threads in [1, 2] {
+        // However many threads are asked for: the same bits, no overflow.
+        for threads in [1, 2, usize::MAX] {
             let got = forward(kernels, threads, &input);
             assert_eq!(bits(&got), bits(want), "{model} {kernels:?} {threads} threads");
         }
