@@ -495,20 +495,38 @@ mod tests {
 
     /// A forward that panics, with helpers polling beside it, ends with
     /// its panic: they stop, rather than hold the `join` that unwinds.
+    /// Also when the panic is in a part another thread runs; and the next
+    /// forward on threads runs as before.
     #[test]
     fn a_panicking_forward_with_threads_returns_its_panic() {
         let (returned, wait) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let outcome = std::panic::catch_unwind(|| {
+            let split = |panic_in_part: bool| {
+                let mut y = [0.0f32; 64 * 64];
+                split_rows(2, 64, 64, usize::MAX, &mut y, |rows, part| {
+                    assert!(!(panic_in_part && rows.start > 0), "an op's assertion in a part");
+                    part.fill(rows.start as f32);
+                });
+                y
+            };
+            let in_forward = std::panic::catch_unwind(|| {
                 super::run(2, || {
-                    split_rows(2, 64, 64, usize::MAX, &mut [0.0f32; 64 * 64], |_, _| {});
+                    split(false);
                     panic!("an op's assertion");
                 })
             });
-            returned.send(outcome.is_err()).unwrap();
+            let in_part = std::panic::catch_unwind(|| super::run(2, || split(true)));
+            let after = super::run(2, || split(false));
+            returned
+                .send((in_forward.is_err(), in_part.is_err(), after[64 * 64 - 1]))
+                .unwrap();
         });
-        let panicked = wait.recv_timeout(std::time::Duration::from_secs(20));
-        assert_eq!(panicked, Ok(true), "the forward's panic did not come back");
+        let outcome = wait.recv_timeout(std::time::Duration::from_secs(20));
+        assert_eq!(
+            outcome,
+            Ok((true, true, 32.0)),
+            "a forward's panic did not come back"
+        );
     }
 
     /// Forwards with threads from several threads at once, each splitting
