@@ -50,7 +50,7 @@ pub fn run<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     // Unpinned (a CPU quota narrower than the affinity, or opted out), a
     // polling thread could share a CPU, or a quota, with `f`'s own.
     let helpers = if pinned {
-        threads.min(pool.current_num_threads())
+        threads.clamp(1, pool.current_num_threads().max(1))
     } else {
         1
     };
@@ -491,6 +491,13 @@ mod tests {
         });
         let waited = wait.recv_timeout(std::time::Duration::from_secs(10));
         assert!(waited.is_ok(), "keep_awake held its forward's thread");
+    }
+
+    /// Zero threads is one: `f` runs, nothing underflows.
+    #[test]
+    fn run_on_zero_threads_runs_once() {
+        assert_eq!(super::run(0, || 7), 7);
+        assert_eq!(super::run(usize::MAX, || 8), 8);
     }
 
     /// A forward that panics, with helpers polling beside it, ends with
