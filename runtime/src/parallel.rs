@@ -502,8 +502,9 @@ mod tests {
 
     /// A forward that panics, with helpers polling beside it, ends with
     /// its panic: they stop, rather than hold the `join` that unwinds.
-    /// Also when the panic is in a part another thread runs; and the next
-    /// forward on threads runs as before.
+    /// Also when the panic is in a part of a split (either thread may run
+    /// it); and the next forward on threads runs as before. (The panics'
+    /// messages print from pool threads: they are deliberate.)
     #[test]
     fn a_panicking_forward_with_threads_returns_its_panic() {
         let (returned, wait) = std::sync::mpsc::channel();
@@ -511,7 +512,10 @@ mod tests {
             let split = |panic_in_part: bool| {
                 let mut y = [0.0f32; 64 * 64];
                 split_rows(2, 64, 64, usize::MAX, &mut y, |rows, part| {
-                    assert!(!(panic_in_part && rows.start > 0), "an op's assertion in a part");
+                    assert!(
+                        !(panic_in_part && rows.start > 0),
+                        "deliberate, in a part (parallel.rs test)"
+                    );
                     part.fill(rows.start as f32);
                 });
                 y
@@ -519,7 +523,7 @@ mod tests {
             let in_forward = std::panic::catch_unwind(|| {
                 super::run(2, || {
                     split(false);
-                    panic!("an op's assertion");
+                    panic!("deliberate, in a forward (parallel.rs test)");
                 })
             });
             let in_part = std::panic::catch_unwind(|| super::run(2, || split(true)));
