@@ -7,8 +7,10 @@
 //! at most [`KC`] inputs; the driver here walks the strips. [`scalar`] is the
 //! portable microkernel, [`avx2`] the x86-64 AVX2+FMA one, chosen at run
 //! time. [`gemm_reference`] is the plain-loop definition both are tested
-//! against. A one-row product (a fully connected layer on one input) takes
-//! `avx2::row` there: four panels side by side, the same bits per output.
+//! against. A one-row product (a fully connected layer on one input), and
+//! the row left past the tiles when the rows are one more than a multiple
+//! of [`MR`] (49, 25), take `avx2::row` there: four panels side by side,
+//! the same bits per output.
 
 use crate::alloc::AlignedVec;
 use crate::ops::Activation;
@@ -275,11 +277,27 @@ fn drive(
 ) {
     let (n, k) = (w.n, w.k);
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx2Fma && rows.len() == 1 {
+    if kernel == Kernel::Avx2Fma && rows.len() % MR == 1 {
+        // A lone row (a matrix-vector product, or the one past the tiles
+        // of 49 or 25 rows), four panels at a time: as a 1-row tile, two
+        // FMA chains waited on the FMA latency (the same bits either way).
+        let last = rows.end - 1;
         let cols = (panels.end * NR).min(n) - panels.start * NR;
-        let x = &x[rows.start * k..(rows.start + 1) * k];
+        let (tiles, lone) = y.split_at_mut((last - rows.start) * ldc);
         // SAFETY: `detect` (or the caller) checked AVX2 and FMA.
-        unsafe { avx2::row(x, w, panels, bias, act, &mut y[..cols]) };
+        unsafe {
+            avx2::row(
+                &x[last * k..(last + 1) * k],
+                w,
+                panels.clone(),
+                bias,
+                act,
+                &mut lone[..cols],
+            )
+        };
+        if rows.len() > 1 {
+            drive(kernel, x, w, bias, act, rows.start..last, panels, tiles, ldc);
+        }
         return;
     }
     let per_tile = kernel.panels_per_tile();
@@ -447,44 +465,54 @@ mod tests {
 
     /// A one-row product (the AVX2 kernel's matrix-vector path) gives each
     /// row the bits it has in a batch, where tiles of 1-6 rows compute it,
-    /// at any thread count: the same FMA chain per output.
+    /// at any thread count: the same FMA chain per output. (Of 7 rows, the
+    /// AVX2 driver runs the seventh as a lone row too; of 8, all in tiles.)
     #[test]
     fn a_row_alone_has_its_bits_in_a_batch() {
-        let m = 7;
-        for (n, k) in [
-            (1, 1),
-            (15, 7),
-            (16, 256),
-            (17, 257),
-            (63, 600),
-            (64, 1024),
-            (129, 33),
-            (1001, 300),
-        ] {
-            let mut x = values(n as u64, m * k, 1.0);
-            // Special values in row 2: they travel the same way too.
-            x[2 * k] = f32::INFINITY;
-            x[2 * k + k / 2] = f32::NAN;
-            x[3 * k] = -0.0;
-            let w = PackedF32::from_rows(&values(k as u64, n * k, 1.0), n, k);
-            let bias = values(7, n, 1.0);
-            for kernel in kernels() {
-                for (bias, act) in [
-                    (None, Activation::None),
-                    (Some(&bias[..]), Activation::Relu),
-                    (Some(&bias[..]), Activation::Clip { min: -0.5, max: 0.25 }),
-                ] {
-                    let mut batch = vec![0.0; m * n];
-                    gemm_with(kernel, &x, &w, bias, act, &mut batch);
-                    for r in 0..m {
-                        for threads in [1, 2, 3] {
-                            let mut alone = vec![f32::NAN; n];
-                            gemm_threads(kernel, threads, &x[r * k..(r + 1) * k], &w, bias, act, &mut alone);
-                            let want = &batch[r * n..(r + 1) * n];
-                            assert!(
-                                alone.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{kernel:?} n{n} k{k} row {r} threads {threads}: {alone:?} vs {want:?}"
-                            );
+        for m in [7, 8] {
+            for (n, k) in [
+                (1, 1),
+                (15, 7),
+                (16, 256),
+                (17, 257),
+                (63, 600),
+                (64, 1024),
+                (129, 33),
+                (1001, 300),
+            ] {
+                let mut x = values(n as u64, m * k, 1.0);
+                // Special values in row 2: they travel the same way too.
+                x[2 * k] = f32::INFINITY;
+                x[2 * k + k / 2] = f32::NAN;
+                x[3 * k] = -0.0;
+                let w = PackedF32::from_rows(&values(k as u64, n * k, 1.0), n, k);
+                let bias = values(7, n, 1.0);
+                for kernel in kernels() {
+                    for (bias, act) in [
+                        (None, Activation::None),
+                        (Some(&bias[..]), Activation::Relu),
+                        (Some(&bias[..]), Activation::Clip { min: -0.5, max: 0.25 }),
+                    ] {
+                        let mut batch = vec![0.0; m * n];
+                        gemm_with(kernel, &x, &w, bias, act, &mut batch);
+                        for r in 0..m {
+                            for threads in [1, 2, 3] {
+                                let mut alone = vec![f32::NAN; n];
+                                gemm_threads(
+                                    kernel,
+                                    threads,
+                                    &x[r * k..(r + 1) * k],
+                                    &w,
+                                    bias,
+                                    act,
+                                    &mut alone,
+                                );
+                                let want = &batch[r * n..(r + 1) * n];
+                                assert!(
+                                    alone.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                    "{kernel:?} m{m} n{n} k{k} row {r} threads {threads}: {alone:?} vs {want:?}"
+                                );
+                            }
                         }
                     }
                 }
