@@ -202,6 +202,28 @@ pub(super) unsafe fn quantize_rows(rows: &mut super::QuantizedRows, x: &[f32]) {
     super::each_row(rows, x, batched, |x, q| unsafe { quantize_row(x, q) });
 }
 
+/// Four vectors of quantized values (i32 in ±127, so the packs never
+/// saturate) as their 32 bytes in order: the packs interleave 128-bit
+/// lanes, and the permutation puts the four groups back.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn narrow_32([r0, r1, r2, r3]: [__m256i; 4]) -> __m256i {
+    let bytes = _mm256_packs_epi16(_mm256_packs_epi32(r0, r1), _mm256_packs_epi32(r2, r3));
+    _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// Eight quantized values (i32 in ±127) as bytes at `q`.
+///
+/// # Safety
+/// `q` has 8 writable bytes.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_8(q: *mut i8, v: __m256i) {
+    let words = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    // SAFETY: the caller's 8 bytes.
+    unsafe { _mm_storel_epi64(q.cast(), _mm_packs_epi16(words, words)) };
+}
+
 /// Lane `i`: `op` folded over the eight lanes of `v[i]` (pairs, then
 /// quads, then halves), for an `op` whose result does not depend on the
 /// order (max of non-NaN values, integer sums).
@@ -290,7 +312,6 @@ unsafe fn quantize_8_rows<const C: usize>(
         let (mut scales, mut invs) = ([0.0f32; 8], [0.0f32; 8]);
         _mm256_storeu_ps(scales.as_mut_ptr(), scale);
         _mm256_storeu_ps(invs.as_mut_ptr(), inv);
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let mut nonnegative = [false; 8];
         let mut sums = [_mm256_setzero_ps(); 8];
         for (r, row_sum) in sums.iter_mut().enumerate() {
@@ -312,15 +333,13 @@ unsafe fn quantize_8_rows<const C: usize>(
                     min,
                     _mm256_min_epi32(_mm256_min_epi32(r0, r1), _mm256_min_epi32(r2, r3)),
                 );
-                let bytes = _mm256_packs_epi16(_mm256_packs_epi32(r0, r1), _mm256_packs_epi32(r2, r3));
-                _mm256_storeu_si256(row.add(32 * b).cast(), _mm256_permutevar8x32_epi32(bytes, order));
+                _mm256_storeu_si256(row.add(32 * b).cast(), narrow_32([r0, r1, r2, r3]));
             }
             for i in 4 * blocks..chunks {
                 let v = quantize(i);
                 sum = _mm256_add_epi32(sum, v);
                 min = _mm256_min_epi32(min, v);
-                let words = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-                _mm_storel_epi64(row.add(8 * i).cast(), _mm_packs_epi16(words, words));
+                store_8(row.add(8 * i), v);
             }
             let nan = _mm256_cmpeq_epi32(min, _mm256_set1_epi32(i32::MIN));
             if _mm256_movemask_epi8(nan) != 0 {
@@ -398,14 +417,10 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
         // changes it). |x * inv| <= 127, so the packs never saturate.
         let quantize =
             |i: usize| _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * i)), vinv));
-        // packs interleave 128-bit lanes; this puts the four groups back in order.
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let (ones8, ones16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
         let (mut sum, mut min) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         for b in 0..blocks {
-            let [r0, r1, r2, r3] = [0, 1, 2, 3].map(|j| quantize(4 * b + j));
-            let bytes = _mm256_packs_epi16(_mm256_packs_epi32(r0, r1), _mm256_packs_epi32(r2, r3));
-            let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+            let bytes = narrow_32([0, 1, 2, 3].map(|j| quantize(4 * b + j)));
             _mm256_storeu_si256(q.as_mut_ptr().add(32 * b).cast(), bytes);
             // Sum of the 32 bytes: pairs (at most 2 * 127) then quads, in i32 lanes.
             sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, bytes), ones16));
@@ -415,8 +430,7 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32, bool) {
         let mut signs = _mm256_setzero_si256();
         for i in 4 * blocks..chunks {
             let r = quantize(i);
-            let words = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
-            _mm_storel_epi64(q.as_mut_ptr().add(8 * i).cast(), _mm_packs_epi16(words, words));
+            store_8(q.as_mut_ptr().add(8 * i), r);
             sum = _mm256_add_epi32(sum, r);
             signs = _mm256_or_si256(signs, r);
         }
