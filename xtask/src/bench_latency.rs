@@ -115,12 +115,19 @@ fn parse_args(args: &[String]) -> Result<Args> {
     if let Some(runs) = runs {
         parsed.runs = runs;
     }
-    parsed.models.sort_unstable();
-    parsed.models.dedup();
-    if parsed.models.is_empty() {
-        parsed.models = (0..MODELS.len()).collect();
-    }
+    parsed.models = chosen_models(parsed.models);
     Ok(parsed)
+}
+
+/// The models `--model` named (indices into [`MODELS`]), in its order,
+/// each once; all of them when none was named.
+pub(crate) fn chosen_models(mut models: Vec<usize>) -> Vec<usize> {
+    models.sort_unstable();
+    models.dedup();
+    if models.is_empty() {
+        models = (0..MODELS.len()).collect();
+    }
+    models
 }
 
 /// The index in [`MODELS`] of the model whose key is `key`.

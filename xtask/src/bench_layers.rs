@@ -132,10 +132,8 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
             other => return Err(format!("unknown option `{other}` with --layers").into()),
         }
     }
-    for (m, spec) in MODELS.iter().enumerate() {
-        if models.is_empty() || models.contains(&m) {
-            model(root, spec, rounds, threads, fused)?;
-        }
+    for m in crate::bench_latency::chosen_models(models) {
+        model(root, &MODELS[m], rounds, threads, fused)?;
     }
     Ok(())
 }
