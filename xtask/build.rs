@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+#[path = "src/xorshift.rs"]
+mod xorshift;
 // The build script uses a subset of the builders.
 #[path = "src/mobilenet_v1.rs"]
 mod mobilenet_v1;
@@ -16,6 +18,7 @@ mod onnx_writer;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo::rerun-if-changed=src/mobilenet_v1.rs");
     println!("cargo::rerun-if-changed=src/onnx_writer.rs");
+    println!("cargo::rerun-if-changed=src/xorshift.rs");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("cargo sets OUT_DIR")?);
     let onnx = out.join("mobilenet_v1.onnx");
     std::fs::write(&onnx, mobilenet_v1::onnx_bytes())?;

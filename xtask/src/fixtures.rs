@@ -9,6 +9,7 @@ use std::error::Error;
 use std::path::Path;
 
 use crate::onnx_writer as onnx;
+use crate::xorshift::Rng;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -29,18 +30,7 @@ pub(crate) fn f32s(shape: &[usize], values: &[f32]) -> Tensor {
     }
 }
 
-/// xorshift64*: reproducible values with no dependency.
-struct Rng(u64);
-
 impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-        bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
     /// `rows x cols` weights, each row with its own magnitude (so per-channel
     /// ranges matter), roughly He-scaled.
     fn matrix(&mut self, rows: usize, cols: usize) -> Vec<f32> {
@@ -50,12 +40,12 @@ impl Rng {
                 let row_scale = he * (0.25 + 1.75 * ((r * 7) % 11) as f32 / 10.0);
                 (0..cols).map(move |_| row_scale).collect::<Vec<_>>()
             })
-            .map(|s| s * self.next_f32())
+            .map(|s| s * self.uniform())
             .collect()
     }
 
     fn vector(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| scale * self.next_f32()).collect()
+        (0..n).map(|_| scale * self.uniform()).collect()
     }
 }
 

@@ -10,6 +10,7 @@ mod import;
 #[cfg(test)]
 mod mobilenet_v1;
 mod onnx_writer;
+mod xorshift;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

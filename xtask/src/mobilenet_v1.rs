@@ -14,6 +14,7 @@
 //! Included by path from `build.rs`: it uses only [`crate::onnx_writer`].
 
 use crate::onnx_writer as onnx;
+use crate::xorshift::Rng;
 
 /// `(output channels, stride)` of each depthwise-separable block after the
 /// 3x3 stride-2 stem (32 channels): its 3x3 depthwise conv has the stride,
@@ -41,18 +42,7 @@ const INPUT: &str = "input";
 const SHAPE: [usize; 4] = [1, 3, 224, 224];
 const OUTPUT: &str = "logits";
 
-/// xorshift64*, uniform in [-1, 1).
-struct Rng(u64);
-
 impl Rng {
-    fn uniform(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-        bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
     /// Standard normal (Box-Muller): trained weights are bell-shaped, with
     /// a few large ones that set each channel's range.
     fn normal(&mut self) -> f32 {
