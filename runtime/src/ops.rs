@@ -494,7 +494,7 @@ fn pointwise_depthwise_by_channels(
     let taps = depthwise.taps();
     let panels_n = c.div_ceil(gemm_f32::NR);
     let parts = panels_n.div_ceil(per);
-    let out = DisjointColumns::new(y, c);
+    let out = crate::parallel::DisjointColumns::new(y, c);
     // Part `i`: channels `c0..c1`, with `gemm` writing their 1x1 outputs.
     let part = |i: usize, gemm: &dyn Fn(std::ops::Range<usize>, &mut [f32])| {
         let panels = i * per..((i + 1) * per).min(panels_n);
@@ -549,50 +549,6 @@ fn pointwise_depthwise_by_channels(
             run(&|panels, mid| {
                 gemm_f32::gemm_panels(kernel, x, w, pointwise_bias, pointwise_act, panels, mid)
             });
-        }
-    }
-}
-
-/// `y` as `[pixels, channels]`, borrowed for its lifetime, written one
-/// range of channels at a time from several threads
-/// ([`pointwise_depthwise_by_channels`]).
-struct DisjointColumns<'a> {
-    ptr: *mut f32,
-    len: usize,
-    channels: usize,
-    _y: std::marker::PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: it only writes, through `write`, whose callers promise disjoint
-// channels; the borrow of `y` it holds keeps anyone else from reading it.
-unsafe impl Sync for DisjointColumns<'_> {}
-
-impl<'a> DisjointColumns<'a> {
-    fn new(y: &'a mut [f32], channels: usize) -> Self {
-        assert!(channels > 0 && y.len().is_multiple_of(channels));
-        DisjointColumns {
-            ptr: y.as_mut_ptr(),
-            len: y.len(),
-            channels,
-            _y: std::marker::PhantomData,
-        }
-    }
-
-    /// Channels `c0..c0 + w` of every pixel from `part` (`[pixels, w]`).
-    ///
-    /// # Safety
-    /// No other call writes any of these channels at the same time.
-    unsafe fn write(&self, c0: usize, part: &[f32]) {
-        let pixels = self.len / self.channels;
-        assert!(part.len().is_multiple_of(pixels.max(1)));
-        let w = part.len() / pixels.max(1);
-        assert!(c0 + w <= self.channels, "channels out of range");
-        for (p, src) in part.chunks_exact(w.max(1)).enumerate().take(pixels) {
-            // SAFETY: pixel p's channels c0..c0 + w are inside `y` (checked
-            // above), and no other thread writes them (the caller's promise).
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(p * self.channels + c0), w);
-            }
         }
     }
 }

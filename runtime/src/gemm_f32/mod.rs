@@ -222,9 +222,18 @@ pub fn gemm_threads(
     let m = rows_of(x, w, bias);
     assert_eq!(y.len(), m * n, "y has the wrong size");
     let tile = kernel.row_tile();
-    crate::parallel::split_gemm(threads, m, n, NR, tile, m * n * k, y, |rows, panels, y, ldc| {
-        drive(kernel, x, w, bias, act, rows, panels, y, ldc)
-    });
+    let panels_first = crate::parallel::f32_panels_first(m, k);
+    crate::parallel::split_gemm(
+        threads,
+        m,
+        n,
+        NR,
+        tile,
+        m * n * k,
+        panels_first,
+        y,
+        |rows, panels, y, ldc| drive(kernel, x, w, bias, act, rows, panels, y, ldc),
+    );
 }
 
 /// The output channels of panels `panels` only, on this thread: `y` holds

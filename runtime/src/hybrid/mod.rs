@@ -407,9 +407,18 @@ pub fn gemm_threads(
     let m = x.rows();
     assert_eq!(y.len(), m * n, "y has the wrong size");
     let tile = kernel.row_tile(k);
-    crate::parallel::split_gemm(threads, m, n, NR, tile, m * n * k, y, |rows, panels, y, ldc| {
-        drive(kernel, x, w, bias, act, rows, panels, y, ldc)
-    });
+    // By rows first: see `parallel::f32_panels_first`.
+    crate::parallel::split_gemm(
+        threads,
+        m,
+        n,
+        NR,
+        tile,
+        m * n * k,
+        false,
+        y,
+        |rows, panels, y, ldc| drive(kernel, x, w, bias, act, rows, panels, y, ldc),
+    );
 }
 
 /// The output channels of panels `panels` only, on this thread: `y` holds
