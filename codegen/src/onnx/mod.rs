@@ -4,7 +4,7 @@
 //! - [`proto`]: the ONNX protobuf messages, declared by hand for prost;
 //! - [`model`]: a decoded file with typed accessors (tensors as f32 or i64,
 //!   attributes by name, Constant values, input and output shapes);
-//! - [`import`]: the ONNX graph mapped onto qbake's ops, with its tensors;
+//! - [`import`](mod@import): the ONNX graph mapped onto qbake's ops, with its tensors;
 //! - [`shapes`]: the ops' shape rules (windows with `auto_pad` resolved,
 //!   broadcasting, Squeeze and Unsqueeze);
 //! - [`write_safetensors`]: the result as a file the macro bakes.

@@ -14,7 +14,7 @@ use prost::Message;
 use std::collections::{BTreeMap, HashSet};
 
 /// Decoding may take at most this many times the file's size in memory
-/// (plus [`DECODE_SLACK`]); see [`super::wire`].
+/// (plus [`DECODE_SLACK`]); see `super::wire`.
 pub const MAX_DECODE_FACTOR: usize = 8;
 
 /// Memory decoding may take beyond [`MAX_DECODE_FACTOR`] times the file size.

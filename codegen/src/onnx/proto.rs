@@ -68,7 +68,7 @@ pub struct NodeProto {
     pub domain: Option<String>,
 }
 
-/// `AttributeProto.AttributeType`, the values of [`AttributeProto::r#type`].
+/// `AttributeProto.AttributeType`, the values of `AttributeProto::type`.
 pub mod attribute_type {
     pub const UNDEFINED: i32 = 0;
     pub const FLOAT: i32 = 1;

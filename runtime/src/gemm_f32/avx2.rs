@@ -117,7 +117,7 @@ const ROW_PANELS: usize = 4;
 /// One row `x` (`w.k` floats) against panels `panels` of `w`, into `y` (those
 /// panels' columns), with bias (zeros when `None`) and `act`: a
 /// matrix-vector product. Each output is the same chain of FMAs over `k`
-/// as [`kernel`]'s, from zero, then `+ bias` and the bounds: the same bits
+/// as `kernel`'s, from zero, then `+ bias` and the bounds: the same bits
 /// as the row computed in any tile, at any `KC` blocking.
 ///
 /// # Safety

@@ -34,7 +34,7 @@
 //! panels in place, and leaves the rest of a strip to the VNNI kernel.
 //!
 //! [`quantize_row`] and [`gemm_reference`] are the definitions; the kernels
-//! in [`scalar`], [`avx2`] and `avx512` give the same bits.
+//! in [`scalar`], `avx2` and `avx512` give the same bits.
 
 use crate::QuantWeight;
 use crate::ops::Activation;

@@ -173,7 +173,7 @@ fn graph_tensors() -> &'static [FixedTensor] {
     })
 }
 
-/// A model file with [`graph_tensors`] and `graph` as its `qbake.graph`.
+/// A model file with `graph_tensors` and `graph` as its `qbake.graph`.
 pub fn file_with_graph(graph: &str) -> Vec<u8> {
     let tensors = graph_tensors();
     let views = tensors.iter().map(|(name, dtype, shape, bytes)| {
@@ -184,7 +184,7 @@ pub fn file_with_graph(graph: &str) -> Vec<u8> {
     safetensors::serialize(views, Some(metadata)).expect("the fixed tensors serialize")
 }
 
-/// Bytes as the graph document of a file with [`graph_tensors`].
+/// Bytes as the graph document of a file with `graph_tensors`.
 pub fn graph_json(data: &[u8]) {
     match std::str::from_utf8(data) {
         Ok(graph) => safetensors_model(&file_with_graph(graph)),
