@@ -576,10 +576,22 @@ fn band_rows(exec: &Exec, pointwise: &Weight, g: &Conv2d, acts: [Activation; 2])
         if exec.threads > 1 && macs >= crate::parallel::MIN_PARALLEL_DEPTHWISE_MACS {
             // `split_rows`'s parts of one image.
             let per = crate::parallel::split_rows_per_part(exec.threads, oh);
-            let rows_read = |band: std::ops::Range<usize>| g.band(band).map_or(0, |(_, rows)| rows.len());
-            let parts_read = || (0..oh).step_by(per).map(|r| rows_read(r..(r + per).min(oh)));
-            let twice = parts_read().sum::<usize>() - rows_read(0..oh);
-            let widest = parts_read().max().unwrap_or(0);
+            // The 1x1 rows each part reads, in order.
+            let parts_read = || {
+                (0..oh)
+                    .step_by(per)
+                    .filter_map(|r| g.band(r..(r + per).min(oh)).map(|(_, rows)| rows))
+            };
+            // Rows a part reads that a part before it read too: computed
+            // twice. (Not the parts' rows less the whole image's: where the
+            // stride passes the kernel, rows between parts go unread, and
+            // that difference underflowed.)
+            let (mut twice, mut read_to) = (0usize, 0usize);
+            for rows in parts_read() {
+                twice += read_to.saturating_sub(rows.start).min(rows.len());
+                read_to = read_to.max(rows.end);
+            }
+            let widest = parts_read().map(|rows| rows.len()).max().unwrap_or(0);
             // Split by channels instead where half the 1x1 rows or more
             // would be computed twice (EfficientNet-Lite0's 7x7 pairs with
             // 5x5 kernels, where bands compute 6 and 5 of 7 rows), or where
@@ -1164,6 +1176,24 @@ mod tests {
                 clip,
                 false,
                 true,
+            ),
+            // Strides past the kernel: rows between the parts' bands go
+            // unread (counting the rows computed twice once underflowed).
+            (
+                64,
+                depthwise(10, 10, 64, 1, 2, 1, [0; 4]),
+                clip,
+                Activation::None,
+                true,
+                true,
+            ),
+            (
+                64,
+                depthwise(12, 11, 48, 2, 3, 1, [0, 0, 1, 1]),
+                Activation::Relu,
+                clip,
+                false,
+                false,
             ),
         ];
         for (seed, (cin, g, pointwise_act, act, quantized, biased)) in cases.into_iter().enumerate() {
