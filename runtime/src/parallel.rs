@@ -219,7 +219,7 @@ pub fn split_gemm<F>(
         return drive(0..m, 0..panels, y, n);
     }
     if let Some(parts) = RowParts::new(threads, m, macs, tile).filter(|_| !panels_first) {
-        install(|| parts.run(y, n, &|rows, part| drive(rows, 0..panels, part, n)));
+        parts.run(y, n, &|rows, part| drive(rows, 0..panels, part, n));
     } else if panels >= 2 {
         // Each part's columns, all rows, into a buffer of its thread's
         // (reused from call to call: no allocation once warm), then into
@@ -343,15 +343,16 @@ impl RowParts {
         self.start(i)..self.start(i + 1)
     }
 
-    /// Runs `f(rows, y_part)` for every part on rayon's pool (the calling
-    /// thread's among them), `y_part` being the part's rows of `y`, each
-    /// `row_len` long. Joins halves recursively: nothing is allocated.
+    /// Runs `f(rows, y_part)` for every part on qbake's pool (the calling
+    /// thread's among them; `install`), `y_part` being the part's rows of
+    /// `y`, each `row_len` long. Joins halves recursively: nothing is
+    /// allocated.
     pub fn run<F>(&self, y: &mut [f32], row_len: usize, f: &F)
     where
         F: Fn(Range<usize>, &mut [f32]) + Sync,
     {
         assert_eq!(y.len(), self.m * row_len);
-        self.run_parts(0..self.parts, y, row_len, f);
+        install(|| self.run_parts(0..self.parts, y, row_len, f));
     }
 
     fn run_parts<F>(&self, parts: Range<usize>, y: &mut [f32], row_len: usize, f: &F)
