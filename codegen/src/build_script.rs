@@ -49,7 +49,7 @@ impl Model {
         self
     }
 
-    /// Weight matrices with fewer elements stay f32 (default 1024).
+    /// Weight matrices with fewer elements stay f32 (default 4096).
     pub fn keep_float_below(mut self, elements: usize) -> Self {
         self.options.keep_float_below = elements;
         self

@@ -459,7 +459,11 @@ mod tests {
         let p = QParams::for_range(0.0, 0.0);
         assert_eq!((p.scale, p.zero_point), (0.0, 0));
         assert_eq!(p.dequantize(p.quantize(0.0)), 0.0);
-        let w = bake_weight("z", 4, 300, vec![0.0; 1200], &Options::default()).unwrap();
+        let options = Options {
+            keep_float_below: 0,
+            ..Options::default()
+        };
+        let w = bake_weight("z", 4, 300, vec![0.0; 1200], &options).unwrap();
         assert_eq!(w.sqnr_db, f64::INFINITY);
         let Storage::U8 { data, .. } = &w.storage else {
             panic!("1200 values are quantized")
@@ -490,6 +494,7 @@ mod tests {
             .collect();
         let options = |per_channel| Options {
             per_channel,
+            keep_float_below: 0,
             ..Options::default()
         };
         let pc = bake_weight("w", 2, 1024, values.clone(), &options(true)).unwrap();

