@@ -576,22 +576,19 @@ fn band_rows(exec: &Exec, pointwise: &Weight, g: &Conv2d, acts: [Activation; 2])
         if exec.threads > 1 && macs >= crate::parallel::MIN_PARALLEL_DEPTHWISE_MACS {
             // `split_rows`'s parts of one image.
             let per = crate::parallel::split_rows_per_part(exec.threads, oh);
-            // The 1x1 rows each part reads, in order.
-            let parts_read = || {
-                (0..oh)
-                    .step_by(per)
-                    .filter_map(|r| g.band(r..(r + per).min(oh)).map(|(_, rows)| rows))
-            };
-            // Rows a part reads that a part before it read too: computed
-            // twice. (Not the parts' rows less the whole image's: where the
-            // stride passes the kernel, rows between parts go unread, and
-            // that difference underflowed.)
-            let (mut twice, mut read_to) = (0usize, 0usize);
-            for rows in parts_read() {
-                twice += read_to.saturating_sub(rows.start).min(rows.len());
-                read_to = read_to.max(rows.end);
+            // Over the parts in order, the 1x1 rows a part reads that a
+            // part before it read too (computed twice), and the most one
+            // part reads. (Not the parts' rows less the whole image's:
+            // where the stride passes the kernel, rows between parts go
+            // unread, and that difference underflowed.)
+            let (mut twice, mut widest, mut read_to) = (0usize, 0usize, 0usize);
+            for r in (0..oh).step_by(per) {
+                if let Some((_, rows)) = g.band(r..(r + per).min(oh)) {
+                    twice += read_to.saturating_sub(rows.start).min(rows.len());
+                    widest = widest.max(rows.len());
+                    read_to = read_to.max(rows.end);
+                }
             }
-            let widest = parts_read().map(|rows| rows.len()).max().unwrap_or(0);
             // Split by channels instead where half the 1x1 rows or more
             // would be computed twice (EfficientNet-Lite0's 7x7 pairs with
             // 5x5 kernels, where bands compute 6 and 5 of 7 rows), or where
