@@ -289,7 +289,7 @@ pub fn split_gemm<F>(
 pub(crate) struct DisjointColumns<'a> {
     ptr: *mut f32,
     len: usize,
-    channels: usize,
+    cols: usize,
     _y: std::marker::PhantomData<&'a mut [f32]>,
 }
 
@@ -298,12 +298,12 @@ pub(crate) struct DisjointColumns<'a> {
 unsafe impl Sync for DisjointColumns<'_> {}
 
 impl<'a> DisjointColumns<'a> {
-    pub(crate) fn new(y: &'a mut [f32], channels: usize) -> Self {
-        assert!(channels > 0 && y.len().is_multiple_of(channels));
+    pub(crate) fn new(y: &'a mut [f32], cols: usize) -> Self {
+        assert!(cols > 0 && y.len().is_multiple_of(cols));
         DisjointColumns {
             ptr: y.as_mut_ptr(),
             len: y.len(),
-            channels,
+            cols,
             _y: std::marker::PhantomData,
         }
     }
@@ -313,15 +313,15 @@ impl<'a> DisjointColumns<'a> {
     /// # Safety
     /// No other call writes any of these columns at the same time.
     pub(crate) unsafe fn write(&self, c0: usize, part: &[f32]) {
-        let pixels = self.len / self.channels;
-        assert!(part.len().is_multiple_of(pixels.max(1)));
-        let w = part.len() / pixels.max(1);
-        assert!(c0 + w <= self.channels, "channels out of range");
-        for (p, src) in part.chunks_exact(w.max(1)).enumerate().take(pixels) {
-            // SAFETY: pixel p's channels c0..c0 + w are inside `y` (checked
+        let rows = self.len / self.cols;
+        assert!(part.len().is_multiple_of(rows.max(1)));
+        let w = part.len() / rows.max(1);
+        assert!(c0 + w <= self.cols, "columns out of range");
+        for (r, src) in part.chunks_exact(w.max(1)).enumerate().take(rows) {
+            // SAFETY: row r's columns c0..c0 + w are inside `y` (checked
             // above), and no other thread writes them (the caller's promise).
             unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(p * self.channels + c0), w);
+                std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(r * self.cols + c0), w);
             }
         }
     }
