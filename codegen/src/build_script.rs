@@ -95,13 +95,21 @@ impl Model {
     /// safetensors file with one F32 tensor, a batch of inputs. A relative
     /// path is the build script's, that is the package's directory.
     pub fn calibration(mut self, path: impl AsRef<Path>) -> Self {
-        self.options.calibration = Some(Calibration::Inputs(path.as_ref().to_path_buf()));
+        self.options.calibration = Calibration::Inputs(path.as_ref().to_path_buf());
         self
     }
 
-    /// Calibration on synthetic images, no data (`Calibration::Synthetic`).
+    /// Calibration on synthetic images, no data (`Calibration::Synthetic`;
+    /// the default for image inputs, `Calibration::Auto`).
     pub fn synthetic_calibration(mut self) -> Self {
-        self.options.calibration = Some(Calibration::Synthetic);
+        self.options.calibration = Calibration::Synthetic;
+        self
+    }
+
+    /// No calibration: bias correction from batch-norm statistics alone
+    /// (`Calibration::Off`).
+    pub fn no_calibration(mut self) -> Self {
+        self.options.calibration = Calibration::Off;
         self
     }
 
@@ -137,7 +145,7 @@ impl Model {
                 path: self.path.clone(),
                 options: self.options.clone(),
             };
-            if let Some(Calibration::Inputs(inputs)) = &mut model.options.calibration {
+            if let Calibration::Inputs(inputs) = &mut model.options.calibration {
                 *inputs = manifest_dir.join(&*inputs);
                 println!("cargo::rerun-if-changed={}", inputs.display());
             }
@@ -155,7 +163,7 @@ impl Model {
         check_name(name)?;
         let display = self.path.display().to_string();
         let in_file = |e: Error| match &self.options.calibration {
-            Some(Calibration::Inputs(inputs)) if e.is_calibration() => {
+            Calibration::Inputs(inputs) if e.is_calibration() => {
                 Error::new(format!("qbake: {}: {e}", inputs.display()))
             }
             _ => Error::new(format!("qbake: {display}: {e}")),
@@ -399,6 +407,19 @@ mod tests {
         assert_eq!(
             synthetic,
             "qbake: models/tiny.safetensors: calibration: synthetic calibration makes images, [N, C, H, W]; this model's input is [1, 4]"
+        );
+        // The default asks for synthetic images only where the input is an
+        // image: this model bakes as without calibration.
+        let baked = |model: Model| {
+            let out = scratch("default-calibration");
+            model.emit_into(&fixture("tiny.safetensors"), &out, "m").unwrap();
+            let files = ["m.rs", "m.weights"].map(|f| std::fs::read(out.join(f)).unwrap());
+            std::fs::remove_dir_all(out).unwrap();
+            files
+        };
+        assert_eq!(
+            baked(Model::new("models/tiny.safetensors")),
+            baked(Model::new("models/tiny.safetensors").no_calibration())
         );
         let good = scratch("calibrated");
         Model::new("models/tiny.safetensors")

@@ -54,7 +54,7 @@ pub fn model(
     let rebuild_trigger = match bytes {
         Bytes::Inline => std::iter::once(path)
             .chain(match &options.calibration {
-                Some(crate::Calibration::Inputs(inputs)) => Some(inputs.as_path()),
+                crate::Calibration::Inputs(inputs) => Some(inputs.as_path()),
                 _ => None,
             })
             .map(|path| {

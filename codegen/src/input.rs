@@ -20,10 +20,11 @@ fn expand(input: TokenStream, base_dir: &Path) -> syn::Result<TokenStream> {
     let written = args.path.value();
     let path = base_dir.join(&written);
     if let Some(calibration) = &args.calibration {
-        args.options.calibration = Some(match calibration.value().as_str() {
+        args.options.calibration = match calibration.value().as_str() {
             "synthetic" => Calibration::Synthetic,
+            "none" => Calibration::Off,
             path => Calibration::Inputs(base_dir.join(path)),
-        });
+        };
     }
     generate(&path, &written, &args.options).map_err(|e| {
         let at = match &args.calibration {
@@ -91,7 +92,7 @@ impl Parse for MacroArgs {
                     _ => {
                         return Err(syn::Error::new(
                             value.span(),
-                            "qbake: `calibration` takes a file path or \"synthetic\", a string",
+                            "qbake: `calibration` takes a file path, \"synthetic\" or \"none\", a string",
                         ));
                     }
                 },

@@ -145,19 +145,26 @@ pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
     if options.bias_correction {
         let in_calibration = |e: Error| Error::new(format!("calibration: {e}")).in_calibration();
         let means = match &options.calibration {
-            Some(Calibration::Inputs(path)) => {
+            Calibration::Inputs(path) => {
                 let (_, inputs) = crate::calibration::read_inputs(path, None, &plan.input().shape)
                     .map_err(in_calibration)?;
                 crate::calibration::channel_means(plan, &inputs)
             }
-            Some(Calibration::Synthetic) => {
+            Calibration::Synthetic => {
                 let known = crate::bias_correction::expected_means(plan);
                 crate::calibration::with_synthetic_means(plan, known).map_err(in_calibration)?
             }
-            None => crate::bias_correction::expected_means(plan),
+            Calibration::Auto if crate::calibration::takes_images(plan) => {
+                let known = crate::bias_correction::expected_means(plan);
+                crate::calibration::with_synthetic_means(plan, known).map_err(in_calibration)?
+            }
+            Calibration::Auto | Calibration::Off => crate::bias_correction::expected_means(plan),
         };
         crate::bias_correction::correct(plan, &mut baked, &means);
-    } else if options.calibration.is_some() {
+    } else if matches!(
+        options.calibration,
+        Calibration::Inputs(_) | Calibration::Synthetic
+    ) {
         return Err(Error::new(
             "`calibration` inputs are used by bias correction, which `bias_correction = false` turns off",
         )

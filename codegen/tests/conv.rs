@@ -630,7 +630,7 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
     let view = TensorView::new(Dtype::F32, vec![4, 1, c, 32, 32], &batch).unwrap();
     std::fs::write(&calibration, safetensors::serialize([("x", view)], None).unwrap()).unwrap();
     let want = float.run(&input);
-    let mean_error = |calibration: Option<Calibration>| {
+    let mean_error = |calibration: Calibration| {
         let options = Options {
             keep_float_below: 0,
             calibration,
@@ -641,8 +641,8 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
     // Without calibration nothing says what conv2's input averages: balanced
     // rounding (on by default) takes out only what a uniform mean would see.
     let (plain, calibrated) = (
-        mean_error(None),
-        mean_error(Some(Calibration::Inputs(calibration.clone()))),
+        mean_error(Calibration::Off),
+        mean_error(Calibration::Inputs(calibration.clone())),
     );
     assert!(
         calibrated * 4.0 < plain,
@@ -650,7 +650,7 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
     );
     // Synthetic images (in [-1, 1]) are not these inputs (N(0, 1)), but what
     // they say of conv2's input means is closer than nothing (measured: 1.9x).
-    let synthetic = mean_error(Some(Calibration::Synthetic));
+    let synthetic = mean_error(Calibration::Synthetic);
     assert!(
         synthetic * 1.5 < plain,
         "mean |error| {synthetic} synthetic vs {plain} plain"
@@ -658,12 +658,25 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
     // Calibration needs bias correction, and says so rather than doing nothing.
     let off = Options {
         bias_correction: false,
-        calibration: Some(Calibration::Inputs(calibration)),
+        calibration: Calibration::Inputs(calibration),
         ..Options::default()
     };
     let err = quantize::bake(float.plan(), &off).unwrap_err();
     assert!(
         err.is_calibration() && err.message().contains("bias_correction = false"),
         "{err}"
+    );
+    // The default is no request of the user's: it measures on synthetic
+    // images with bias correction, and does nothing without, as "none" does.
+    let default = mean_error(Calibration::Auto);
+    assert!(default == synthetic, "{default} vs {synthetic}");
+    let uncorrected = |calibration| Options {
+        bias_correction: false,
+        calibration,
+        ..Options::default()
+    };
+    assert!(
+        quantize::bake(float.plan(), &uncorrected(Calibration::Auto)).unwrap()
+            == quantize::bake(float.plan(), &uncorrected(Calibration::Off)).unwrap()
     );
 }

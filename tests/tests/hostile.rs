@@ -112,7 +112,7 @@ fn mutated_calibration_files_give_errors_not_panics() {
             let ok = calibration::read_inputs(&file, None, &[1, 4]).is_ok();
             let options = Options {
                 keep_float_below: 0,
-                calibration: Some(Calibration::Inputs(file.clone())),
+                calibration: Calibration::Inputs(file.clone()),
                 ..Options::default()
             };
             assert_eq!(quantize::bake(model.plan(), &options).is_ok(), ok);

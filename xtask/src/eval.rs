@@ -24,8 +24,8 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --mse-ranges B     true (default) or false
   --calibration P    bias correction from inputs' measured means: a safetensors file of inputs, a
                      directory of photos (22 variants each, same --mean and --scale; keep them apart
-                     from the photos measured, or the figures flatter the model), `synthetic`, or
-                     `held-out` (with --photos: each photo measured with calibration from the
+                     from the photos measured, or the figures flatter the model), `synthetic` (the
+                     default), `none`, or `held-out` (with --photos: each photo measured with calibration from the
                      others' 22 variants, one bake per photo; NAME_123.png is NAME.png's photo)
   --json             the report as JSON on stdout";
 
@@ -99,8 +99,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     }
     let mut written = None;
     if let Some(path) = calibration {
-        options.calibration = Some(if path.as_os_str() == "synthetic" {
+        options.calibration = if path.as_os_str() == "synthetic" {
             Calibration::Synthetic
+        } else if path.as_os_str() == "none" {
+            Calibration::Off
         } else if path.is_dir() {
             let (Some(mean), Some(scale)) = (mean, scale) else {
                 return Err(format!("--calibration DIR needs --mean and --scale\n\n{USAGE}").into());
@@ -112,7 +114,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
             Calibration::Inputs(file)
         } else {
             Calibration::Inputs(path)
-        });
+        };
     }
     let (names, inputs) = match (inputs_file, photos_dir) {
         (Some(_), None) if dense.is_some() => {
@@ -348,7 +350,7 @@ fn held_out_report(
         let (fold_names, inputs) = photo_variants(own, &shape, mean, scale, dense.unwrap_or(false))?;
         write_inputs(&file, &shape, &calibration)?;
         let options = Options {
-            calibration: Some(Calibration::Inputs(file.clone())),
+            calibration: Calibration::Inputs(file.clone()),
             ..options.clone()
         };
         let report = qbake_eval::evaluate_loaded(

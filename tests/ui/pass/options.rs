@@ -33,8 +33,18 @@ mod synthetic {
     );
 }
 
+// No calibration: bias correction from batch-norm statistics alone.
+mod uncalibrated {
+    qbake::quantized_model!(
+        "../../models/conv_ops.safetensors",
+        keep_float_below = 1,
+        calibration = "none",
+    );
+}
+
 fn main() {
     let _synthetic = synthetic::Model::new(qbake::Kernels::Dequant);
+    let _uncalibrated = uncalibrated::Model::new(qbake::Kernels::Hybrid);
     let _calibrated = calibrated::Model::new(qbake::Kernels::Hybrid);
     let qbake::Weight::U8(w) = &per_tensor::weights::FC_WEIGHT else {
         panic!("keep_float_below = 1 quantizes every matrix");
