@@ -11,8 +11,8 @@ pub struct Options {
     /// models for a few percent more bytes (docs/eval.md).
     pub keep_float_below: usize,
     /// Take the mean shift that rounding the weights causes out of each
-    /// bias, where batch normalization statistics say what a layer's input
-    /// averages (`bias_correction.rs`).
+    /// bias, where batch normalization statistics or `calibration` say
+    /// what a layer's input averages (`bias_correction.rs`).
     pub bias_correction: bool,
     /// Cross-layer equalization: trade each channel's range between a layer
     /// and the next (through ReLU or ReLU6), so that one min/max per tensor
