@@ -36,7 +36,14 @@ pub fn model(
 ) -> (TokenStream, Vec<u8>) {
     let names = StaticNames::new(baked);
     let depthwise = plan.depthwise_weights();
-    let (weights_mod, blob) = weights_module(display_path, baked, &names, &depthwise, options, bytes);
+    let (weights_mod, blob) = weights_module(
+        display_path,
+        (baked, &bias_doc(plan, options)),
+        &names,
+        &depthwise,
+        options,
+        bytes,
+    );
     let input = plan.input();
     let output = &plan.values[plan.output];
     let (input_ty, output_ty) = (array_type(&input.shape), array_type(&output.shape));
@@ -197,7 +204,7 @@ fn identifier(name: &str) -> String {
 
 fn weights_module(
     display_path: &str,
-    baked: &Baked,
+    (baked, bias_doc): (&Baked, &str),
     names: &StaticNames,
     depthwise: &HashSet<&str>,
     options: &Options,
@@ -233,7 +240,7 @@ fn weights_module(
             pub static #ident: [f32; #len] = [#(#values),*];
         });
     }
-    let doc = weights_doc(display_path, baked, options);
+    let doc = weights_doc(display_path, baked, bias_doc, options);
     let tokens = quote! {
         #[doc = #doc]
         pub mod weights {
@@ -406,7 +413,31 @@ fn db(v: f64) -> String {
     }
 }
 
-fn weights_doc(display_path: &str, baked: &Baked, options: &Options) -> String {
+/// What the baked biases hold besides the file's values, for the weights'
+/// docs: bias correction, and where its means came from.
+fn bias_doc(plan: &Plan, options: &Options) -> String {
+    if !options.bias_correction {
+        return String::new();
+    }
+    let means = match &options.calibration {
+        crate::Calibration::Inputs(path) => format!(
+            "measured on the calibration inputs `{}`",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        crate::Calibration::Synthetic | crate::Calibration::Auto
+            if crate::calibration::takes_images(plan) =>
+        {
+            "from batch-norm statistics where the graph has them, else measured on synthetic images".into()
+        }
+        _ => "from batch-norm statistics where the graph has them".into(),
+    };
+    format!(
+        "Biases are bias-corrected: each takes out the mean shift that rounding its layer's weights \
+         causes, with the layer's input means {means}. "
+    )
+}
+
+fn weights_doc(display_path: &str, baked: &Baked, bias_doc: &str, options: &Options) -> String {
     let quantized = baked
         .weights
         .iter()
@@ -422,7 +453,7 @@ fn weights_doc(display_path: &str, baked: &Baked, options: &Options) -> String {
             "The tensors of `{display_path}`, as baked.\n\n\
          Weight matrices of {} elements or more are stored as u8 with min/max {} \
          (`x = (q - zero_point) * scale`, 0.0 exact); smaller ones, biases and constants stay f32. \
-         SQNR is the signal-to-quantization-noise ratio of the stored weights against the file's floats. \
+         {bias_doc}SQNR is the signal-to-quantization-noise ratio of the stored weights against the file's floats. \
          The bytes of each `*_S8` array are `q - 128`, packed at compile time in the panel order the int8 \
          kernels read (`qbake::format::packed_index`); `QuantWeight::q(n, k)` reads one weight back. \
          `s8_sums` holds each output channel's sum of those bytes, for the AVX-512 VNNI kernel, and \

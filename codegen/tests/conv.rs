@@ -658,7 +658,7 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
     // Calibration needs bias correction, and says so rather than doing nothing.
     let off = Options {
         bias_correction: false,
-        calibration: Calibration::Inputs(calibration),
+        calibration: Calibration::Inputs(calibration.clone()),
         ..Options::default()
     };
     let err = quantize::bake(float.plan(), &off).unwrap_err();
@@ -670,6 +670,24 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
     // images with bias correction, and does nothing without, as "none" does.
     let default = mean_error(Calibration::Auto);
     assert!(default == synthetic, "{default} vs {synthetic}");
+    // The weights' docs say where the biases' means came from.
+    let docs = |calibration| {
+        let options = Options {
+            keep_float_below: 0,
+            calibration,
+            ..Options::default()
+        };
+        qbake_codegen::generate(&path, "m.safetensors", &options)
+            .unwrap()
+            .to_string()
+    };
+    let means = "input means from batch-norm statistics where the graph has them";
+    assert!(docs(Calibration::Auto).contains(&format!("{means}, else measured on synthetic images")));
+    assert!(docs(Calibration::Off).contains(&format!("{means}. ")));
+    assert!(
+        docs(Calibration::Inputs(calibration.clone()))
+            .contains("measured on the calibration inputs `calibration.safetensors`")
+    );
     let uncorrected = |calibration| Options {
         bias_correction: false,
         calibration,
