@@ -85,8 +85,12 @@ pub(crate) fn channel_means(plan: &Plan, inputs: &[Vec<f32>]) -> Vec<Option<Vec<
                 s.spawn(move || {
                     part.iter()
                         .map(|x| {
-                            let all = reference.run_all(x);
-                            plan.values.iter().zip(&all).map(|(v, x)| sums(v, x)).collect()
+                            // Each value summed as it is computed, and dropped
+                            // after its last reader: a pass holds the live
+                            // values only.
+                            let mut all = vec![Vec::new(); plan.values.len()];
+                            reference.run_visiting(x, |_| false, |i, x| all[i] = sums(&plan.values[i], x));
+                            all
                         })
                         .collect::<Vec<Vec<Vec<f64>>>>()
                 })

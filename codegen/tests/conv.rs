@@ -698,3 +698,43 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
             == quantize::bake(float.plan(), &uncorrected(Calibration::Off)).unwrap()
     );
 }
+
+/// `run_visiting`, which calibration uses so that a pass holds only the
+/// live values: it shows every computed value as `run_all` returns it,
+/// the input first, and returns only the values it is asked to keep.
+#[test]
+fn run_visiting_sees_every_value_and_keeps_what_it_is_asked_to() {
+    let graph = serde_json::json!({
+        "version": 1, "inputs": [{"name": "x", "shape": [1, 2, 4, 4]}], "outputs": ["y"],
+        "nodes": [
+            {"name": "conv1", "op": "Conv", "inputs": ["x"], "output": "c1", "weight": "w1", "bias": "b1", "pads": [1, 1, 1, 1]},
+            {"name": "relu", "op": "Relu", "inputs": ["c1"], "output": "r"},
+            {"name": "add", "op": "Add", "inputs": ["r", "c1"], "output": "s"},
+            {"name": "conv2", "op": "Conv", "inputs": ["s"], "output": "y", "weight": "w2"}
+        ]
+    });
+    let mut rng = Xorshift(7);
+    let tensors: &[(&str, &[usize], Vec<f32>)] = &[
+        ("w1", &[3, 2, 3, 3], normal(&mut rng, 54)),
+        ("b1", &[3], normal(&mut rng, 3)),
+        ("w2", &[2, 3, 1, 1], normal(&mut rng, 6)),
+    ];
+    let (_dir, path) = model(graph, tensors);
+    let reference = Reference::load(&path).unwrap();
+    let input = normal(&mut rng, 32);
+    let all = reference.run_all(&input);
+    let mut seen = Vec::new();
+    let output = reference.plan().output;
+    let kept = reference.run_visiting(&input, |v| v == output, |i, x| seen.push((i, x.to_vec())));
+    assert_eq!(seen[0].0, 0);
+    seen.sort_by_key(|(i, _)| *i);
+    let computed: Vec<_> = all.iter().enumerate().filter(|(_, v)| !v.is_empty()).collect();
+    assert_eq!(seen.len(), computed.len());
+    for ((i, x), (j, want)) in seen.iter().zip(computed) {
+        assert_eq!((i, x), (&j, want));
+    }
+    for (i, v) in kept.iter().enumerate() {
+        assert_eq!(v.is_empty(), i != output, "value {i}");
+    }
+    assert_eq!(kept[output], reference.run(&input));
+}
