@@ -35,15 +35,7 @@ pub fn model(
     bytes: Bytes,
 ) -> (TokenStream, Vec<u8>) {
     let names = StaticNames::new(baked);
-    let depthwise = plan.depthwise_weights();
-    let (weights_mod, blob) = weights_module(
-        display_path,
-        (baked, &bias_doc(plan, options)),
-        &names,
-        &depthwise,
-        options,
-        bytes,
-    );
+    let (weights_mod, blob) = weights_module(display_path, plan, baked, &names, options, bytes);
     let input = plan.input();
     let output = &plan.values[plan.output];
     let (input_ty, output_ty) = (array_type(&input.shape), array_type(&output.shape));
@@ -204,12 +196,13 @@ fn identifier(name: &str) -> String {
 
 fn weights_module(
     display_path: &str,
-    (baked, bias_doc): (&Baked, &str),
+    plan: &Plan,
+    baked: &Baked,
     names: &StaticNames,
-    depthwise: &HashSet<&str>,
     options: &Options,
     bytes: Bytes,
 ) -> (TokenStream, Vec<u8>) {
+    let depthwise = plan.depthwise_weights();
     let mut items = TokenStream::new();
     let mut sink = match bytes {
         Bytes::Inline => ByteSink::Inline,
@@ -240,7 +233,7 @@ fn weights_module(
             pub static #ident: [f32; #len] = [#(#values),*];
         });
     }
-    let doc = weights_doc(display_path, baked, bias_doc, options);
+    let doc = weights_doc(display_path, baked, &bias_doc(plan, options), options);
     let tokens = quote! {
         #[doc = #doc]
         pub mod weights {
