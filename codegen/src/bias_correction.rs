@@ -195,7 +195,12 @@ pub fn correct(plan: &Plan, baked: &mut Baked, means: &[Option<Vec<f64>>]) {
         }
         if let Some(b) = float_at.get(bias).map(|&i| &mut baked.floats[i]) {
             for (o, delta) in shift {
-                b.values[o] = (f64::from(b.values[o]) - delta) as f32;
+                // Means past f32 (a float pass that overflows on synthetic
+                // images, say) leave the bias as the file has it.
+                let corrected = (f64::from(b.values[o]) - delta) as f32;
+                if corrected.is_finite() {
+                    b.values[o] = corrected;
+                }
             }
         }
     }

@@ -738,3 +738,36 @@ fn run_visiting_sees_every_value_and_keeps_what_it_is_asked_to() {
     }
     assert_eq!(kept[output], reference.run(&input));
 }
+
+/// Bias correction from means past f32's range (here the synthetic images'
+/// pass through weights of 1e25, the default calibration) leaves those
+/// biases as the file has them, rather than infinite.
+#[test]
+fn means_past_f32_leave_the_bias_finite() {
+    use qbake_codegen::{Options, quantize};
+    let c = 8;
+    let graph = serde_json::json!({
+        "version": 1, "inputs": [{"name": "x", "shape": [1, c, 8, 8]}], "outputs": ["y"],
+        "nodes": [
+            {"name": "conv1", "op": "Conv", "inputs": ["x"], "output": "c1", "weight": "w1", "bias": "b1"},
+            {"name": "relu", "op": "Relu", "inputs": ["c1"], "output": "r"},
+            {"name": "conv2", "op": "Conv", "inputs": ["r"], "output": "y", "weight": "w2", "bias": "b2"}
+        ]
+    });
+    let huge: Vec<f32> = second_weights(c).iter().map(|w| w * 1e25).collect();
+    let tensors: &[(&str, &[usize], Vec<f32>)] = &[
+        ("w1", &[16, c, 1, 1], huge.clone()),
+        ("b1", &[16], vec![0.0; 16]),
+        ("w2", &[16, 16, 1, 1], [huge.clone(), huge].concat()),
+        ("b2", &[16], vec![0.5; 16]),
+    ];
+    let (_dir, path) = model(graph, tensors);
+    let plan = Reference::load(&path).unwrap().plan().clone();
+    let options = Options {
+        keep_float_below: 0,
+        ..Options::default()
+    };
+    let baked = quantize::bake(&plan, &options).unwrap();
+    let b2 = baked.floats.iter().find(|f| f.name == "b2").unwrap();
+    assert!(b2.values.iter().all(|v| v.is_finite()), "{:?}", b2.values);
+}
