@@ -521,6 +521,19 @@ fn shifts(c: usize) -> Vec<f32> {
     (0..c).map(|i| 1.5 - 0.4 * i as f32).collect()
 }
 
+/// `conv1 -> relu -> conv2` (weights `w1`, `w2`, biases `b1`, `b2`) on a
+/// `[1, c, side, side]` input.
+fn conv_relu_conv(c: usize, side: usize) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1, "inputs": [{"name": "x", "shape": [1, c, side, side]}], "outputs": ["y"],
+        "nodes": [
+            {"name": "conv1", "op": "Conv", "inputs": ["x"], "output": "c1", "weight": "w1", "bias": "b1"},
+            {"name": "relu", "op": "Relu", "inputs": ["c1"], "output": "r"},
+            {"name": "conv2", "op": "Conv", "inputs": ["r"], "output": "y", "weight": "w2", "bias": "b2"}
+        ]
+    })
+}
+
 /// The second layer's `[16, c]` weights, the one whose mean shift both
 /// tests measure.
 fn second_weights(c: usize) -> Vec<f32> {
@@ -603,14 +616,7 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
         })
         .collect();
     let (beta, w2) = (shifts(c), second_weights(c));
-    let graph = serde_json::json!({
-        "version": 1, "inputs": [{"name": "x", "shape": [1, c, 32, 32]}], "outputs": ["y"],
-        "nodes": [
-            {"name": "conv1", "op": "Conv", "inputs": ["x"], "output": "c1", "weight": "w1", "bias": "b1"},
-            {"name": "relu", "op": "Relu", "inputs": ["c1"], "output": "r"},
-            {"name": "conv2", "op": "Conv", "inputs": ["r"], "output": "y", "weight": "w2", "bias": "b2"}
-        ]
-    });
+    let graph = conv_relu_conv(c, 32);
     let tensors: &[(&str, &[usize], Vec<f32>)] = &[
         ("w1", &[c, c, 1, 1], folded),
         ("b1", &[c], beta),
@@ -746,14 +752,7 @@ fn run_visiting_sees_every_value_and_keeps_what_it_is_asked_to() {
 fn means_past_f32_leave_the_bias_finite() {
     use qbake_codegen::{Options, quantize};
     let c = 8;
-    let graph = serde_json::json!({
-        "version": 1, "inputs": [{"name": "x", "shape": [1, c, 8, 8]}], "outputs": ["y"],
-        "nodes": [
-            {"name": "conv1", "op": "Conv", "inputs": ["x"], "output": "c1", "weight": "w1", "bias": "b1"},
-            {"name": "relu", "op": "Relu", "inputs": ["c1"], "output": "r"},
-            {"name": "conv2", "op": "Conv", "inputs": ["r"], "output": "y", "weight": "w2", "bias": "b2"}
-        ]
-    });
+    let graph = conv_relu_conv(c, 8);
     let huge: Vec<f32> = second_weights(c).iter().map(|w| w * 1e25).collect();
     let tensors: &[(&str, &[usize], Vec<f32>)] = &[
         ("w1", &[16, c, 1, 1], huge.clone()),
