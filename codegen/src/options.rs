@@ -115,3 +115,64 @@ impl Options {
         }
     }
 }
+
+/// The options that shape the baked weights, as the macro's arguments
+/// (`per_channel = true, ...`): what a report says it measured. The
+/// default calibration, which the macro has no word for, reads
+/// `calibration = auto`.
+impl std::fmt::Display for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "per_channel = {}, keep_float_below = {}, bias_correction = {}, equalize = {}, \
+             balanced_rounding = {}, mse_ranges = {}, calibration = ",
+            self.per_channel,
+            self.keep_float_below,
+            self.bias_correction,
+            self.equalize,
+            self.balanced_rounding,
+            self.mse_ranges
+        )?;
+        match &self.calibration {
+            Calibration::Auto => write!(f, "auto")?,
+            Calibration::Off => write!(f, "\"none\"")?,
+            Calibration::Synthetic => write!(f, "\"synthetic\"")?,
+            Calibration::Inputs(path) => write!(f, "{:?}", path.display().to_string())?,
+        }
+        if let Some(output) = &self.output {
+            write!(f, ", output = {output:?}")?;
+        }
+        if let Some(batch) = self.batch {
+            write!(f, ", batch = {batch}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_reads_as_the_macro_arguments() {
+        assert_eq!(
+            Options::default().to_string(),
+            "per_channel = true, keep_float_below = 4096, bias_correction = true, equalize = false, \
+             balanced_rounding = true, mse_ranges = true, calibration = auto"
+        );
+        let options = Options {
+            per_channel: false,
+            calibration: Calibration::Inputs("in.safetensors".into()),
+            output: Some("logits".into()),
+            batch: Some(2),
+            ..Options::default()
+        };
+        assert!(
+            options
+                .to_string()
+                .ends_with(r#"calibration = "in.safetensors", output = "logits", batch = 2"#),
+            "{options}"
+        );
+        assert!(options.to_string().starts_with("per_channel = false, "));
+    }
+}

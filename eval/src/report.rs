@@ -55,6 +55,8 @@ pub struct LayerReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub model: String,
+    /// The options the model was baked with, as the macro's arguments.
+    pub options: String,
     pub inputs: usize,
     /// The float model's accuracy against the labels, in percent.
     pub float_accuracy: Option<f64>,
@@ -169,6 +171,7 @@ impl Report {
         }
         Some(Report {
             model: first.model.clone(),
+            options: first.options.clone(),
             inputs,
             float_accuracy: pooled(&|p| p.float_accuracy),
             families,
@@ -325,6 +328,7 @@ pub fn evaluate_loaded(
         .collect();
     Ok(Report {
         model: model.to_string(),
+        options: options.to_string(),
         inputs: inputs.len(),
         float_accuracy: labels.map(|_| pct(float_correct)),
         families,
@@ -345,6 +349,7 @@ mod tests {
         };
         Report {
             model: "m".into(),
+            options: "per_channel = true".into(),
             inputs,
             float_accuracy: None,
             families: vec![FamilyReport {

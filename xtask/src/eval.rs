@@ -97,7 +97,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
         }
         return show(&report, &names, json);
     }
-    let mut written = None;
+    let (mut written, mut stated_options) = (None, None);
     if let Some(path) = calibration {
         options.calibration = if path.as_os_str() == "synthetic" {
             Calibration::Synthetic
@@ -111,6 +111,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
             let file = calibration_file(root);
             write_inputs(&file, &shape, &inputs)?;
             written = Some(file.clone());
+            let photos = format!("{:?} (22 variants of each photo)", path.display().to_string());
+            stated_options = Some(stated(&options, &photos));
             Calibration::Inputs(file)
         } else {
             Calibration::Inputs(path)
@@ -154,7 +156,24 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
     if let Some(file) = written {
         let _ = std::fs::remove_file(file);
     }
-    show(&report?, &names, json)
+    let mut report = report?;
+    // The photos, not the temporary file they were written to.
+    if let Some(options) = stated_options {
+        report.options = options;
+    }
+    show(&report, &names, json)
+}
+
+/// `options` as a report states them, with the calibration as the user
+/// gave it where the code generator saw something else (a temporary file).
+fn stated(options: &Options, calibration: &str) -> String {
+    let options = Options {
+        calibration: Calibration::Auto,
+        ..options.clone()
+    };
+    options
+        .to_string()
+        .replacen("calibration = auto", &format!("calibration = {calibration}"), 1)
 }
 
 /// The report as JSON on stdout, or as tables.
@@ -375,7 +394,11 @@ fn held_out_report(
         reports.push(report?);
         names.extend(fold_names);
     }
-    let report = qbake_eval::Report::merge(&reports).ok_or("the folds' reports differ in shape")?;
+    let mut report = qbake_eval::Report::merge(&reports).ok_or("the folds' reports differ in shape")?;
+    report.options = stated(
+        options,
+        "held out (each photo on a bake calibrated on the others' 22 variants)",
+    );
     Ok((report, names, folds.len()))
 }
 
@@ -390,6 +413,7 @@ fn read_labels(file: &Path) -> Result<Vec<usize>, Box<dyn Error>> {
 fn print_report(report: &Report, names: &[String]) {
     let first = names.first().map_or(String::new(), |n| format!(" ({n}, ...)"));
     println!("{}: {} inputs{first}", report.model, report.inputs);
+    println!("baked with {}", report.options);
     if let Some(a) = report.float_accuracy {
         println!("float accuracy: {a:.2}%");
     }
@@ -548,6 +572,14 @@ mod tests {
                 && names[66..].iter().all(|n| n.starts_with("c "))
         );
         assert_eq!(merged.families.len(), 2);
+        // The report names the folds, not the temporary calibration file.
+        assert!(
+            merged.options.ends_with(
+                "calibration = held out (each photo on a bake calibrated on the others' 22 variants)"
+            ),
+            "{}",
+            merged.options
+        );
         let err = |args: HeldOutArgs| report(args).unwrap_err().to_string();
         let (p, ms) = (Some(photos.clone()), (Some(127.5), Some(127.5)));
         assert!(err((p.clone(), ms, None, Some(dir.join("x.safetensors")), None)).contains("not --inputs"));
