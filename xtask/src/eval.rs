@@ -24,9 +24,10 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --mse-ranges B     true (default) or false
   --calibration P    bias correction from inputs' measured means: a safetensors file of inputs, a
                      directory of photos (22 variants each, same --mean and --scale; keep them apart
-                     from the photos measured, or the figures flatter the model), `synthetic` (the
-                     default), `none`, or `held-out` (with --photos: each photo measured with calibration from the
-                     others' 22 variants, one bake per photo; NAME_123.png is NAME.png's photo)
+                     from the photos measured, or the figures flatter the model), `synthetic`
+                     (what image models get by default), `none`, or `held-out` (with --photos:
+                     each photo measured with calibration from the others' 22 variants, one bake
+                     per photo; NAME_123.png is NAME.png's photo)
   --json             the report as JSON on stdout";
 
 /// Inputs, flattened, and a name for each.
