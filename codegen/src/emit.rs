@@ -233,9 +233,17 @@ fn weights_module(
             pub static #ident: [f32; #len] = [#(#values),*];
         });
     }
-    let doc = weights_doc(display_path, baked, &bias_doc(plan, options), options);
+    let doc = weights_doc(
+        display_path,
+        baked,
+        &format!("{}{}", rounding_doc(baked, options), bias_doc(plan, options)),
+        options,
+    );
+    // Baked values are data: one may fall near pi or log10(e), and a
+    // user's clippy has nothing to say about it.
     let tokens = quote! {
         #[doc = #doc]
+        #[allow(clippy::approx_constant)]
         pub mod weights {
             #items
         }
