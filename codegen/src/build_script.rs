@@ -85,6 +85,12 @@ impl Model {
         self
     }
 
+    /// Compensated rounding on the calibration inputs (default `true`; see `Options`).
+    pub fn compensated_rounding(mut self, on: bool) -> Self {
+        self.options.compensated_rounding = on;
+        self
+    }
+
     /// MSE-optimal weight ranges (default `true`; see `Options`).
     pub fn mse_ranges(mut self, on: bool) -> Self {
         self.options.mse_ranges = on;

@@ -1,14 +1,18 @@
 //! Calibration: a few representative inputs, run through the float model
-//! at bake time, say what each layer's input averages per channel. Bias
-//! correction (`bias_correction.rs`) then takes each layer's mean rounding
-//! shift, `(W_q - W) E[x]`, out of its bias with these measured means
-//! (Nagel et al. 2019's empirical bias correction). Batch-norm statistics
-//! give the same means without data, but only where the graph still has
-//! them; an exporter that folded them leaves nothing else to go on.
+//! at bake time, say what each layer's input averages per channel, and
+//! how its input channels correlate. Bias correction (`bias_correction.rs`)
+//! takes each layer's mean rounding shift, `(W_q - W) E[x]`, out of its
+//! bias with the measured means (Nagel et al. 2019's empirical bias
+//! correction); compensated rounding (`compensation.rs`) rounds the
+//! weights knowing the correlations. Batch-norm statistics give the means
+//! without data, but only where the graph still has them; an exporter
+//! that folded them leaves nothing else to go on.
 
+use crate::compensation::{self, Moments};
 use crate::error::{Error, bail};
 use crate::graph::{Layout, Op, Plan, Value};
 use crate::reference::Reference;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// The inputs in a safetensors file (calibration inputs, or `cargo xtask
@@ -66,42 +70,81 @@ pub fn read_inputs(
     Ok((name, values.chunks_exact(len).map(<[f32]>::to_vec).collect()))
 }
 
-/// Each value's mean per channel over `inputs`, run through the float
-/// model: `None` for values no step computes. The inputs are shared
-/// between threads; the sums are added in input order, so the means do
-/// not depend on the number of threads.
-pub(crate) fn channel_means(plan: &Plan, inputs: &[Vec<f32>]) -> Vec<Option<Vec<f64>>> {
+/// What calibration measures, one float pass per input.
+pub(crate) struct Measured {
+    /// Each value's mean per channel: `None` for values no step computes.
+    pub means: Vec<Option<Vec<f64>>>,
+    /// The second moments of the inputs of each weight asked for.
+    pub moments: HashMap<String, Moments>,
+}
+
+/// Calibration passes run in two lanes (threads), each over half the
+/// inputs, in input order; moments are summed per lane and the lanes added
+/// last, so that the baked bytes do not depend on the machine's cores.
+const LANES: usize = 2;
+
+/// Runs `inputs` through the float model: each value's channel means, and
+/// the moments of the inputs of each weight in `moments` (empty ones to
+/// fill, from [`compensation::wanted`]). Channel sums are added in input
+/// order; moments per lane, lanes in order: the same bits on any machine.
+pub(crate) fn measure(plan: &Plan, inputs: &[Vec<f32>], moments: HashMap<String, Moments>) -> Measured {
     let reference = Reference::new(plan.clone());
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(inputs.len())
-        .max(1);
-    let per_input: Vec<Vec<Vec<f64>>> = std::thread::scope(|s| {
-        let chunk = inputs.len().div_ceil(threads);
+    // The steps each value feeds whose weights want moments.
+    let mut readers = vec![Vec::new(); plan.values.len()];
+    for (i, step) in plan.steps.iter().enumerate() {
+        if step.op.weights().iter().any(|w| moments.contains_key(*w)) {
+            readers[step.inputs[0]].push(i);
+        }
+    }
+    // Per lane: each input's channel sums per value, and the lane's moments.
+    type Lane = (Vec<Vec<Vec<f64>>>, HashMap<String, Moments>);
+    let lanes: Vec<Lane> = std::thread::scope(|s| {
         let workers: Vec<_> = inputs
-            .chunks(chunk.max(1))
+            .chunks(inputs.len().div_ceil(LANES).max(1))
             .map(|part| {
-                let reference = &reference;
+                let (reference, readers, mut moments) = (&reference, &readers, moments.clone());
                 s.spawn(move || {
-                    part.iter()
+                    let sums = part
+                        .iter()
                         .map(|x| {
-                            // Each value summed as it is computed, and dropped
+                            // Each value used as it is computed, and dropped
                             // after its last reader: a pass holds the live
                             // values only.
                             let mut all = vec![Vec::new(); plan.values.len()];
-                            reference.run_visiting(x, |_| false, |i, x| all[i] = sums(&plan.values[i], x));
+                            reference.run_visiting(
+                                x,
+                                |_| false,
+                                |i, x| {
+                                    all[i] = sums(&plan.values[i], x);
+                                    for &s in &readers[i] {
+                                        compensation::accumulate(plan, &plan.steps[s], x, &mut moments);
+                                    }
+                                },
+                            );
                             all
                         })
-                        .collect::<Vec<Vec<Vec<f64>>>>()
+                        .collect();
+                    (sums, moments)
                 })
             })
             .collect();
         workers
             .into_iter()
-            .flat_map(|w| w.join().expect("the float reference panicked"))
+            .map(|w| w.join().expect("the float reference panicked"))
             .collect()
     });
-    plan.values
+    let mut total = moments;
+    for (_, lane) in &lanes {
+        for (name, m) in lane {
+            total
+                .get_mut(name)
+                .expect("lanes fill the moments asked for")
+                .add(m);
+        }
+    }
+    let per_input: Vec<&Vec<Vec<f64>>> = lanes.iter().flat_map(|(sums, _)| sums).collect();
+    let means = plan
+        .values
         .iter()
         .enumerate()
         .map(|(i, v)| {
@@ -118,21 +161,17 @@ pub(crate) fn channel_means(plan: &Plan, inputs: &[Vec<f32>]) -> Vec<Option<Vec<
             }
             Some(total.into_iter().map(|t| t / count).collect())
         })
-        .collect()
+        .collect();
+    Measured {
+        means,
+        moments: total,
+    }
 }
 
-/// `means` (from batch-norm statistics) completed by means measured on
-/// [`synthetic_images`] wherever a weighted layer reads a value they say
-/// nothing of: where they do, they describe real inputs better than noise
-/// does. The model's input (and its layout copies) stays unknown, as
-/// without calibration: noise says nothing of real inputs. The input's
-/// shape is checked even when nothing is missing, so that a model without
-/// image inputs is told so; the images are made only when needed.
-pub(crate) fn with_synthetic_means(
-    plan: &Plan,
-    mut means: Vec<Option<Vec<f64>>>,
-) -> Result<Vec<Option<Vec<f64>>>, Error> {
-    image_dims(&plan.input().shape)?;
+/// Per value, whether bias correction lacks its means: neither `known`
+/// (batch-norm statistics) says them nor is it the model's input (or a
+/// layout copy of it), which synthetic images say nothing of.
+fn unknown(plan: &Plan, known: &[Option<Vec<f64>>]) -> Vec<bool> {
     let mut input = vec![false; plan.values.len()];
     input[0] = true;
     for step in &plan.steps {
@@ -140,29 +179,43 @@ pub(crate) fn with_synthetic_means(
             input[step.output] = true;
         }
     }
-    let missing: Vec<bool> = means
+    known
         .iter()
         .zip(&input)
         .map(|(m, &input)| m.is_none() && !input)
-        .collect();
-    if plan
-        .steps
-        .iter()
-        .any(|s| !s.op.weights().is_empty() && missing[s.inputs[0]])
-    {
-        let images = synthetic_images(&plan.input().shape)?;
-        for (v, measured) in channel_means(plan, &images).into_iter().enumerate() {
-            if missing[v] {
-                means[v] = measured;
-            }
-        }
-    }
-    Ok(means)
+        .collect()
 }
 
-/// Whether bias correction measures means on synthetic images: asked
-/// for, or by default (`Calibration::Auto`) where the input is an image.
-/// The one rule the bake and the weights' docs both follow.
+/// Whether a weighted layer reads a value whose means bias correction
+/// lacks: whether synthetic images would tell it anything.
+pub(crate) fn means_missing(plan: &Plan, known: &[Option<Vec<f64>>]) -> bool {
+    let unknown = unknown(plan, known);
+    plan.steps
+        .iter()
+        .any(|s| !s.op.weights().is_empty() && unknown[s.inputs[0]])
+}
+
+/// `known` means (from batch-norm statistics) completed by `measured`
+/// ones (on synthetic images) where they say nothing: where they do, they
+/// describe real inputs better than noise does. The model's input stays
+/// unknown, as without calibration.
+pub(crate) fn fill_missing(
+    plan: &Plan,
+    known: Vec<Option<Vec<f64>>>,
+    measured: Vec<Option<Vec<f64>>>,
+) -> Vec<Option<Vec<f64>>> {
+    let unknown = unknown(plan, &known);
+    known
+        .into_iter()
+        .zip(measured)
+        .zip(unknown)
+        .map(|((known, measured), unknown)| if unknown { measured } else { known })
+        .collect()
+}
+
+/// Whether calibration runs on synthetic images: asked for, or by default
+/// (`Calibration::Auto`) where the input is an image. The one rule the
+/// bake and the weights' docs both follow.
 pub(crate) fn uses_synthetic(calibration: &crate::Calibration, plan: &Plan) -> bool {
     match calibration {
         crate::Calibration::Synthetic => true,
@@ -230,7 +283,7 @@ pub(crate) fn synthetic_images(shape: &[usize]) -> Result<Vec<Vec<f32>>, Error> 
 }
 
 /// `[N, C, H, W]` of an input synthetic images can stand for.
-fn image_dims(shape: &[usize]) -> Result<[usize; 4], Error> {
+pub(crate) fn image_dims(shape: &[usize]) -> Result<[usize; 4], Error> {
     let &[n, c, h, w] = shape else {
         bail!("synthetic calibration makes images, [N, C, H, W]; this model's input is {shape:?}");
     };
@@ -375,7 +428,7 @@ mod tests {
             vec![1.0, 2.0, 3.0, 4.0, 5.0, -0.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0],
             vec![10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0],
         ];
-        let means = channel_means(&plan, &inputs);
+        let means = measure(&plan, &inputs, HashMap::new()).means;
         assert_eq!(means[0].as_deref(), Some(&[7.5, 1.0][..]));
         // The planner moves the input to NHWC, convolves there and moves
         // the result back: every value keeps its channels' means.
@@ -393,6 +446,103 @@ mod tests {
             assert!(close(got, want), "{}: {got:?}", step.name);
         }
         assert!(nhwc >= 2, "{:?}", plan.steps);
+    }
+
+    /// The moments compensated rounding reads, against patches cut by hand
+    /// from the NCHW input: a grouped, strided, padded convolution (two
+    /// weight matrices, one per group) and a dense layer after it.
+    #[test]
+    fn moments_are_the_sums_of_each_weights_input_patches() {
+        let graph = serde_json::json!({
+            "version": 1, "inputs": [{"name": "x", "shape": [1, 4, 5, 5]}], "outputs": ["y"],
+            "nodes": [
+                {"name": "c", "op": "Conv", "inputs": ["x"], "output": "h", "weight": "w",
+                 "group": 2, "strides": [2, 2], "pads": [1, 0, 1, 1]},
+                {"name": "f", "op": "Flatten", "inputs": ["h"], "output": "v"},
+                {"name": "d", "op": "Dense", "inputs": ["v"], "output": "y", "weight": "wd"}
+            ]
+        });
+        let w: Vec<f32> = (0..6 * 2 * 9).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let wd: Vec<f32> = (0..3 * 36).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
+        let (w, wd) = (f32s(&w), f32s(&wd));
+        let views = vec![
+            ("w", TensorView::new(Dtype::F32, vec![6, 2, 3, 3], &w).unwrap()),
+            ("wd", TensorView::new(Dtype::F32, vec![3, 36], &wd).unwrap()),
+        ];
+        let metadata = std::collections::HashMap::from([("qbake.graph".to_string(), graph.to_string())]);
+        let bytes = safetensors::serialize(views, Some(metadata)).unwrap();
+        let plan = crate::graph::plan(&crate::read::ModelFile::from_bytes(&bytes).unwrap()).unwrap();
+        let inputs: Vec<Vec<f32>> = (0..3)
+            .map(|n| {
+                (0..100)
+                    .map(|i| ((i * 13 + n * 7) % 17) as f32 / 8.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let measured = measure(&plan, &inputs, compensation::wanted(&plan, 0));
+        let conv = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.op, Op::GroupedConv { .. }))
+            .expect("a grouped convolution");
+        let Op::GroupedConv { geom, weights, .. } = &conv.op else {
+            unreachable!()
+        };
+        let (oh, ow) = geom.out_dims().unwrap();
+        assert_eq!((oh, ow), (3, 2));
+        for (g, name) in weights.iter().enumerate() {
+            let mut want = vec![vec![0.0f64; 18]; 18];
+            for x in &inputs {
+                for (r, c) in (0..oh).flat_map(|r| (0..ow).map(move |c| (r, c))) {
+                    // Column tap * 2 + channel, as the weights are ordered.
+                    let mut p = [0.0f64; 18];
+                    for (i, j) in (0..3).flat_map(|i| (0..3).map(move |j| (i, j))) {
+                        let (y, xx) = ((2 * r + i) as isize - 1, (2 * c + j) as isize);
+                        if (0..5).contains(&y) && (0..5).contains(&xx) {
+                            for ch in 0..2 {
+                                p[(i * 3 + j) * 2 + ch] =
+                                    f64::from(x[(g * 2 + ch) * 25 + y as usize * 5 + xx as usize]);
+                            }
+                        }
+                    }
+                    for a in 0..18 {
+                        for b in 0..18 {
+                            want[a][b] += p[a] * p[b];
+                        }
+                    }
+                }
+            }
+            assert_moments(&measured.moments[name.as_str()], &want);
+        }
+        // The dense layer reads the convolution's output, flattened.
+        let reference = Reference::new(plan.clone());
+        let dense_in = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.op, Op::Dense { .. }))
+            .unwrap()
+            .inputs[0];
+        let mut want = vec![vec![0.0f64; 36]; 36];
+        for x in &inputs {
+            let v = &reference.run_all(x)[dense_in];
+            for a in 0..36 {
+                for b in 0..36 {
+                    want[a][b] += v[a] * v[b];
+                }
+            }
+        }
+        assert_moments(&measured.moments["wd"], &want);
+    }
+
+    fn assert_moments(got: &Moments, want: &[Vec<f64>]) {
+        let k = want.len();
+        let scale = (0..k).map(|i| want[i][i]).fold(0.0, f64::max);
+        for (a, row) in want.iter().enumerate() {
+            for (b, &w) in row.iter().enumerate() {
+                let g = got.at(a, b);
+                assert!((g - w).abs() <= 1e-5 * scale, "[{a}][{b}]: {g} vs {w}");
+            }
+        }
     }
 
     #[test]

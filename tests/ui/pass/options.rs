@@ -8,13 +8,15 @@ mod per_tensor {
         bias_correction = false,
         equalize = true,
         balanced_rounding = false,
+        compensated_rounding = false,
         mse_ranges = true,
         reference = true,
         warn_sqnr_below = 0,
     );
 }
 
-// Calibration inputs, beside the default options.
+// Calibration inputs, beside the default options: bias correction
+// measures means on them, compensated rounding correlations.
 mod calibrated {
     qbake::quantized_model!(
         "../../models/tiny.safetensors",
