@@ -704,6 +704,16 @@ fn calibration_removes_the_mean_shift_without_batch_norm() {
         docs(Calibration::Inputs(calibration.clone()))
             .contains("measured on the calibration inputs `calibration.safetensors`")
     );
+    // And which weights were rounded with compensation, on what.
+    let compensated = "Weights stored as *compensated* were rounded column by column";
+    let on = |inputs: &str| format!("as the correlations of their inputs on {inputs} say");
+    let auto = docs(Calibration::Auto);
+    assert!(auto.contains(compensated) && auto.contains(&on("synthetic images")));
+    assert!(auto.contains("| u8, per channel, compensated |"), "{auto}");
+    let inputs = docs(Calibration::Inputs(calibration.clone()));
+    assert!(inputs.contains(&on("the calibration inputs `calibration.safetensors`")));
+    let off = docs(Calibration::Off);
+    assert!(!off.contains(compensated) && !off.contains("compensated |"));
     let uncorrected = |calibration| Options {
         bias_correction: false,
         compensated_rounding: false,

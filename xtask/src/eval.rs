@@ -23,7 +23,8 @@ const USAGE: &str = "usage: cargo xtask eval --model M.safetensors|M.onnx (--inp
   --balanced-rounding B  true (default) or false
   --compensated-rounding B  true (default) or false
   --mse-ranges B     true (default) or false
-  --calibration P    bias correction from inputs' measured means: a safetensors file of inputs, a
+  --calibration P    inputs measured for bias correction's means and compensated rounding's
+                     correlations: a safetensors file of inputs, a
                      directory of photos (22 variants each, same --mean and --scale; keep them apart
                      from the photos measured, or the figures flatter the model), `synthetic`
                      (what image models get by default), `none`, or `held-out` (with --photos:
