@@ -421,10 +421,7 @@ fn rounding_doc(baked: &Baked, options: &Options) -> String {
         return String::new();
     }
     let inputs = match &options.calibration {
-        crate::Calibration::Inputs(path) => format!(
-            "the calibration inputs `{}`",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ),
+        crate::Calibration::Inputs(path) => calibration_file(path),
         _ => "synthetic images".into(),
     };
     format!(
@@ -435,6 +432,15 @@ fn rounding_doc(baked: &Baked, options: &Options) -> String {
     )
 }
 
+/// The user's calibration inputs, as the docs name them: by file name, so
+/// that the expansion does not depend on the machine.
+fn calibration_file(path: &std::path::Path) -> String {
+    format!(
+        "the calibration inputs `{}`",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    )
+}
+
 /// What the baked biases hold besides the file's values, for the weights'
 /// docs: bias correction, and where its means came from.
 fn bias_doc(plan: &Plan, options: &Options) -> String {
@@ -442,10 +448,7 @@ fn bias_doc(plan: &Plan, options: &Options) -> String {
         return String::new();
     }
     let means = match &options.calibration {
-        crate::Calibration::Inputs(path) => format!(
-            "measured on the calibration inputs `{}`",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ),
+        crate::Calibration::Inputs(path) => format!("measured on {}", calibration_file(path)),
         c if crate::calibration::uses_synthetic(c, plan) => {
             "from batch-norm statistics where the graph has them, else measured on synthetic images".into()
         }

@@ -183,11 +183,10 @@ fn bake_weights(
     options: &Options,
     moments: &HashMap<String, Moments>,
 ) -> HashMap<String, Result<BakedWeight, Error>> {
-    let mut names: Vec<&str> = Vec::new();
-    let mut seen = HashSet::new();
-    for step in &plan.steps {
-        names.extend(step.op.weights().into_iter().filter(|n| seen.insert(*n)));
-    }
+    let names: Vec<&str> = first_uses(plan)
+        .into_iter()
+        .filter_map(|(name, weight)| weight.then_some(name))
+        .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
@@ -273,45 +272,52 @@ fn matrix(plan: &Plan, name: &str) -> (usize, usize) {
 /// The first tensor the plan uses, in first-use order, that holds a value
 /// that is not finite, as an error.
 fn check_finite(plan: &Plan) -> Result<(), Error> {
-    for step in &plan.steps {
-        for name in step.op.tensors() {
-            if let Some((i, v)) = plan
-                .tensor(name)
-                .data
-                .iter()
-                .enumerate()
-                .find(|(_, v)| !v.is_finite())
-            {
-                bail!(
-                    "tensor `{name}` holds {v} at index {i} once BatchNormalization, Mul and Add are folded; baked values must be finite"
-                );
-            }
+    for (name, _) in first_uses(plan) {
+        if let Some((i, v)) = plan
+            .tensor(name)
+            .data
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
+        {
+            bail!(
+                "tensor `{name}` holds {v} at index {i} once BatchNormalization, Mul and Add are folded; baked values must be finite"
+            );
         }
     }
     Ok(())
+}
+
+/// Each tensor the plan uses, once, in first-use order, and whether it is
+/// a weight matrix (the tensors that get quantized) there.
+fn first_uses(plan: &Plan) -> Vec<(&str, bool)> {
+    // A set, so that a graph of many tensors is walked in linear time.
+    let mut seen = HashSet::new();
+    plan.steps
+        .iter()
+        .flat_map(|step| {
+            let weights = step.op.weights();
+            step.op
+                .tensors()
+                .into_iter()
+                .map(move |name| (name, weights.contains(&name)))
+        })
+        .filter(|(name, _)| seen.insert(*name))
+        .collect()
 }
 
 /// Each tensor the plan uses, once, in first-use order: weight matrices
 /// through `weight(name)`, the rest as they are.
 fn collect(plan: &Plan, mut weight: impl FnMut(&str) -> Result<BakedWeight, Error>) -> Result<Baked, Error> {
     let mut baked = Baked::default();
-    // Names already baked: a set, so that a graph of many tensors bakes in linear time.
-    let mut seen = HashSet::new();
-    for step in &plan.steps {
-        let weights = step.op.weights();
-        for name in step.op.tensors() {
-            if !seen.insert(name) {
-                continue;
-            }
-            let t = plan.tensor(name);
-            if weights.contains(&name) {
-                baked.weights.push(weight(name)?);
-            } else {
-                baked.floats.push(FloatTensor {
-                    name: name.to_string(),
-                    values: t.data.to_vec(),
-                });
-            }
+    for (name, is_weight) in first_uses(plan) {
+        if is_weight {
+            baked.weights.push(weight(name)?);
+        } else {
+            baked.floats.push(FloatTensor {
+                name: name.to_string(),
+                values: plan.tensor(name).data.to_vec(),
+            });
         }
     }
     Ok(baked)
